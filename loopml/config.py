@@ -1,0 +1,103 @@
+"""Where LoopML keeps what it makes, and how to reach its services.
+
+Everything a run creates lives under ``LOOPML_HOME`` (default ``.loopml/`` in the checkout). Settings are
+read from the environment when :func:`get_settings` is called, never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    labelstudio_host: str
+    labelstudio_port: int
+    dagster_port: int
+    serving_port: int
+    database_url_override: str | None
+    annotation_poll_seconds: int
+    min_examples_per_label: int
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def bentoml_home(self) -> Path:
+        return self.home / "bentoml"
+
+    @property
+    def labelstudio_data_dir(self) -> Path:
+        return self.home / "labelstudio"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.home / "features"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.home / "secrets"
+
+    @property
+    def run_dir(self) -> Path:
+        """PID files and service logs."""
+        return self.home / "run"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.home / "tmp"
+
+    @property
+    def database_url(self) -> str:
+        if self.database_url_override:
+            return self.database_url_override
+        return f"sqlite:///{self.home / 'loopml.db'}"
+
+    @property
+    def labelstudio_url(self) -> str:
+        return f"http://{self.labelstudio_host}:{self.labelstudio_port}"
+
+    @property
+    def dagster_url(self) -> str:
+        return f"http://127.0.0.1:{self.dagster_port}"
+
+    def ensure_dirs(self) -> None:
+        for path in (
+            self.home,
+            self.dagster_home,
+            self.bentoml_home,
+            self.labelstudio_data_dir,
+            self.data_dir,
+            self.features_dir,
+            self.run_dir,
+            self.tmp_dir,
+        ):
+            path.mkdir(parents=True, exist_ok=True)
+        self.secrets_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.secrets_dir, 0o700)
+
+
+def get_settings() -> Settings:
+    """Read the settings from the environment (``LOOPML_*`` variables)."""
+    env = os.environ
+    home = Path(env.get("LOOPML_HOME", PROJECT_ROOT / ".loopml")).resolve()
+    return Settings(
+        home=home,
+        labelstudio_host=env.get("LOOPML_LABELSTUDIO_HOST", "127.0.0.1"),
+        labelstudio_port=int(env.get("LOOPML_LABELSTUDIO_PORT", "8080")),
+        dagster_port=int(env.get("LOOPML_DAGSTER_PORT", "3000")),
+        serving_port=int(env.get("LOOPML_SERVING_PORT", "3100")),
+        database_url_override=env.get("LOOPML_DATABASE_URL") or None,
+        annotation_poll_seconds=int(env.get("LOOPML_ANNOTATION_POLL_SECONDS", "3")),
+        min_examples_per_label=int(env.get("LOOPML_MIN_EXAMPLES_PER_LABEL", "3")),
+    )

@@ -1,0 +1,70 @@
+"""The training dataset: one row per labelled item, content-hashed, with a stable train/holdout split."""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+
+import polars as pl
+
+from loopml.annotations import resolve_labels
+
+DEFAULT_HOLDOUT_PERCENT = 20
+
+
+def normalize_text(text: str) -> str:
+    return unicodedata.normalize("NFC", text).strip()
+
+
+def content_hash(text: str) -> str:
+    """Identity of an input: sha256 of its NFC-normalised, stripped text."""
+    return hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()
+
+
+def split_of(hash_hex: str, holdout_percent: int = DEFAULT_HOLDOUT_PERCENT) -> str:
+    """``train`` or ``holdout`` from the content hash alone: adding items never reshuffles old ones."""
+    bucket = int(hash_hex[-8:], 16) % 100
+    return "holdout" if bucket < holdout_percent else "train"
+
+
+def build_dataset(annotations: pl.DataFrame, holdout_percent: int = DEFAULT_HOLDOUT_PERCENT) -> pl.DataFrame:
+    """Resolve each task's label, hash its content and assign its split.
+
+    Items with identical content and the same label are kept once (the earliest task); identical content
+    with conflicting labels is kept in full so that validation can report it.
+    """
+    resolved = resolve_labels(annotations)
+    texts = resolved["text"].fill_null("").to_list()
+    hashes = [content_hash(text) for text in texts]
+    data = resolved.with_columns(
+        pl.Series("content_hash", hashes, dtype=pl.String),
+        pl.Series("text_length", [len(normalize_text(text)) for text in texts], dtype=pl.Int64),
+        pl.Series("split", [split_of(h, holdout_percent) for h in hashes], dtype=pl.String),
+    )
+    data = data.unique(subset=["content_hash", "label"], keep="first", maintain_order=True)
+    return data.select(
+        [
+            "content_hash",
+            "text",
+            "label",
+            "split",
+            "source",
+            "task_id",
+            "n_annotations",
+            "agreement",
+            "labelled_at",
+            "text_length",
+        ]
+    )
+
+
+def training_rows(dataset: pl.DataFrame, label_set: list[str]) -> pl.DataFrame:
+    """Rows that can be trained on: non-empty text, a label in the current label set, no conflicts."""
+    conflicting = (
+        dataset.group_by("content_hash").agg(pl.col("label").n_unique().alias("n")).filter(pl.col("n") > 1)
+    )
+    return dataset.filter(
+        (pl.col("text_length") > 0)
+        & pl.col("label").is_in(label_set)
+        & ~pl.col("content_hash").is_in(conflicting["content_hash"].to_list())
+    )

@@ -1,0 +1,128 @@
+"""The demo: two text functions on real data shipped in packages, and a simulated annotator.
+
+The annotator labels tasks through the Label Studio API from the data set's ground truth (kept under
+LOOPML_HOME/demo, never shown to Label Studio), at a configurable pace, so the loop turns by itself.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from loopml.config import Settings
+from loopml.dataset import content_hash
+
+
+@dataclass(frozen=True)
+class DemoFunction:
+    name: str
+    labels: list[str]
+    loader: Callable[[], tuple[list[str], list[str]]]
+
+
+def demo_functions() -> list[DemoFunction]:
+    from loopml.demo_data import load_bbc_news, load_rotten_tomatoes
+
+    return [
+        DemoFunction("review-sentiment", ["positive", "negative"], load_rotten_tomatoes),
+        DemoFunction("news-topic", ["business", "entertainment", "politics", "sport", "tech"], load_bbc_news),
+    ]
+
+
+def truth_path(settings: Settings, function: str) -> Path:
+    return settings.home / "demo" / f"{function}.truth.parquet"
+
+
+def sample_items(texts: list[str], labels: list[str], items: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """A deterministic random sample of ``items`` (all when fewer), duplicates removed."""
+    seen: set[str] = set()
+    pairs = []
+    for text, label in zip(texts, labels, strict=True):
+        key = content_hash(text)
+        if text.strip() and key not in seen:
+            seen.add(key)
+            pairs.append((text, label))
+    random.Random(seed).shuffle(pairs)
+    chosen = pairs[:items]
+    return [t for t, _ in chosen], [label for _, label in chosen]
+
+
+def setup_demo(settings: Settings, items: int, echo: Callable[[str], None] = print) -> None:
+    """Create the demo functions (once) and import their items into Label Studio as unlabelled tasks."""
+    from loopml.functions import FunctionRegistry, create_function
+    from loopml.labelstudio import LabelStudioClient
+
+    registry = FunctionRegistry(settings)
+    client = LabelStudioClient.from_settings(settings)
+    for demo in demo_functions():
+        if demo.name in registry.names():
+            echo(f"demo function {demo.name} exists already")
+            continue
+        texts, labels = sample_items(*demo.loader(), items=items)
+        path = truth_path(settings, demo.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pl.DataFrame({"content_hash": [content_hash(t) for t in texts], "label": labels}).write_parquet(path)
+        project_id = create_function(settings, demo.name, "text", demo.labels)
+        count = client.import_tasks(project_id, [{"data": {"text": text}} for text in texts])
+        echo(f"demo function {demo.name}: {count} tasks imported into Label Studio project {project_id}")
+
+
+def start_annotator(settings: Settings, pace: float, noise: float) -> None:
+    from loopml import services
+
+    if services.pid_alive(services.read_pid(settings, "demo-annotator")):
+        return
+    services.spawn(
+        settings,
+        "demo-annotator",
+        [sys.executable, "-m", "loopml.cli", "demo-annotator", "--pace", str(pace), "--noise", str(noise)],
+    )
+
+
+def run_annotator(settings: Settings, pace: float, noise: float, max_annotations: int | None = None) -> int:
+    """Label the demo functions' tasks round-robin, one every ``pace`` seconds, until none are left."""
+    from loopml.functions import FunctionRegistry
+    from loopml.labelstudio import LabelStudioClient, LabelStudioUnavailable
+
+    rng = random.Random(1)
+    registry = FunctionRegistry(settings)
+    client = LabelStudioClient.from_settings(settings)
+    truths: dict[str, dict[str, str]] = {}
+    projects: dict[str, int] = {}
+    for demo in demo_functions():
+        path = truth_path(settings, demo.name)
+        if demo.name in registry.names() and path.exists():
+            frame = pl.read_parquet(path)
+            truths[demo.name] = dict(zip(frame["content_hash"], frame["label"], strict=True))
+            projects[demo.name] = registry.get(demo.name).labelstudio_project_id or 0
+    queues: dict[str, list] = {name: [] for name in truths}
+    done = 0
+    while truths and (max_annotations is None or done < max_annotations):
+        for name in list(truths):
+            try:
+                if not queues[name]:
+                    queues[name] = client.unlabeled_tasks(projects[name], limit=50)
+                    if not queues[name]:
+                        print(f"{name}: every task is labelled", flush=True)
+                        truths.pop(name)
+                        continue
+                task = queues[name].pop(0)
+                label = truths[name].get(content_hash(task.data.get("text", "")))
+                if label is None:
+                    continue
+                if rng.random() < noise:
+                    label = rng.choice([other for other in set(truths[name].values()) if other != label])
+                client.create_annotation(task.task_id, label)
+                done += 1
+                print(f"{name}: task {task.task_id} -> {label} ({done} so far)", flush=True)
+            except LabelStudioUnavailable as error:
+                print(f"{error}; retrying in 5 s", flush=True)
+                time.sleep(5)
+            time.sleep(pace / max(len(truths), 1))
+    return done

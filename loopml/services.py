@@ -1,0 +1,217 @@
+"""Start, stop and inspect the platform's services: Label Studio, the Dagster webserver and daemon.
+
+Each service runs detached in its own process group; its PID file and log live in LOOPML_HOME/run, so
+``loopml down`` stops exactly what ``loopml up`` started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from loopml.config import PROJECT_ROOT, Settings
+
+DAGSTER_YAML = """\
+# Written by `loopml up`. Dagster's instance for LoopML (SQLite storage in this folder).
+telemetry:
+  enabled: false
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: 2
+run_retries:
+  enabled: true
+sensors:
+  use_threads: true
+  num_workers: 2
+schedules:
+  use_threads: true
+  num_workers: 2
+"""
+
+
+class ServiceError(RuntimeError):
+    """A service failed to start or is not healthy; the message says where to look."""
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    pid: int | None
+    running: bool
+    healthy: bool
+    url: str | None
+
+
+def _pid_file(settings: Settings, name: str) -> Path:
+    return settings.run_dir / f"{name}.pid"
+
+
+def log_file(settings: Settings, name: str) -> Path:
+    return settings.run_dir / f"{name}.log"
+
+
+def read_pid(settings: Settings, name: str) -> int | None:
+    path = _pid_file(settings, name)
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def pid_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child counts as gone
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    """Environment for every service: LoopML's home, Dagster's home, nothing written to ~."""
+    env = dict(os.environ)
+    env.update(
+        LOOPML_HOME=str(settings.home),
+        DAGSTER_HOME=str(settings.dagster_home),
+        BENTOML_HOME=str(settings.bentoml_home),
+        BENTOML_DO_NOT_TRACK="true",
+        TMPDIR=str(settings.tmp_dir),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def spawn(settings: Settings, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``argv`` detached (own session) with its output in the service log; record its PID."""
+    log = open(log_file(settings, name), "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        argv,
+        cwd=PROJECT_ROOT,
+        env=env or service_env(settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    _pid_file(settings, name).write_text(str(proc.pid))
+    return proc
+
+
+def stop(settings: Settings, name: str, timeout_s: float = 15.0) -> bool:
+    """Stop a service's whole process group: SIGTERM, then SIGKILL after ``timeout_s``."""
+    pid = read_pid(settings, name)
+    _pid_file(settings, name).unlink(missing_ok=True)
+    if not pid_alive(pid):
+        return False
+    assert pid is not None
+    for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                return True
+            time.sleep(0.2)
+    return True
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float, what: str, log: Path, pid: int | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if pid is not None and not pid_alive(pid):
+            break
+        time.sleep(0.5)
+    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+    raise ServiceError(f"{what} did not become healthy within {timeout_s:.0f} s; see {log}\n{tail}")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def dagster_healthy(settings: Settings) -> bool:
+    return http_ok(f"{settings.dagster_url}/server_info")
+
+
+def _venv_bin(tool: str) -> str:
+    return str(Path(sys.executable).parent / tool)
+
+
+def write_dagster_yaml(settings: Settings) -> None:
+    path = settings.dagster_home / "dagster.yaml"
+    if not path.exists() or path.read_text() != DAGSTER_YAML:
+        path.write_text(DAGSTER_YAML)
+
+
+def start_dagster(settings: Settings) -> None:
+    """The Dagster webserver and daemon on loopback, sharing the instance in LOOPML_HOME/dagster."""
+    write_dagster_yaml(settings)
+    workspace = str(PROJECT_ROOT / "workspace.yaml")
+    if not pid_alive(read_pid(settings, "dagster-daemon")):
+        spawn(settings, "dagster-daemon", [_venv_bin("dagster-daemon"), "run", "-w", workspace])
+    if not pid_alive(read_pid(settings, "dagster-webserver")):
+        spawn(
+            settings,
+            "dagster-webserver",
+            [_venv_bin("dagster-webserver"), "-w", workspace, "-h", "127.0.0.1", "-p", str(settings.dagster_port)],
+        )
+
+
+def start_labelstudio_service(settings: Settings) -> None:
+    from loopml.labelstudio_server import start_labelstudio
+
+    if pid_alive(read_pid(settings, "labelstudio")):
+        return
+    proc = start_labelstudio(settings, log_file(settings, "labelstudio"))
+    _pid_file(settings, "labelstudio").write_text(str(proc.pid))
+
+
+def labelstudio_healthy(settings: Settings) -> bool:
+    return http_ok(f"{settings.labelstudio_url}/health")
+
+
+def status(settings: Settings) -> list[ServiceStatus]:
+    checks: dict[str, tuple[Callable[[], bool], str | None]] = {
+        "labelstudio": (lambda: labelstudio_healthy(settings), settings.labelstudio_url),
+        "dagster-webserver": (lambda: dagster_healthy(settings), settings.dagster_url),
+        "dagster-daemon": (lambda: True, None),
+        "demo-annotator": (lambda: True, None),
+    }
+    result = []
+    for name, (check, url) in checks.items():
+        pid = read_pid(settings, name)
+        running = pid_alive(pid)
+        result.append(ServiceStatus(name, pid, running, running and check(), url))
+    return result
+
+
+SERVICES_IN_STOP_ORDER = ("demo-annotator", "dagster-webserver", "dagster-daemon", "labelstudio")
+
+
+def down(settings: Settings) -> list[str]:
+    """Stop every service ``up`` started; returns the names that were running."""
+    return [name for name in SERVICES_IN_STOP_ORDER if stop(settings, name)]

@@ -1,0 +1,117 @@
+"""Data validation of a function's dataset with Great Expectations.
+
+Each check is a named GX expectation run on an ephemeral context (nothing written to disk). The checks
+are blocking: training waits until the data passes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+CHECK_NAMES = (
+    "inputs_not_empty",
+    "labels_in_label_set",
+    "no_conflicting_duplicates",
+    "enough_examples_per_label",
+)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    passed: bool
+    description: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class _Validator:
+    """One ephemeral GX context (no files, no progress bars) validating dataframes in memory."""
+
+    def __init__(self) -> None:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        self._context = gx.get_context(mode="ephemeral")
+        self._context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self._source = self._context.data_sources.add_pandas("loopml")
+        self._count = 0
+
+    def __call__(self, frame: pl.DataFrame, expectation: Any) -> dict[str, Any]:
+        """Run one expectation against a dataframe; return success and GX's ``result`` dict."""
+        self._count += 1
+        asset = self._source.add_dataframe_asset(f"frame_{self._count}")
+        batch_def = asset.add_batch_definition_whole_dataframe("all")
+        batch = batch_def.get_batch(batch_parameters={"dataframe": frame.to_pandas()})
+        outcome = batch.validate(expectation, result_format="COMPLETE")
+        return {"success": bool(outcome.success), "result": outcome.result}
+
+
+def validate_dataset(dataset: pl.DataFrame, label_set: list[str], min_per_label: int) -> list[CheckResult]:
+    """Validate a dataset (see ``loopml.dataset.build_dataset``) against the function's label set."""
+    import great_expectations as gx
+
+    expect = gx.expectations
+    _validate = _Validator()
+    results: list[CheckResult] = []
+
+    rows = dataset.select(["content_hash", "text_length", "label", "task_id"])
+    non_empty = _validate(rows, expect.ExpectColumnValuesToBeBetween(column="text_length", min_value=1))
+    empty_tasks = rows.filter(pl.col("text_length") < 1)["task_id"].to_list()
+    results.append(
+        CheckResult(
+            "inputs_not_empty",
+            non_empty["success"] and not dataset.is_empty(),
+            "every labelled input has non-blank text" if not dataset.is_empty() else "the dataset is empty",
+            {"empty_inputs": len(empty_tasks), "task_ids": empty_tasks[:20], "rows": dataset.height},
+        )
+    )
+
+    in_set = _validate(rows, expect.ExpectColumnValuesToBeInSet(column="label", value_set=list(label_set)))
+    outside = rows.filter(~pl.col("label").is_in(label_set))
+    results.append(
+        CheckResult(
+            "labels_in_label_set",
+            in_set["success"],
+            f"every label is one of {label_set}",
+            {
+                "unexpected_labels": sorted(set(outside["label"].to_list())),
+                "task_ids": outside["task_id"].to_list()[:20],
+            },
+        )
+    )
+
+    pairs = rows.unique(subset=["content_hash", "label"])
+    unique = _validate(pairs, expect.ExpectColumnValuesToBeUnique(column="content_hash"))
+    conflicts = pairs.group_by("content_hash").agg(pl.col("task_id"), pl.len().alias("n")).filter(pl.col("n") > 1)
+    results.append(
+        CheckResult(
+            "no_conflicting_duplicates",
+            unique["success"],
+            "no identical inputs carry different labels",
+            {
+                "conflicting_inputs": conflicts.height,
+                "task_ids": [ids for ids in conflicts["task_id"].to_list()[:10]],
+            },
+        )
+    )
+
+    counts = pl.DataFrame({"label": list(label_set)}).join(
+        rows.group_by("label").agg(pl.len().cast(pl.Int64).alias("count")), on="label", how="left"
+    ).with_columns(pl.col("count").fill_null(0))
+    enough = _validate(counts, expect.ExpectColumnValuesToBeBetween(column="count", min_value=min_per_label))
+    short = counts.filter(pl.col("count") < min_per_label)
+    results.append(
+        CheckResult(
+            "enough_examples_per_label",
+            enough["success"],
+            f"each label has at least {min_per_label} examples",
+            {
+                "counts": dict(zip(counts["label"].to_list(), counts["count"].to_list(), strict=True)),
+                "labels_short": short["label"].to_list(),
+            },
+        )
+    )
+    return results

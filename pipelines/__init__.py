@@ -1,0 +1,1 @@
+"""Dagster wiring: the jobs, sensors and schedules that turn the loop, and the Definitions."""

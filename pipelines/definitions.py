@@ -1,0 +1,21 @@
+"""The Dagster Definitions: every lifecycle asset, job, sensor and schedule, and the resources."""
+
+from dagster import Definitions
+
+from assets.annotations import annotations
+from assets.dataset import dataset
+from assets.features import features
+from assets.io_manager import LoopMLIOManager
+from assets.model import model
+from assets.resources import LoopMLResource
+from pipelines.jobs import train_function
+from pipelines.schedules import nightly_retraining
+from pipelines.sensors import annotation_sensor, function_discovery_sensor
+
+defs = Definitions(
+    assets=[annotations, dataset, features, model],
+    jobs=[train_function],
+    sensors=[function_discovery_sensor, annotation_sensor],
+    schedules=[nightly_retraining],
+    resources={"loopml": LoopMLResource(), "loopml_io": LoopMLIOManager()},
+)

@@ -1,0 +1,14 @@
+"""Jobs over the lifecycle assets."""
+
+from dagster import AssetSelection, define_asset_job, in_process_executor
+
+TRAINING_ASSETS = AssetSelection.assets("annotations", "dataset", "features", "model")
+
+# One process per run: the stages are short, and separate step processes would each pay the imports.
+train_function = define_asset_job(
+    "train_function",
+    selection=TRAINING_ASSETS,
+    executor_def=in_process_executor,
+    description="Pull annotations, validate, embed and train one function (one partition).",
+    tags={"dagster/max_retries": 1},
+)

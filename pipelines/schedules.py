@@ -1,0 +1,22 @@
+"""Schedules: nightly retraining of every function."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, schedule
+
+from assets.partitions import functions_partitions
+from pipelines.jobs import train_function
+
+
+@schedule(
+    job=train_function,
+    cron_schedule="0 3 * * *",
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="Retrain every function nightly (03:00), whether or not its annotations changed.",
+)
+def nightly_retraining(context: ScheduleEvaluationContext) -> Iterator[RunRequest]:
+    day = context.scheduled_execution_time.strftime("%Y-%m-%d")
+    for function in context.instance.get_dynamic_partitions(functions_partitions.name):
+        yield RunRequest(partition_key=function, run_key=f"nightly:{function}:{day}", tags={"loopml/trigger": "nightly"})

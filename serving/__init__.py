@@ -1,0 +1,1 @@
+"""Serving: the BentoML model store (registered versions) and, later, the HTTP service."""

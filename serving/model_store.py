@@ -1,0 +1,82 @@
+"""Registered model versions in the BentoML model store under ``LOOPML_HOME/bentoml``.
+
+A version is ``<function>:v<N>``: N counts up per function, so versions read in order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loopml.config import Settings
+
+if TYPE_CHECKING:
+    from loopml.automl import TextClassifier
+
+VERSION_PATTERN = re.compile(r"^v(\d+)$")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    tag: str
+    function: str
+    version: str
+    metadata: dict[str, Any]
+    path: Path
+
+
+def _bentoml(settings: Settings) -> Any:
+    """Import BentoML with its home inside LOOPML_HOME (must be set before the first import)."""
+    os.environ.setdefault("BENTOML_HOME", str(settings.bentoml_home))
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    import bentoml
+
+    return bentoml
+
+
+def list_versions(settings: Settings, function: str) -> list[ModelVersion]:
+    """Registered versions of a function, oldest first."""
+    bentoml = _bentoml(settings)
+    versions = []
+    for model in bentoml.models.list(function):
+        match = VERSION_PATTERN.match(model.tag.version or "")
+        if match:
+            versions.append((int(match.group(1)), model))
+    return [
+        ModelVersion(str(m.tag), function, m.tag.version, dict(m.info.metadata), Path(m.path))
+        for _, m in sorted(versions, key=lambda item: item[0])
+    ]
+
+
+def save_model(
+    settings: Settings, function: str, classifier: TextClassifier, metadata: dict[str, Any]
+) -> ModelVersion:
+    """Register ``classifier`` as the next version of ``function``."""
+    bentoml = _bentoml(settings)
+    existing = list_versions(settings, function)
+    number = int(existing[-1].version[1:]) + 1 if existing else 1
+    while True:
+        tag = f"{function}:v{number}"
+        try:
+            with bentoml.models.create(
+                tag,
+                labels={"function": function, "framework": "loopml"},
+                metadata=metadata,
+            ) as model:
+                classifier.save(Path(model.path) / "classifier")
+            break
+        except bentoml.exceptions.BentoMLException as error:
+            if "already exists" not in str(error):
+                raise
+            number += 1
+    return ModelVersion(tag, function, f"v{number}", metadata, Path(bentoml.models.get(tag).path))
+
+
+def load_classifier(settings: Settings, tag: str) -> TextClassifier:
+    from loopml.automl import TextClassifier
+
+    bentoml = _bentoml(settings)
+    return TextClassifier.load(Path(bentoml.models.get(tag).path) / "classifier")
