@@ -1,6 +1,5 @@
 """annotations: incremental pull of a function's Label Studio annotations."""
 
-from __future__ import annotations
 
 import time
 

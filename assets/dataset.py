@@ -1,6 +1,5 @@
 """dataset: validated, de-duplicated, hash-split training data (Great Expectations checks, blocking)."""
 
-from __future__ import annotations
 
 from collections.abc import Iterator
 

@@ -1,6 +1,5 @@
 """features: embeddings of the dataset's items, cached by (content hash, encoder)."""
 
-from __future__ import annotations
 
 import time
 

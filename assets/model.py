@@ -1,6 +1,5 @@
 """model: AutoML over cached embeddings and raw text; the winner registered in the BentoML model store."""
 
-from __future__ import annotations
 
 import time
 from typing import Any

@@ -1,6 +1,5 @@
 """Resources: LoopML's settings, function registry and Label Studio client, in one place."""
 
-from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +26,7 @@ class LoopMLResource(ConfigurableResource):
     def registry(self) -> FunctionRegistry:
         return FunctionRegistry(self.settings())
 
-    def labelstudio(self) -> LabelStudioClient:
+    def labelstudio(self) -> "LabelStudioClient":
         from loopml.labelstudio import LabelStudioClient
 
         return LabelStudioClient.from_settings(self.settings())

@@ -8,15 +8,14 @@ from typing import Protocol
 class AnnotationSource(Protocol):
     def latest_task_update(self, project_id: int) -> str | None: ...
 
-    def annotated_task_ids(self, project_id: int) -> set[int]: ...
+    def has_annotations(self, project_id: int) -> bool: ...
 
 
 def annotation_signature(source: AnnotationSource, project_id: int) -> str | None:
-    """Changes when any task is annotated, edited, skipped or has its annotations deleted.
+    """The newest task ``updated_at``: Label Studio bumps it on every annotation, edit, skip and deletion.
 
-    ``None`` when the project has no annotated task yet (nothing to train on).
+    ``None`` while the project has no annotated task (nothing to train on yet).
     """
-    annotated = source.annotated_task_ids(project_id)
-    if not annotated:
+    if not source.has_annotations(project_id):
         return None
-    return f"{source.latest_task_update(project_id)}|{len(annotated)}|{max(annotated)}"
+    return source.latest_task_update(project_id)

@@ -1,6 +1,5 @@
 """Schedules: nightly retraining of every function."""
 
-from __future__ import annotations
 
 from collections.abc import Iterator
 

@@ -1,6 +1,5 @@
 """Sensors: discover functions (partitions) and react to annotation changes in Label Studio within seconds."""
 
-from __future__ import annotations
 
 import json
 

@@ -29,7 +29,7 @@ class ModelVersion:
 
 
 def _bentoml(settings: Settings) -> Any:
-    """Import BentoML with its home inside LOOPML_HOME (must be set before the first import)."""
+    """Import BentoML with its home inside LOOPML_HOME (tracking off)."""
     os.environ.setdefault("BENTOML_HOME", str(settings.bentoml_home))
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     import bentoml
@@ -37,11 +37,21 @@ def _bentoml(settings: Settings) -> Any:
     return bentoml
 
 
+def model_store(settings: Settings) -> Any:
+    """The model store of these settings, explicitly, whatever BENTOML_HOME this process started with."""
+    _bentoml(settings)
+    from bentoml._internal.models.model import ModelStore
+
+    path = settings.bentoml_home / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return ModelStore(path)
+
+
 def list_versions(settings: Settings, function: str) -> list[ModelVersion]:
     """Registered versions of a function, oldest first."""
     bentoml = _bentoml(settings)
     versions = []
-    for model in bentoml.models.list(function):
+    for model in bentoml.models.list(function, _model_store=model_store(settings)):
         match = VERSION_PATTERN.match(model.tag.version or "")
         if match:
             versions.append((int(match.group(1)), model))
@@ -56,6 +66,7 @@ def save_model(
 ) -> ModelVersion:
     """Register ``classifier`` as the next version of ``function``."""
     bentoml = _bentoml(settings)
+    store = model_store(settings)
     existing = list_versions(settings, function)
     number = int(existing[-1].version[1:]) + 1 if existing else 1
     while True:
@@ -65,6 +76,7 @@ def save_model(
                 tag,
                 labels={"function": function, "framework": "loopml"},
                 metadata=metadata,
+                _model_store=store,
             ) as model:
                 classifier.save(Path(model.path) / "classifier")
             break
@@ -72,11 +84,12 @@ def save_model(
             if "already exists" not in str(error):
                 raise
             number += 1
-    return ModelVersion(tag, function, f"v{number}", metadata, Path(bentoml.models.get(tag).path))
+    return ModelVersion(tag, function, f"v{number}", metadata, Path(bentoml.models.get(tag, _model_store=store).path))
 
 
 def load_classifier(settings: Settings, tag: str) -> TextClassifier:
     from loopml.automl import TextClassifier
 
     bentoml = _bentoml(settings)
-    return TextClassifier.load(Path(bentoml.models.get(tag).path) / "classifier")
+    model = bentoml.models.get(tag, _model_store=model_store(settings))
+    return TextClassifier.load(Path(model.path) / "classifier")

@@ -1,0 +1,125 @@
+"""Loop latency: annotation saved in Label Studio -> new model version registered, on real services.
+
+Starts its own Label Studio and Dagster (webserver + daemon) in a temporary LOOPML_HOME on spare ports,
+creates a function with N labelled RottenTomatoes texts (imported with their annotations), waits for the
+first version, then saves single annotations through the Label Studio API and times each until the next
+version is registered. Prints the p50/p95 and a breakdown per stage from Dagster's run and step stats.
+
+    .venv/bin/python bench/loop_latency.py [--labelled 2000] [--rounds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--labelled", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--keep", action="store_true", help="leave the services running")
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="loopml-bench-"))
+    os.environ.update(
+        LOOPML_HOME=str(home),
+        LOOPML_LABELSTUDIO_PORT="18480",
+        LOOPML_DAGSTER_PORT="18430",
+        LOOPML_ANNOTATION_POLL_SECONDS="1",
+        DAGSTER_HOME=str(home / "dagster"),
+        BENTOML_HOME=str(home / "bentoml"),
+    )
+    loopml = [sys.executable, "-m", "loopml.cli"]
+    subprocess.run([*loopml, "up"], check=True, cwd=ROOT)
+    try:
+        run_rounds(args.labelled, args.rounds)
+    finally:
+        if not args.keep:
+            subprocess.run([*loopml, "down"], cwd=ROOT)
+
+
+def run_rounds(labelled: int, rounds: int) -> None:
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+    from loopml.config import get_settings
+    from loopml.demo import sample_items
+    from loopml.demo_data import load_rotten_tomatoes
+    from loopml.functions import create_function
+    from loopml.labelstudio import LabelStudioClient
+    from serving.model_store import list_versions
+
+    settings = get_settings()
+    client = LabelStudioClient.from_settings(settings)
+    texts, labels = sample_items(*load_rotten_tomatoes(), items=labelled + rounds)
+    project = create_function(settings, "bench-sentiment", "text", ["positive", "negative"])
+    choice = lambda label: [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [label]}}]  # noqa: E731
+    client.import_tasks(
+        project,
+        [{"data": {"text": t}, "annotations": [{"result": choice(l)}]} for t, l in zip(texts[:labelled], labels[:labelled], strict=True)],
+    )
+    client.import_tasks(project, [{"data": {"text": t}} for t in texts[labelled:]])
+    print(f"imported {labelled} labelled + {rounds} unlabelled tasks; waiting for the first version ...", flush=True)
+    wait_for_version(settings, "bench-sentiment", 1, timeout_s=300)
+    instance = DagsterInstance.get()
+    unlabelled = client.unlabeled_tasks(project, limit=rounds)
+    rows = []
+    for i, task in enumerate(unlabelled):
+        have = len(list_versions(settings, "bench-sentiment"))
+        time.sleep(1.5)  # let the previous run finish its bookkeeping
+        t0 = time.time()
+        client.create_annotation(task.task_id, labels[labelled + i] if labelled + i < len(labels) else "positive")
+        wait_for_version(settings, "bench-sentiment", have + 1, timeout_s=120)
+        total = time.time() - t0
+        run = instance.get_run_records(
+            filters=RunsFilter(job_name="train_function", statuses=[DagsterRunStatus.SUCCESS]), limit=1
+        )[0]
+        steps = {s.step_key: s.end_time - s.start_time for s in instance.get_run_step_stats(run.dagster_run.run_id)}
+        rows.append(
+            {
+                "total": total,
+                "sensor_wait": run.create_timestamp.timestamp() - t0,
+                "run_launch": (run.start_time or 0) - run.create_timestamp.timestamp(),
+                "pull": steps.get("annotations", 0.0),
+                "validate": steps.get("dataset", 0.0),
+                "embed": steps.get("features", 0.0),
+                "train+register": steps.get("model", 0.0),
+                "run_end_to_version_seen": total - ((run.end_time or t0) - t0),
+            }
+        )
+        print(f"round {i + 1}: {total:.2f} s", flush=True)
+    print_table(rows, labelled)
+
+
+def wait_for_version(settings, function: str, count: int, timeout_s: float) -> None:
+    from serving.model_store import list_versions
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if len(list_versions(settings, function)) >= count:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"no version {count} of {function} after {timeout_s} s; see the Dagster UI")
+
+
+def print_table(rows: list[dict[str, float]], labelled: int) -> None:
+    print(f"\nAnnotation saved -> new version registered ({labelled} labelled texts, {len(rows)} rounds)\n")
+    print("| stage | p50 s | p95 s |")
+    print("|---|---|---|")
+    for key in rows[0]:
+        values = sorted(r[key] for r in rows)
+        p95 = values[min(len(values) - 1, int(round(0.95 * (len(values) - 1))))]
+        print(f"| {key} | {statistics.median(values):.2f} | {p95:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

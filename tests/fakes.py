@@ -1,0 +1,151 @@
+"""An in-memory stand-in for Label Studio with the client's interface, for in-process Dagster tests.
+
+It isolates asset and sensor logic from the server; the end-to-end tests use the real server.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from assets.resources import LoopMLResource
+from loopml.labelstudio import LabelStudioUnavailable
+
+_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class FakeAnnotation:
+    annotation_id: int
+    task_id: int
+    label: str | None
+    was_cancelled: bool
+    completed_by: int | None
+    created_at: str
+    updated_at: str
+
+
+@dataclass
+class FakeTask:
+    task_id: int
+    data: dict
+    updated_at: str
+    annotations: list[FakeAnnotation] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+
+class FakeLabelStudio:
+    """Projects, tasks and annotations in memory; ``down = True`` makes every call fail as unreachable."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[int, FakeTask] = {}
+        self.projects: dict[int, list[int]] = {}
+        self.label_configs: dict[int, str] = {}
+        self.down = False
+        self._ids = itertools.count(1)
+        self._clock = itertools.count(1)
+
+    def _now(self) -> str:
+        return (_EPOCH + timedelta(seconds=next(self._clock))).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    def _check(self) -> None:
+        if self.down:
+            raise LabelStudioUnavailable("Label Studio is not reachable at http://fake (down); start it with `loopml up`")
+
+    def ensure_reachable(self) -> None:
+        self._check()
+
+    def health(self) -> bool:
+        return not self.down
+
+    def create_project(self, title: str, label_config: str, description: str = "") -> int:
+        self._check()
+        pid = next(self._ids)
+        self.projects[pid] = []
+        self.label_configs[pid] = label_config
+        return pid
+
+    def import_tasks(self, project_id: int, tasks: list[dict]) -> int:
+        self._check()
+        for task in tasks:
+            tid = next(self._ids)
+            self.tasks[tid] = FakeTask(tid, task["data"], self._now(), meta=task.get("meta", {}))
+            self.projects[project_id].append(tid)
+        return len(tasks)
+
+    def _touch(self, task: FakeTask) -> None:
+        task.updated_at = self._now()
+
+    def create_annotation(self, task_id: int, label: str, **_: object) -> int:
+        self._check()
+        task = self.tasks[task_id]
+        now = self._now()
+        aid = next(self._ids)
+        task.annotations.append(FakeAnnotation(aid, task_id, label, False, 1, now, now))
+        self._touch(task)
+        return aid
+
+    def skip_task(self, task_id: int) -> int:
+        self._check()
+        task = self.tasks[task_id]
+        now = self._now()
+        aid = next(self._ids)
+        task.annotations.append(FakeAnnotation(aid, task_id, None, True, 1, now, now))
+        self._touch(task)
+        return aid
+
+    def update_annotation(self, annotation_id: int, label: str, **_: object) -> None:
+        self._check()
+        for task in self.tasks.values():
+            for i, a in enumerate(task.annotations):
+                if a.annotation_id == annotation_id:
+                    now = self._now()
+                    task.annotations[i] = FakeAnnotation(a.annotation_id, a.task_id, label, False, 1, a.created_at, now)
+                    self._touch(task)
+
+    def delete_annotation(self, annotation_id: int) -> None:
+        """Like the server, deleting an annotation bumps its task's updated_at."""
+        self._check()
+        for task in self.tasks.values():
+            if any(a.annotation_id == annotation_id for a in task.annotations):
+                task.annotations = [a for a in task.annotations if a.annotation_id != annotation_id]
+                self._touch(task)
+
+    def _project_tasks(self, project_id: int) -> list[FakeTask]:
+        return [self.tasks[t] for t in self.projects[project_id]]
+
+    def changed_tasks(self, project_id: int, since: str | None) -> list[FakeTask]:
+        self._check()
+        return [
+            t for t in self._project_tasks(project_id)
+            if t.annotations and (since is None or t.updated_at > since)
+        ] + [t for t in self._project_tasks(project_id) if not t.annotations and since is not None and t.updated_at > since]
+
+    def annotated_task_ids(self, project_id: int) -> set[int]:
+        self._check()
+        return {t.task_id for t in self._project_tasks(project_id) if t.annotations}
+
+    def has_annotations(self, project_id: int) -> bool:
+        self._check()
+        return any(t.annotations for t in self._project_tasks(project_id))
+
+    def latest_task_update(self, project_id: int) -> str | None:
+        self._check()
+        return max((t.updated_at for t in self._project_tasks(project_id)), default=None)
+
+    def unlabeled_tasks(self, project_id: int, limit: int) -> list[FakeTask]:
+        self._check()
+        return [t for t in self._project_tasks(project_id) if not t.annotations][:limit]
+
+
+class FakeLoopMLResource(LoopMLResource):
+    """LoopMLResource whose Label Studio is a shared FakeLabelStudio (by key, since resources are frozen)."""
+
+    fake_key: str = "default"
+
+    def labelstudio(self) -> FakeLabelStudio:  # type: ignore[override]
+        return FAKES.setdefault(self.fake_key, FakeLabelStudio())
+
+
+FAKES: dict[str, FakeLabelStudio] = {}

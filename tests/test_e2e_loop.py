@@ -1,0 +1,96 @@
+"""The first half of the loop against a real Label Studio: annotate -> sensor -> run -> registered version."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context
+
+from loopml.functions import FunctionRegistry, create_function
+from pipelines.definitions import defs
+from pipelines.sensors import annotation_sensor
+from serving.model_store import list_versions
+from tests.test_pipeline import NEGATIVE, POSITIVE
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def tick(instance: DagsterInstance, cursor: str | None):
+    context = build_sensor_context(cursor=cursor, instance=instance, resources={"loopml": defs.resources["loopml"]})
+    return annotation_sensor(context)
+
+
+def train(instance: DagsterInstance, function: str):
+    job = defs.resolve_job_def("train_function")
+    return job.execute_in_process(instance=instance, partition_key=function, raise_on_error=False)
+
+
+def dataset_labels(result) -> dict[str, str]:
+    data = result.output_for_node("dataset")
+    return dict(zip(data["text"].to_list(), data["label"].to_list(), strict=True))
+
+
+def test_annotations_in_label_studio_become_a_registered_model(labelstudio) -> None:
+    settings, client = labelstudio.settings, labelstudio.client
+    project = create_function(settings, "e2e-sentiment", "text", "positive,negative")
+    assert FunctionRegistry(settings).get("e2e-sentiment").labelstudio_project_id == project
+    texts = POSITIVE + NEGATIVE + ["still unlabelled"]
+    assert client.import_tasks(project, [{"data": {"text": t}} for t in texts]) == len(texts)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("functions", ["e2e-sentiment"])
+
+    first = tick(instance, None)
+    assert isinstance(first, SkipReason)  # imported, nothing annotated yet
+
+    tasks = {t.data["text"]: t.task_id for t in client.unlabeled_tasks(project, limit=100)}
+    annotation_ids = {
+        text: client.create_annotation(tasks[text], "positive" if text in POSITIVE else "negative")
+        for text in POSITIVE + NEGATIVE
+    }
+    requested = tick(instance, None)
+    assert isinstance(requested, SensorResult)
+    assert [r.partition_key for r in requested.run_requests] == ["e2e-sentiment"]
+    cursor = requested.cursor
+
+    result = train(instance, "e2e-sentiment")
+    assert result.success
+    model = result.output_for_node("model")
+    assert model["tag"] == "e2e-sentiment:v1"
+    assert model["cv_accuracy"] >= 0.7 and model["cv_macro_f1"] >= 0.6
+    assert set(model["per_label"]) == {"positive", "negative"}
+    assert [v.tag for v in list_versions(settings, "e2e-sentiment")] == ["e2e-sentiment:v1"]
+    assert isinstance(tick(instance, cursor), SkipReason)  # nothing changed since
+
+    # an edit changes the dataset, a deletion leaves it, a skip adds nothing
+    client.update_annotation(annotation_ids[POSITIVE[0]], "negative")
+    client.delete_annotation(annotation_ids[NEGATIVE[0]])
+    client.skip_task(tasks["still unlabelled"])
+    changed = tick(instance, cursor)
+    assert isinstance(changed, SensorResult)
+    cursor = changed.cursor
+    second = train(instance, "e2e-sentiment")
+    assert second.success
+    labels = dataset_labels(second)
+    assert labels[POSITIVE[0]] == "negative"
+    assert NEGATIVE[0] not in labels and "still unlabelled" not in labels
+    assert second.output_for_node("model")["tag"] == "e2e-sentiment:v2"
+    pulled = second.asset_materializations_for_node("annotations")[0].metadata
+    assert pulled["tasks_changed"].value == 3 and pulled["skipped"].value == 1
+
+    # Label Studio down: the sensor skips with the reason and keeps its cursor; nothing is lost
+    client.create_annotation(tasks[NEGATIVE[0]], "negative")
+    labelstudio.stop()
+    try:
+        down = tick(instance, cursor)
+        assert isinstance(down, SkipReason)
+        assert "not reachable" in down.skip_message and "loopml up" in down.skip_message
+        failed = train(instance, "e2e-sentiment")
+        assert not failed.success  # the run fails cleanly; the stored annotations stay as they were
+    finally:
+        labelstudio.start()
+    back = tick(instance, cursor)
+    assert isinstance(back, SensorResult) and json.loads(back.cursor) != json.loads(cursor)
+    third = train(instance, "e2e-sentiment")
+    assert third.success
+    assert dataset_labels(third)[NEGATIVE[0]] == "negative"

@@ -1,0 +1,213 @@
+"""The lifecycle assets and sensors in-process, with Label Studio replaced by an in-memory fake."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context, materialize
+
+from assets.annotations import annotations
+from assets.dataset import dataset
+from assets.features import features
+from assets.io_manager import LoopMLIOManager
+from assets.model import model
+from loopml.config import get_settings
+from loopml.functions import FunctionRegistry, FunctionSpec
+from pipelines.sensors import annotation_sensor, function_discovery_sensor
+from serving.model_store import list_versions, load_classifier
+from tests.fakes import FAKES, FakeLabelStudio, FakeLoopMLResource
+
+POSITIVE = [
+    "I loved this film, wonderful acting",
+    "a delightful and moving story",
+    "brilliant, funny and warm",
+    "one of the best movies of the year",
+    "great performances and a clever script",
+    "a joy to watch from start to finish",
+]
+NEGATIVE = [
+    "a boring, tedious mess",
+    "terrible acting and a dull plot",
+    "I hated every minute of it",
+    "the worst film I have seen",
+    "painfully slow and badly written",
+    "a waste of time and money",
+]
+ASSETS = [annotations, dataset, features, model]
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """A fresh LOOPML_HOME, a registered function whose project lives in a fake Label Studio."""
+    monkeypatch.setenv("LOOPML_HOME", str(tmp_path))
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    settings = get_settings()
+    settings.ensure_dirs()
+    key = uuid.uuid4().hex
+    fake = FAKES.setdefault(key, FakeLabelStudio())
+    project = fake.create_project("sentiment", "<View/>")
+    fake.import_tasks(project, [{"data": {"text": t}} for t in POSITIVE + NEGATIVE + ["unlabelled one"]])
+    FunctionRegistry(settings).add(FunctionSpec("sentiment", "text", ["positive", "negative"], "minilm-l6-int8", project))
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("functions", ["sentiment"])
+    resources = {"loopml": FakeLoopMLResource(fake_key=key), "loopml_io": LoopMLIOManager()}
+    yield {"settings": settings, "fake": fake, "project": project, "instance": instance, "resources": resources}
+    FAKES.pop(key, None)
+
+
+def annotate_all(fake: FakeLabelStudio, project: int) -> dict[str, int]:
+    ids = {}
+    for tid in fake.projects[project]:
+        text = fake.tasks[tid].data["text"]
+        if text in POSITIVE or text in NEGATIVE:
+            ids[text] = fake.create_annotation(tid, "positive" if text in POSITIVE else "negative")
+    return ids
+
+
+def run(env, selection=ASSETS, raise_on_error=True):
+    return materialize(
+        selection,
+        instance=env["instance"],
+        partition_key="sentiment",
+        resources=env["resources"],
+        raise_on_error=raise_on_error,
+    )
+
+
+def test_annotations_to_registered_model(env) -> None:
+    annotate_all(env["fake"], env["project"])
+    result = run(env)
+    assert result.success
+    output = result.output_for_node("model")
+    assert output["tag"] == "sentiment:v1"
+    assert 0.5 <= output["cv_accuracy"] <= 1.0
+    assert output["label_set"] == ["positive", "negative"]
+    versions = list_versions(env["settings"], "sentiment")
+    assert [v.version for v in versions] == ["v1"]
+    assert versions[0].metadata["winner"] == output["winner"]
+    classifier = load_classifier(env["settings"], "sentiment:v1")
+    from loopml.encoders import get_encoder
+
+    texts = ["an absolutely wonderful, moving film", "dull, boring and badly acted"]
+    probs = classifier.predict_proba(texts, get_encoder("minilm-l6-int8").encode(texts))
+    assert probs.shape == (2, 2)
+    assert probs[0].argmax() == 0 and probs[1].argmax() == 1
+    assert (versions[0].path / "oof_proba.parquet").exists()
+    leaderboard = result.asset_materializations_for_node("model")[0].metadata["leaderboard"]
+    assert len(leaderboard.value.records) >= 3
+
+    # second run: a new version; features come from the cache
+    env["fake"].create_annotation(env["fake"].projects[env["project"]][-1], "positive")
+    again = run(env)
+    assert again.output_for_node("model")["tag"] == "sentiment:v2"
+    feature_meta = again.asset_materializations_for_node("features")[0].metadata
+    assert feature_meta["newly_embedded"].value == 1
+
+
+def test_edits_change_and_deletions_leave_the_dataset(env) -> None:
+    fake, project = env["fake"], env["project"]
+    ids = annotate_all(fake, project)
+    first = run(env, [annotations, dataset])
+    data = first.output_for_node("dataset")
+    assert data.height == 12
+    assert data.filter(data["text"] == POSITIVE[0])["label"].to_list() == ["positive"]
+
+    fake.update_annotation(ids[POSITIVE[0]], "negative")
+    fake.delete_annotation(ids[NEGATIVE[0]])
+    second = run(env, [annotations, dataset], raise_on_error=False)
+    data = second.output_for_node("dataset")
+    assert data.height == 11
+    assert data.filter(data["text"] == POSITIVE[0])["label"].to_list() == ["negative"]
+    assert NEGATIVE[0] not in data["text"].to_list()
+    meta = second.asset_materializations_for_node("annotations")[0].metadata
+    assert meta["tasks_changed"].value == 1  # incremental: only the edited task was read
+
+
+def test_a_label_outside_the_label_set_fails_a_blocking_check_and_stops_training(env) -> None:
+    fake, project = env["fake"], env["project"]
+    annotate_all(fake, project)
+    fake.create_annotation(fake.projects[project][-1], "sarcastic")
+    result = run(env, raise_on_error=False)
+    assert not result.success
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert not checks["labels_in_label_set"].passed
+    assert checks["labels_in_label_set"].metadata["unexpected_labels"].value == ["sarcastic"]
+    assert checks["enough_examples_per_label"].passed
+    assert list_versions(env["settings"], "sentiment") == []
+
+
+def test_too_few_examples_blocks_training(env) -> None:
+    fake, project = env["fake"], env["project"]
+    fake.create_annotation(fake.projects[project][0], "positive")
+    result = run(env, raise_on_error=False)
+    assert not result.success
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert not checks["enough_examples_per_label"].passed
+    assert list_versions(env["settings"], "sentiment") == []
+
+
+def sensor_tick(env, cursor: str | None = None):
+    context = build_sensor_context(cursor=cursor, instance=env["instance"], resources={"loopml": env["resources"]["loopml"]})
+    return annotation_sensor(context), context
+
+
+def test_annotation_sensor_requests_runs_only_on_change(env) -> None:
+    fake, project = env["fake"], env["project"]
+    result, _ = sensor_tick(env)
+    assert isinstance(result, SkipReason) and "no annotation changes" in result.skip_message
+
+    fake.create_annotation(fake.projects[project][0], "positive")
+    result, _ = sensor_tick(env)
+    assert isinstance(result, SensorResult)
+    assert [r.partition_key for r in result.run_requests] == ["sentiment"]
+    cursor = result.cursor
+    assert "sentiment" in json.loads(cursor)
+
+    again, _ = sensor_tick(env, cursor)
+    assert isinstance(again, SkipReason)
+
+    deleted = fake.tasks[fake.projects[project][0]].annotations[0].annotation_id
+    fake.delete_annotation(deleted)
+    fake.create_annotation(fake.projects[project][1], "positive")
+    fake.delete_annotation(fake.tasks[fake.projects[project][1]].annotations[0].annotation_id)
+    after_delete, _ = sensor_tick(env, cursor)
+    assert isinstance(after_delete, SkipReason)  # no annotated task left: nothing to train on
+    fake.create_annotation(fake.projects[project][2], "negative")
+    changed, _ = sensor_tick(env, cursor)
+    assert isinstance(changed, SensorResult) and changed.cursor != cursor
+
+
+def test_annotation_sensor_skips_when_label_studio_is_down_and_keeps_its_cursor(env) -> None:
+    fake, project = env["fake"], env["project"]
+    fake.create_annotation(fake.projects[project][0], "positive")
+    first, _ = sensor_tick(env)
+    cursor = first.cursor
+    fake.create_annotation(fake.projects[project][1], "positive")
+    fake.down = True
+    down, _ = sensor_tick(env, cursor)
+    assert isinstance(down, SkipReason)
+    assert "not reachable" in down.skip_message and "cursor did not advance" in down.skip_message
+    fake.down = False
+    back, _ = sensor_tick(env, cursor)
+    assert isinstance(back, SensorResult) and back.run_requests[0].partition_key == "sentiment"
+
+
+def test_discovery_sensor_adds_partitions_for_new_functions(env) -> None:
+    FunctionRegistry(env["settings"]).add(FunctionSpec("topics", "text", ["a", "b"], "minilm-l6-int8", None))
+    context = build_sensor_context(instance=env["instance"], resources={"loopml": env["resources"]["loopml"]})
+    result = function_discovery_sensor(context)
+    assert isinstance(result, SensorResult)
+    assert result.dynamic_partitions_requests[0].partition_keys == ["topics"]
+
+
+def test_definitions_load() -> None:
+    from pipelines.definitions import defs
+
+    job = defs.resolve_job_def("train_function")
+    assert {n.name for n in job.graph.node_defs} >= {"annotations", "dataset", "features", "model"}
+    assert defs.resolve_sensor_def("annotation_sensor").minimum_interval_seconds <= 5
+    assert defs.resolve_schedule_def("nightly_retraining").cron_schedule == "0 3 * * *"
+    graph = defs.resolve_asset_graph()
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {"annotations", "dataset", "features", "model"}
