@@ -12,18 +12,27 @@ from assets.resources import LoopMLResource
 from loopml.annotations import PulledTask, empty_annotations, merge_annotations
 
 CURSOR_KEY = "labelstudio_cursor"
+TASK_COUNT_KEY = "labelstudio_tasks"
 
 
-def previous_cursor(context: AssetExecutionContext) -> str | None:
-    """The Label Studio cursor recorded by this partition's last materialization (after its data was stored)."""
+def previous_pull(context: AssetExecutionContext) -> tuple[str | None, int | None]:
+    """The Label Studio cursor and task count recorded by this partition's last materialization.
+
+    Recorded as metadata, so they exist only once the pulled data was stored.
+    """
     records = context.instance.fetch_materializations(
         records_filter=_records_filter(context.partition_key), limit=1
     ).records
     event = records[0].event_log_entry if records else None
     if event is None or event.asset_materialization is None:
-        return None
-    value = event.asset_materialization.metadata.get(CURSOR_KEY)
-    return str(value.value) if value is not None and value.value else None
+        return None, None
+    metadata = event.asset_materialization.metadata
+    cursor = metadata.get(CURSOR_KEY)
+    count = metadata.get(TASK_COUNT_KEY)
+    return (
+        str(cursor.value) if cursor is not None and cursor.value else None,
+        int(count.value) if count is not None else None,
+    )
 
 
 def _records_filter(partition: str):  # noqa: ANN202 - dagster type import kept local
@@ -54,11 +63,15 @@ def annotations(context: AssetExecutionContext, loopml: LoopMLResource) -> Outpu
     started = time.perf_counter()
 
     stored = asset_path(settings.data_dir, "annotations", function, ".parquet")
-    cursor = previous_cursor(context) if stored.exists() else None
+    cursor, task_count = previous_pull(context) if stored.exists() else (None, None)
     previous = pl.read_parquet(stored) if stored.exists() else empty_annotations()
 
+    _, tasks_now = client.task_fingerprint(spec.labelstudio_project_id)
     changed = client.changed_tasks(spec.labelstudio_project_id, since=cursor)
-    annotated_ids = client.annotated_task_ids(spec.labelstudio_project_id)
+    # Deleted tasks leave no trace in updated_at: list the annotated tasks only when the task count moved.
+    annotated_ids = (
+        client.annotated_task_ids(spec.labelstudio_project_id) if tasks_now != task_count else None
+    )
     pulled = [
         PulledTask(
             task_id=task.task_id,
@@ -86,6 +99,7 @@ def annotations(context: AssetExecutionContext, loopml: LoopMLResource) -> Outpu
         table,
         metadata={
             CURSOR_KEY: new_cursor or "",
+            TASK_COUNT_KEY: tasks_now,
             "tasks_changed": len(changed),
             "annotations": table.height,
             "annotated_tasks": table["task_id"].n_unique(),

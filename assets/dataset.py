@@ -66,5 +66,8 @@ def dataset(
             passed=result.passed,
             severity=AssetCheckSeverity.ERROR,
             description=result.description if result.passed else f"FAILED: {result.description}",
-            metadata={key: MetadataValue.json(value) for key, value in result.details.items()},
+            metadata={
+                key: MetadataValue.json(value) if isinstance(value, dict | list) else value
+                for key, value in result.details.items()
+            },
         )

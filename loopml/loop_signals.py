@@ -6,16 +6,18 @@ from typing import Protocol
 
 
 class AnnotationSource(Protocol):
-    def latest_task_update(self, project_id: int) -> str | None: ...
+    def task_fingerprint(self, project_id: int) -> tuple[str | None, int]: ...
 
     def has_annotations(self, project_id: int) -> bool: ...
 
 
 def annotation_signature(source: AnnotationSource, project_id: int) -> str | None:
-    """The newest task ``updated_at``: Label Studio bumps it on every annotation, edit, skip and deletion.
+    """Newest task ``updated_at`` and task count: Label Studio bumps ``updated_at`` on every annotation,
+    edit, skip and deletion, and the count changes when tasks are added or deleted.
 
     ``None`` while the project has no annotated task (nothing to train on yet).
     """
     if not source.has_annotations(project_id):
         return None
-    return source.latest_task_update(project_id)
+    latest, count = source.task_fingerprint(project_id)
+    return f"{latest}|{count}"

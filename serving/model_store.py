@@ -51,7 +51,11 @@ def list_versions(settings: Settings, function: str) -> list[ModelVersion]:
     """Registered versions of a function, oldest first."""
     bentoml = _bentoml(settings)
     versions = []
-    for model in bentoml.models.list(function, _model_store=model_store(settings)):
+    try:
+        models = bentoml.models.list(function, _model_store=model_store(settings))
+    except bentoml.exceptions.NotFound:
+        return []
+    for model in models:
         match = VERSION_PATTERN.match(model.tag.version or "")
         if match:
             versions.append((int(match.group(1)), model))

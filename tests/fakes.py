@@ -126,6 +126,10 @@ class FakeLabelStudio:
         self._check()
         return {t.task_id for t in self._project_tasks(project_id) if t.annotations}
 
+    def task_fingerprint(self, project_id: int) -> tuple[str | None, int]:
+        self._check()
+        return self.latest_task_update(project_id), len(self.projects[project_id])
+
     def has_annotations(self, project_id: int) -> bool:
         self._check()
         return any(t.annotations for t in self._project_tasks(project_id))

@@ -122,7 +122,7 @@ def test_edits_change_and_deletions_leave_the_dataset(env) -> None:
     assert data.filter(data["text"] == POSITIVE[0])["label"].to_list() == ["negative"]
     assert NEGATIVE[0] not in data["text"].to_list()
     meta = second.asset_materializations_for_node("annotations")[0].metadata
-    assert meta["tasks_changed"].value == 1  # incremental: only the edited task was read
+    assert meta["tasks_changed"].value == 2  # incremental: only the edited and the deleted task were read
 
 
 def test_a_label_outside_the_label_set_fails_a_blocking_check_and_stops_training(env) -> None:
