@@ -23,11 +23,10 @@ DAGSTER_YAML = """\
 # Written by `loopml up`. Dagster's instance for LoopML (SQLite storage in this folder).
 telemetry:
   enabled: false
+# Runs launch at once (no queue hop): the annotation sensor already allows one run per function.
 run_coordinator:
   module: dagster.core.run_coordinator
-  class: QueuedRunCoordinator
-  config:
-    max_concurrent_runs: 2
+  class: DefaultRunCoordinator
 run_retries:
   enabled: true
 sensors:
