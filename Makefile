@@ -6,6 +6,8 @@ LS_VENV := .venv-labelstudio
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 LABEL_STUDIO_VERSION := 1.23.2
+# caches of the running platform and of the tests stay inside the checkout, not in ~/.cache
+RUN_ENV := XDG_CACHE_HOME=$(CURDIR)/.loopml/cache
 
 .PHONY: help install install-label-studio demo up down status test test-fast bench lint clean
 
@@ -33,10 +35,10 @@ $(LS_VENV)/.installed:
 install: $(VENV)/.installed $(LS_VENV)/.installed  ## install LoopML and Label Studio (idempotent)
 
 demo: install  ## start the platform (Label Studio, Dagster) with demo data and print the URLs
-	$(VENV)/bin/loopml demo
+	$(RUN_ENV) $(VENV)/bin/loopml demo
 
 up: install  ## start the services without demo data
-	$(VENV)/bin/loopml up
+	$(RUN_ENV) $(VENV)/bin/loopml up
 
 down:  ## stop the services started by `make up` / `make demo`
 	$(VENV)/bin/loopml down
@@ -45,14 +47,14 @@ status:  ## show what is running
 	$(VENV)/bin/loopml status
 
 test: install  ## install what the tests need and run the whole suite (end-to-end included)
-	$(VENV)/bin/python -m pytest
+	$(RUN_ENV) $(VENV)/bin/python -m pytest
 
 test-fast: install  ## unit and in-process tests only (no Label Studio server)
-	$(VENV)/bin/python -m pytest -m "not e2e"
+	$(RUN_ENV) $(VENV)/bin/python -m pytest -m "not e2e"
 
 bench: install  ## run the benchmarks (print tables)
-	$(VENV)/bin/python bench/automl_speed.py
-	$(VENV)/bin/python bench/learning_curve.py
+	$(RUN_ENV) $(VENV)/bin/python bench/automl_speed.py
+	$(RUN_ENV) $(VENV)/bin/python bench/learning_curve.py
 
 lint: install  ## ruff
 	$(VENV)/bin/ruff check .

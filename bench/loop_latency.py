@@ -49,7 +49,7 @@ def main() -> None:
 
 
 def run_rounds(labelled: int, rounds: int) -> None:
-    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+    from dagster import DagsterInstance
 
     from loopml.config import get_settings
     from loopml.demo import sample_items
@@ -75,14 +75,12 @@ def run_rounds(labelled: int, rounds: int) -> None:
     rows = []
     for i, task in enumerate(unlabelled):
         have = len(list_versions(settings, "bench-sentiment"))
-        time.sleep(1.5)  # let the previous run finish its bookkeeping
+        time.sleep(0.5)
         t0 = time.time()
         client.create_annotation(task.task_id, labels[labelled + i] if labelled + i < len(labels) else "positive")
         wait_for_version(settings, "bench-sentiment", have + 1, timeout_s=120)
         total = time.time() - t0
-        run = instance.get_run_records(
-            filters=RunsFilter(job_name="train_function", statuses=[DagsterRunStatus.SUCCESS]), limit=1
-        )[0]
+        run = wait_for_run(instance, t0)
         steps = {s.step_key: s.end_time - s.start_time for s in instance.get_run_step_stats(run.dagster_run.run_id)}
         rows.append(
             {
@@ -93,11 +91,28 @@ def run_rounds(labelled: int, rounds: int) -> None:
                 "validate": steps.get("dataset", 0.0),
                 "embed": steps.get("features", 0.0),
                 "train+register": steps.get("model", 0.0),
-                "run_end_to_version_seen": total - ((run.end_time or t0) - t0),
+                "run_total": (run.end_time or 0) - (run.start_time or 0),
             }
         )
         print(f"round {i + 1}: {total:.2f} s", flush=True)
     print_table(rows, labelled)
+
+
+def wait_for_run(instance, t0: float, timeout_s: float = 60):
+    """The training run created after ``t0``, once it has finished."""
+    from datetime import UTC, datetime
+
+    from dagster import DagsterRunStatus, RunsFilter
+
+    since = datetime.fromtimestamp(t0, UTC)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        records = instance.get_run_records(filters=RunsFilter(job_name="train_function", created_after=since))
+        done = [r for r in records if r.dagster_run.status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE)]
+        if records and len(done) == len(records):
+            return min(done, key=lambda r: r.create_timestamp)
+        time.sleep(0.2)
+    raise TimeoutError("the training run did not finish")
 
 
 def wait_for_version(settings, function: str, count: int, timeout_s: float) -> None:

@@ -92,6 +92,7 @@ def service_env(settings: Settings) -> dict[str, str]:
         BENTOML_HOME=str(settings.bentoml_home),
         BENTOML_DO_NOT_TRACK="true",
         TMPDIR=str(settings.tmp_dir),
+        XDG_CACHE_HOME=str(settings.home / "cache"),  # onnxruntime and others keep caches there, not in ~
         PYTHONUNBUFFERED="1",
     )
     return env
