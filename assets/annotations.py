@@ -85,6 +85,7 @@ def annotations(context: AssetExecutionContext, loopml: LoopMLResource) -> Outpu
                     "completed_by": a.completed_by,
                     "created_at": a.created_at,
                     "updated_at": a.updated_at,
+                    "must_pass": a.must_pass,
                 }
                 for a in task.annotations
             ],

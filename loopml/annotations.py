@@ -1,7 +1,8 @@
 """Annotations as a table: incremental merge of what changed in Label Studio, and the disagreement rule.
 
 The ``annotations`` table has one row per annotation (skipped tasks included, ``was_cancelled`` true):
-task_id, annotation_id, text, label, was_cancelled, completed_by, created_at, updated_at, source.
+task_id, annotation_id, text, label, was_cancelled, completed_by, created_at, updated_at, source, must_pass
+(the annotator ticked "must pass": the deployment gate requires every new version to answer it right).
 
 Disagreement rule (documented for users in the README): when several annotators labelled one task, the
 label with the most votes wins; a tie goes to the most recently updated annotation among the tied labels.
@@ -26,6 +27,7 @@ ANNOTATION_SCHEMA: dict[str, Any] = {
     "created_at": pl.String,
     "updated_at": pl.String,
     "source": pl.String,
+    "must_pass": pl.Boolean,
 }
 
 
@@ -44,6 +46,16 @@ def empty_annotations() -> pl.DataFrame:
     return pl.DataFrame(schema=ANNOTATION_SCHEMA)
 
 
+def conform(frame: pl.DataFrame) -> pl.DataFrame:
+    """A stored annotations table brought to the current schema (columns added later get defaults)."""
+    missing = [
+        pl.lit(False if dtype == pl.Boolean else None, dtype=dtype).alias(name)
+        for name, dtype in ANNOTATION_SCHEMA.items()
+        if name not in frame.columns
+    ]
+    return frame.with_columns(missing).select(list(ANNOTATION_SCHEMA)) if missing else frame
+
+
 def tasks_to_rows(tasks: Iterable[PulledTask]) -> pl.DataFrame:
     rows = [
         {
@@ -56,6 +68,7 @@ def tasks_to_rows(tasks: Iterable[PulledTask]) -> pl.DataFrame:
             "created_at": ann.get("created_at", ""),
             "updated_at": ann.get("updated_at", ""),
             "source": task.source,
+            "must_pass": bool(ann.get("must_pass", False)),
         }
         for task in tasks
         for ann in task.annotations
@@ -74,7 +87,7 @@ def merge_annotations(
     rows of any other task are dropped (their annotations were deleted).
     """
     changed_ids = [task.task_id for task in changed]
-    kept = previous.filter(~pl.col("task_id").is_in(changed_ids))
+    kept = conform(previous).filter(~pl.col("task_id").is_in(changed_ids))
     if annotated_task_ids is not None:
         kept = kept.filter(pl.col("task_id").is_in(list(annotated_task_ids)))
     merged = pl.concat([kept, tasks_to_rows(changed)], how="vertical")
@@ -94,6 +107,7 @@ def resolve_labels(annotations: pl.DataFrame) -> pl.DataFrame:
                 "n_annotations": pl.UInt32,
                 "agreement": pl.Float64,
                 "labelled_at": pl.String,
+                "must_pass": pl.Boolean,
             }
         )
     per_label = votes.group_by(["task_id", "label"]).agg(
@@ -109,10 +123,11 @@ def resolve_labels(annotations: pl.DataFrame) -> pl.DataFrame:
         pl.col("source").first(),
         pl.len().alias("n_annotations"),
         pl.col("updated_at").max().alias("labelled_at"),
+        pl.col("must_pass").any().alias("must_pass"),
     )
     return (
         winners.join(totals, on="task_id")
         .with_columns((pl.col("votes") / pl.col("n_annotations")).alias("agreement"))
-        .select(["task_id", "text", "label", "source", "n_annotations", "agreement", "labelled_at"])
+        .select(["task_id", "text", "label", "source", "n_annotations", "agreement", "labelled_at", "must_pass"])
         .sort("task_id")
     )

@@ -54,6 +54,7 @@ def build_dataset(annotations: pl.DataFrame, holdout_percent: int = DEFAULT_HOLD
             "agreement",
             "labelled_at",
             "text_length",
+            "must_pass",
         ]
     )
 

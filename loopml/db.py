@@ -12,9 +12,13 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Engine,
+    Float,
+    Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     create_engine,
@@ -43,6 +47,86 @@ class FunctionRow(Base):
     labelstudio_project_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DeploymentRow(Base):
+    """What serves a function: the primary version and, during a rollout, a canary at a weight."""
+
+    __tablename__ = "deployments"
+
+    function: Mapped[str] = mapped_column(String(64), primary_key=True)
+    primary_tag: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    canary_tag: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    canary_weight: Mapped[float] = mapped_column(Float, default=0.0)
+    canary_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revision: Mapped[int] = mapped_column(Integer, default=0, index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DeploymentEventRow(Base):
+    """The deployment history: every decision with its reason."""
+
+    __tablename__ = "deployment_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    function: Mapped[str] = mapped_column(String(64), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    action: Mapped[str] = mapped_column(String(32))
+    primary_tag: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    canary_tag: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    canary_weight: Mapped[float] = mapped_column(Float, default=0.0)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(64), default="loopml")
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ApiKeyRow(Base):
+    """An API key: only its SHA-256 hash is stored; ``key_id`` is the public prefix shown in listings."""
+
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    name: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class InvocationRow(Base):
+    """One answered call: input, embedding, every scoring version's scores, who answered, how fast."""
+
+    __tablename__ = "invocations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    function: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    input_text: Mapped[str] = mapped_column(Text)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # float16 little-endian
+    scores: Mapped[dict[str, Any]] = mapped_column(JSON)  # {version tag: [score per label]}
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON)  # {version tag: [label names]}
+    answered_by: Mapped[str] = mapped_column(String(128))
+    label: Mapped[str] = mapped_column(String(64))
+    confidence: Mapped[float] = mapped_column(Float)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    sticky_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+    __table_args__ = (Index("ix_invocations_function_created", "function", "created_at"),)
+
+
+class FeedbackRow(Base):
+    """A caller's word on an invocation: flagged as wrong, and/or the true label."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    invocation_id: Mapped[str] = mapped_column(String(36), index=True)
+    function: Mapped[str] = mapped_column(String(64), index=True)
+    flagged: Mapped[bool] = mapped_column(Boolean, default=False)
+    true_label: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 @lru_cache(maxsize=8)

@@ -4,18 +4,20 @@ from dagster import Definitions
 
 from assets.annotations import annotations
 from assets.dataset import dataset
+from assets.deployment import deployment
 from assets.features import features
 from assets.io_manager import LoopMLIOManager
 from assets.model import model
 from assets.resources import LoopMLResource
+from pipelines.canary import canary_controller
 from pipelines.jobs import train_function
 from pipelines.schedules import nightly_retraining
 from pipelines.sensors import annotation_sensor, function_discovery_sensor
 
 defs = Definitions(
-    assets=[annotations, dataset, features, model],
+    assets=[annotations, dataset, features, model, deployment],
     jobs=[train_function],
-    sensors=[function_discovery_sensor, annotation_sensor],
+    sensors=[function_discovery_sensor, annotation_sensor, canary_controller],
     schedules=[nightly_retraining],
     resources={"loopml": LoopMLResource(), "loopml_io": LoopMLIOManager()},
 )

@@ -2,13 +2,13 @@
 
 from dagster import AssetSelection, define_asset_job, in_process_executor
 
-TRAINING_ASSETS = AssetSelection.assets("annotations", "dataset", "features", "model")
+TRAINING_ASSETS = AssetSelection.assets("annotations", "dataset", "features", "model", "deployment")
 
 # One process per run: the stages are short, and separate step processes would each pay the imports.
 train_function = define_asset_job(
     "train_function",
     selection=TRAINING_ASSETS,
     executor_def=in_process_executor,
-    description="Pull annotations, validate, embed and train one function (one partition).",
+    description="Pull annotations, validate, embed, train and gate/deploy one function (one partition).",
     tags={"dagster/max_retries": 1},
 )

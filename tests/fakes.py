@@ -24,6 +24,7 @@ class FakeAnnotation:
     completed_by: int | None
     created_at: str
     updated_at: str
+    must_pass: bool = False
 
 
 @dataclass
@@ -77,12 +78,12 @@ class FakeLabelStudio:
     def _touch(self, task: FakeTask) -> None:
         task.updated_at = self._now()
 
-    def create_annotation(self, task_id: int, label: str, **_: object) -> int:
+    def create_annotation(self, task_id: int, label: str, *, must_pass: bool = False, **_: object) -> int:
         self._check()
         task = self.tasks[task_id]
         now = self._now()
         aid = next(self._ids)
-        task.annotations.append(FakeAnnotation(aid, task_id, label, False, 1, now, now))
+        task.annotations.append(FakeAnnotation(aid, task_id, label, False, 1, now, now, must_pass))
         self._touch(task)
         return aid
 

@@ -10,10 +10,12 @@ from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_cont
 
 from assets.annotations import annotations
 from assets.dataset import dataset
+from assets.deployment import deployment
 from assets.features import features
 from assets.io_manager import LoopMLIOManager
 from assets.model import model
 from loopml.config import get_settings
+from loopml.deployments import DeploymentStore
 from loopml.functions import FunctionRegistry, FunctionSpec
 from pipelines.sensors import annotation_sensor, function_discovery_sensor
 from serving.model_store import list_versions, load_classifier
@@ -35,7 +37,7 @@ NEGATIVE = [
     "painfully slow and badly written",
     "a waste of time and money",
 ]
-ASSETS = [annotations, dataset, features, model]
+ASSETS = [annotations, dataset, features, model, deployment]
 
 
 @pytest.fixture
@@ -67,8 +69,9 @@ def annotate_all(fake: FakeLabelStudio, project: int) -> dict[str, int]:
 
 
 def run(env, selection=ASSETS, raise_on_error=True):
+    upstream = [a.to_source_asset() for a in ASSETS if a not in selection]
     return materialize(
-        selection,
+        [*selection, *upstream],
         instance=env["instance"],
         partition_key="sentiment",
         resources=env["resources"],
@@ -95,6 +98,8 @@ def test_annotations_to_registered_model(env) -> None:
     assert probs.shape == (2, 2)
     assert probs[0].argmax() == 0 and probs[1].argmax() == 1
     assert (versions[0].path / "oof_proba.parquet").exists()
+    assert result.output_for_node("deployment")["decision"] == "primary"
+    assert DeploymentStore(env["settings"]).get("sentiment").primary_tag == "sentiment:v1"
     leaderboard = result.asset_materializations_for_node("model")[0].metadata["leaderboard"]
     assert len(leaderboard.value.records) >= 3
 
@@ -104,6 +109,63 @@ def test_annotations_to_registered_model(env) -> None:
     assert again.output_for_node("model")["tag"] == "sentiment:v2"
     feature_meta = again.asset_materializations_for_node("features")[0].metadata
     assert feature_meta["newly_embedded"].value == 1
+    decided = again.output_for_node("deployment")
+    state = DeploymentStore(env["settings"]).get("sentiment")
+    if decided["decision"] == "canary":
+        assert (state.primary_tag, state.canary_tag, state.canary_weight) == ("sentiment:v1", "sentiment:v2", 0.1)
+    else:
+        assert decided["decision"] == "rejected" and state.canary_tag is None
+
+
+def candidate_with_flipped_labels(env) -> str:
+    """Register a deliberately bad version (trained on flipped labels) as the model asset's latest output."""
+    import pickle
+
+    import numpy as np
+
+    from assets.io_manager import asset_path
+    from loopml.automl import run_automl
+    from loopml.encoders import get_encoder
+    from serving.model_store import save_model
+
+    texts = POSITIVE + NEGATIVE
+    flipped = ["negative"] * len(POSITIVE) + ["positive"] * len(NEGATIVE)
+    result = run_automl(texts, get_encoder("minilm-l6-int8").encode(texts), flipped, ["positive", "negative"])
+    result.model.encoder_id = "minilm-l6-int8"
+    version = save_model(env["settings"], "sentiment", result.model, {"note": "flipped"})
+    path = asset_path(env["settings"].data_dir, "model", "sentiment", ".pickle")
+    path.write_bytes(pickle.dumps({"tag": version.tag}))
+    assert np.isfinite(result.cv_accuracy)
+    return version.tag
+
+
+def test_the_gate_rejects_a_worse_candidate(env) -> None:
+    annotate_all(env["fake"], env["project"])
+    assert run(env).success
+    bad = candidate_with_flipped_labels(env)
+    result = run(env, [deployment])
+    decided = result.output_for_node("deployment")
+    assert decided["decision"] == "rejected" and decided["candidate"] == bad
+    assert "worse than the primary" in decided["reason"]
+    check = result.get_asset_check_evaluations()[0]
+    assert check.check_name == "gate" and not check.passed
+    store = DeploymentStore(env["settings"])
+    assert store.get("sentiment").primary_tag == "sentiment:v1" and store.get("sentiment").canary_tag is None
+    assert store.history("sentiment")[-1].action == "reject"
+
+
+def test_a_failing_must_pass_example_blocks_rollout(env, monkeypatch) -> None:
+    monkeypatch.setenv("LOOPML_GATE_TOLERANCE", "1.0")  # accuracy alone would let anything through
+    fake, project = env["fake"], env["project"]
+    for tid in fake.projects[project]:
+        text = fake.tasks[tid].data["text"]
+        if text in POSITIVE or text in NEGATIVE:
+            fake.create_annotation(tid, "positive" if text in POSITIVE else "negative", must_pass=text == POSITIVE[0])
+    assert run(env).success
+    candidate_with_flipped_labels(env)
+    decided = run(env, [deployment]).output_for_node("deployment")
+    assert decided["decision"] == "rejected" and "must-pass" in decided["reason"]
+    assert DeploymentStore(env["settings"]).get("sentiment").canary_tag is None
 
 
 def test_edits_change_and_deletions_leave_the_dataset(env) -> None:
@@ -210,4 +272,5 @@ def test_definitions_load() -> None:
     assert defs.resolve_sensor_def("annotation_sensor").minimum_interval_seconds <= 5
     assert defs.resolve_schedule_def("nightly_retraining").cron_schedule == "0 3 * * *"
     graph = defs.resolve_asset_graph()
-    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {"annotations", "dataset", "features", "model"}
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {"annotations", "dataset", "features", "model", "deployment"}

@@ -1,0 +1,157 @@
+"""deployment: the gate, then the candidate as canary next to the serving primary (or as first primary)."""
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import polars as pl
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    MetadataValue,
+    Output,
+    asset,
+)
+
+from assets.partitions import functions_partitions
+from assets.resources import LoopMLResource
+from loopml.dataset import training_rows
+from loopml.deployments import CANARY_STEPS, DeploymentStore
+from loopml.gate import DEFAULT_TOLERANCE, evaluate_gate
+
+
+def _probs(classifier: Any, texts: list[str], embeddings: np.ndarray, encoder_id: str) -> np.ndarray:
+    """Score with ``classifier``; re-embed only if it was trained on another encoder than the features."""
+    if not texts:
+        return np.zeros((0, len(classifier.label_set)), dtype=np.float32)
+    if classifier.encoder_id not in (None, encoder_id):
+        from loopml.encoders import get_encoder
+
+        embeddings = get_encoder(classifier.encoder_id).encode(texts)
+    return classifier.predict_proba(texts, embeddings)
+
+
+@asset(
+    partitions_def=functions_partitions,
+    group_name="deploy",
+    io_manager_key="loopml_io",
+    kinds={"bentoml"},
+    check_specs=[
+        AssetCheckSpec(
+            "gate",
+            asset="deployment",
+            description="The candidate is not worse than the primary on the holdout and passes every must-pass "
+            "example.",
+        )
+    ],
+)
+def deployment(
+    context: AssetExecutionContext,
+    loopml: LoopMLResource,
+    model: dict[str, Any],
+    dataset: pl.DataFrame,
+    features: pl.DataFrame,
+) -> Iterator[Output[dict[str, Any]] | AssetCheckResult]:
+    """Gate the new version against the serving primary, then roll it out as a canary.
+
+    The first version of a function becomes primary directly. Otherwise both versions are scored on the same
+    holdout items (labels they share) and on the must-pass examples; a candidate that passes becomes the
+    canary at the initial weight (``LOOPML_CANARY_INITIAL_WEIGHT``, default 10 %) and the canary controller
+    ramps, promotes or rolls it back from live traffic. A rejected candidate keeps the primary serving and
+    fails the `gate` check with the reason.
+    """
+    from serving.model_store import load_classifier
+
+    settings = loopml.settings()
+    function = context.partition_key
+    spec = loopml.registry().get(function)
+    store = DeploymentStore(settings)
+    state = store.get(function)
+    candidate_tag = str(model["tag"])
+    tolerance = float(os.environ.get("LOOPML_GATE_TOLERANCE", DEFAULT_TOLERANCE))
+    initial_weight = float(os.environ.get("LOOPML_CANARY_INITIAL_WEIGHT", CANARY_STEPS[0]))
+
+    rows = training_rows(dataset, spec.labels).join(features, on="content_hash", how="left")
+    holdout = rows.filter(pl.col("split") == "holdout")
+    must_pass = rows.filter(pl.col("must_pass"))
+    candidate = load_classifier(settings, candidate_tag)
+
+    def score(classifier: Any, frame: pl.DataFrame) -> np.ndarray:
+        embeddings = np.asarray(frame["embedding"].to_list(), dtype=np.float32)
+        return _probs(classifier, frame["text"].to_list(), embeddings, spec.encoder_id)
+
+    primary = load_classifier(settings, state.primary_tag) if state and state.primary_tag else None
+    result = evaluate_gate(
+        truth=holdout["label"].to_list(),
+        candidate_probs=score(candidate, holdout),
+        candidate_labels=list(candidate.label_set),
+        primary_probs=score(primary, holdout) if primary else None,
+        primary_labels=list(primary.label_set) if primary else None,
+        must_pass_truth=must_pass["label"].to_list(),
+        must_pass_texts=must_pass["text"].to_list(),
+        must_pass_probs=score(candidate, must_pass),
+        tolerance=tolerance,
+    )
+    details = {
+        "candidate": candidate_tag,
+        "candidate_accuracy": result.candidate_accuracy,
+        "primary_accuracy": result.primary_accuracy,
+        "compared_items": result.compared_items,
+        "must_pass_total": result.must_pass_total,
+        "must_pass_failures": result.must_pass_failures[:20],
+    }
+    if state is None or state.primary_tag is None:
+        if result.must_pass_failures:
+            decision = "rejected"
+            store.record(function, "reject", result.reason, details=details)
+        else:
+            decision = "primary"
+            state = store.set_primary(function, candidate_tag, "first version of the function", details=details)
+    elif candidate_tag in (state.primary_tag, state.canary_tag):
+        decision = "unchanged"
+    elif result.passed:
+        decision = "canary"
+        replaced = f" (replaces canary {state.canary_tag})" if state.canary_tag else ""
+        state = store.start_canary(
+            function, candidate_tag, initial_weight, f"gate passed: {result.reason}{replaced}", details=details
+        )
+    else:
+        decision = "rejected"
+        store.record(function, "reject", f"gate failed: {result.reason}", details=details)
+    state = store.get(function)
+    context.log.info(f"{function}: {candidate_tag} -> {decision} ({result.reason})")
+    yield Output(
+        {
+            "decision": decision,
+            "candidate": candidate_tag,
+            "primary": state.primary_tag if state else None,
+            "canary": state.canary_tag if state else None,
+            "canary_weight": state.canary_weight if state else 0.0,
+            "reason": result.reason,
+        },
+        metadata={
+            "decision": decision,
+            "candidate": candidate_tag,
+            "primary": (state.primary_tag if state else None) or "",
+            "canary": (state.canary_tag if state else None) or "",
+            "canary_weight": float(state.canary_weight if state else 0.0),
+            "reason": result.reason,
+            "candidate_holdout_accuracy": result.candidate_accuracy if result.candidate_accuracy is not None else float("nan"),
+            "primary_holdout_accuracy": result.primary_accuracy if result.primary_accuracy is not None else float("nan"),
+            "per_label_recall": MetadataValue.json(result.per_label_recall),
+            "must_pass": f"{result.must_pass_total - len(result.must_pass_failures)}/{result.must_pass_total} pass",
+        },
+    )
+    yield AssetCheckResult(
+        check_name="gate",
+        passed=decision != "rejected",
+        severity=AssetCheckSeverity.WARN,
+        description=f"{decision}: {result.reason}",
+        metadata={
+            "must_pass_failures": MetadataValue.json(result.must_pass_failures[:20]),
+            "compared_items": result.compared_items,
+        },
+    )

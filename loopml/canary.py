@@ -1,0 +1,171 @@
+"""The canary controller's judgement: compare canary and primary on shadow-scored live traffic and feedback.
+
+Every invocation during a rollout is scored by both heads (the encoder runs once), so the comparison uses all
+traffic, not just the canary's share. ``decide`` turns the statistics into hold, ramp, promote or rollback.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from loopml.config import Settings
+from loopml.db import FeedbackRow, InvocationRow, session_factory
+from loopml.deployments import CANARY_STEPS
+
+
+@dataclass(frozen=True)
+class CanaryPolicy:
+    steps: tuple[float, ...] = CANARY_STEPS
+    min_requests_per_step: int = 50
+    max_disagreement: float = 0.25
+    max_label_shift: float = 0.20  # total-variation distance between predicted-label distributions
+    max_confidence_drop: float = 0.15
+    max_error_rate: float = 0.02
+    max_latency_ratio: float = 3.0
+    min_feedback: int = 10
+    max_feedback_accuracy_drop: float = 0.05
+
+    @classmethod
+    def from_env(cls) -> CanaryPolicy:
+        return cls(min_requests_per_step=int(os.environ.get("LOOPML_CANARY_MIN_REQUESTS", cls.min_requests_per_step)))
+
+
+@dataclass(frozen=True)
+class CanaryStats:
+    requests: int  # invocations since the current step began
+    shadow_scored: int  # of those, scored by both versions
+    disagreement_rate: float
+    label_shift: float
+    confidence_shift: float  # canary mean confidence minus primary's
+    error_rate: float  # invocations where the canary failed to score
+    latency_ratio: float  # canary-answered mean latency / primary-answered
+    feedback: int
+    primary_feedback_accuracy: float | None
+    canary_feedback_accuracy: float | None
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class CanaryDecision:
+    action: str  # hold | ramp | promote | rollback
+    weight: float | None
+    reason: str
+
+
+def _as_utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def canary_stats(
+    settings: Settings, function: str, primary_tag: str, canary_tag: str, since: datetime
+) -> CanaryStats:
+    """Statistics over the function's invocations since ``since`` (the start of the current step)."""
+    sessions = session_factory(settings.database_url)
+    with sessions() as session:
+        rows = session.execute(
+            select(InvocationRow.id, InvocationRow.scores, InvocationRow.labels, InvocationRow.answered_by,
+                   InvocationRow.latency_ms)
+            .where(InvocationRow.function == function, InvocationRow.created_at >= _as_utc(since))
+        ).all()
+        ids = [r.id for r in rows]
+        feedback = (
+            session.execute(
+                select(FeedbackRow.invocation_id, FeedbackRow.true_label, FeedbackRow.flagged).where(
+                    FeedbackRow.function == function
+                )
+            ).all()
+            if ids
+            else []
+        )
+    return stats_from_rows(rows, feedback, primary_tag, canary_tag)
+
+
+def stats_from_rows(rows: list[Any], feedback: list[Any], primary_tag: str, canary_tag: str) -> CanaryStats:
+    """The comparison itself, on plain rows (id, scores, labels, answered_by, latency_ms)."""
+    prim_pred: dict[str, str] = {}
+    can_pred: dict[str, str] = {}
+    prim_conf, can_conf, errors = [], [], 0
+    latency = {primary_tag: [], canary_tag: []}
+    for row in rows:
+        scores, labels = row.scores or {}, row.labels or {}
+        if row.answered_by in latency:
+            latency[row.answered_by].append(row.latency_ms)
+        if primary_tag not in scores:
+            continue
+        if canary_tag not in scores:
+            errors += 1
+            continue
+        p, c = np.asarray(scores[primary_tag]), np.asarray(scores[canary_tag])
+        prim_pred[row.id] = labels[primary_tag][int(p.argmax())]
+        can_pred[row.id] = labels[canary_tag][int(c.argmax())]
+        prim_conf.append(float(p.max()))
+        can_conf.append(float(c.max()))
+    n = len(prim_pred)
+    disagreement = sum(prim_pred[i] != can_pred[i] for i in prim_pred) / n if n else 0.0
+    names = sorted(set(prim_pred.values()) | set(can_pred.values()))
+    dist_p = np.array([list(prim_pred.values()).count(x) for x in names], dtype=float)
+    dist_c = np.array([list(can_pred.values()).count(x) for x in names], dtype=float)
+    shift = float(0.5 * np.abs(dist_p / max(n, 1) - dist_c / max(n, 1)).sum()) if n else 0.0
+    mean = lambda xs: float(np.mean(xs)) if xs else 0.0  # noqa: E731
+    p_lat, c_lat = mean(latency[primary_tag]), mean(latency[canary_tag])
+    truths = {f.invocation_id: f.true_label for f in feedback if f.true_label and f.invocation_id in prim_pred}
+    return CanaryStats(
+        requests=len(rows),
+        shadow_scored=n,
+        disagreement_rate=disagreement,
+        label_shift=shift,
+        confidence_shift=mean(can_conf) - mean(prim_conf),
+        error_rate=errors / len(rows) if rows else 0.0,
+        latency_ratio=c_lat / p_lat if p_lat and c_lat else 1.0,
+        feedback=len(truths),
+        primary_feedback_accuracy=(sum(prim_pred[i] == t for i, t in truths.items()) / len(truths)) if truths else None,
+        canary_feedback_accuracy=(sum(can_pred[i] == t for i, t in truths.items()) / len(truths)) if truths else None,
+    )
+
+
+def decide(stats: CanaryStats, weight: float, policy: CanaryPolicy) -> CanaryDecision:
+    """Roll back on any breach; hold until enough traffic; else ramp to the next step, promote after the last."""
+    breaches = []
+    if stats.error_rate > policy.max_error_rate:
+        breaches.append(f"canary failed to score {stats.error_rate:.1%} of requests")
+    if stats.shadow_scored >= policy.min_requests_per_step:
+        if stats.disagreement_rate > policy.max_disagreement:
+            breaches.append(f"disagrees with the primary on {stats.disagreement_rate:.1%} of requests")
+        if stats.label_shift > policy.max_label_shift:
+            breaches.append(f"label distribution moved by {stats.label_shift:.2f} (total variation)")
+        if stats.confidence_shift < -policy.max_confidence_drop:
+            breaches.append(f"mean confidence dropped by {-stats.confidence_shift:.2f}")
+        if stats.latency_ratio > policy.max_latency_ratio:
+            breaches.append(f"latency {stats.latency_ratio:.1f}x the primary's")
+    if (
+        stats.feedback >= policy.min_feedback
+        and stats.primary_feedback_accuracy is not None
+        and stats.canary_feedback_accuracy is not None
+        and stats.canary_feedback_accuracy < stats.primary_feedback_accuracy - policy.max_feedback_accuracy_drop
+    ):
+        breaches.append(
+            f"feedback accuracy {stats.canary_feedback_accuracy:.2f} vs primary "
+            f"{stats.primary_feedback_accuracy:.2f} on {stats.feedback} labelled calls"
+        )
+    if breaches:
+        return CanaryDecision("rollback", None, "; ".join(breaches))
+    if stats.shadow_scored < policy.min_requests_per_step:
+        return CanaryDecision(
+            "hold", weight, f"{stats.shadow_scored}/{policy.min_requests_per_step} shadow-scored requests at {weight:.0%}"
+        )
+    summary = (
+        f"{stats.shadow_scored} requests: disagreement {stats.disagreement_rate:.1%}, "
+        f"label shift {stats.label_shift:.2f}, confidence {stats.confidence_shift:+.2f}"
+    )
+    higher = [step for step in policy.steps if step > weight + 1e-9]
+    if not higher or higher[0] >= 1.0:
+        return CanaryDecision("promote", 1.0, f"healthy at {weight:.0%} ({summary})")
+    return CanaryDecision("ramp", higher[0], f"healthy at {weight:.0%} ({summary})")

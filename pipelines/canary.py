@@ -1,0 +1,66 @@
+"""The canary controller: ramps, promotes or rolls back each function's canary from live traffic."""
+
+from datetime import datetime
+
+from dagster import (
+    AssetObservation,
+    DefaultSensorStatus,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from assets.resources import LoopMLResource
+from loopml.canary import CanaryPolicy, canary_stats, decide
+from loopml.deployments import DeploymentState, DeploymentStore
+
+STEP_ACTIONS = ("canary", "ramp")
+ACTOR = "canary_controller"
+
+
+def step_started(store: DeploymentStore, state: DeploymentState) -> datetime:
+    """When the canary's current weight was set: its latest canary or ramp event."""
+    for event in reversed(store.history(state.function, limit=50)):
+        if event.action in STEP_ACTIONS and event.canary_tag == state.canary_tag:
+            return event.at
+    return state.canary_started_at or state.updated_at
+
+
+@sensor(minimum_interval_seconds=10, default_status=DefaultSensorStatus.RUNNING)
+def canary_controller(context: SensorEvaluationContext, loopml: LoopMLResource) -> SensorResult | SkipReason:
+    """Compares canary and primary on shadow-scored traffic and feedback; each decision is recorded with its
+    reason in the deployment history (`loopml deployments NAME`) and as an observation of `deployment`.
+    """
+    settings = loopml.settings()
+    store = DeploymentStore(settings)
+    policy = CanaryPolicy.from_env()
+    summaries: list[str] = []
+    observations: list[AssetObservation] = []
+    for state in store.all():
+        if not state.canary_tag or not state.primary_tag:
+            continue
+        stats = canary_stats(settings, state.function, state.primary_tag, state.canary_tag, step_started(store, state))
+        decision = decide(stats, state.canary_weight, policy)
+        details = {"canary": state.canary_tag, "primary": state.primary_tag, **stats.as_metadata()}
+        if decision.action == "ramp" and decision.weight is not None:
+            store.set_weight(state.function, decision.weight, decision.reason, ACTOR, details)
+        elif decision.action == "promote":
+            store.promote(state.function, decision.reason, ACTOR, details)
+        elif decision.action == "rollback":
+            store.rollback(state.function, decision.reason, ACTOR, details)
+        summaries.append(f"{state.function}: {decision.action} ({decision.reason})")
+        if decision.action != "hold":
+            observations.append(
+                AssetObservation(
+                    asset_key="deployment",
+                    partition=state.function,
+                    metadata={"action": decision.action, "reason": decision.reason, **details},
+                )
+            )
+    if not summaries:
+        return SkipReason("no canary in rollout")
+    context.log.info("; ".join(summaries))
+    if not observations:
+        return SkipReason("; ".join(summaries))
+    return SensorResult(asset_events=observations)

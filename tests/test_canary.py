@@ -1,0 +1,107 @@
+"""The canary controller sensor on prepared traffic: hold, ramp, promote and rollback."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context
+
+from assets.resources import LoopMLResource
+from loopml.config import get_settings
+from loopml.db import FeedbackRow, InvocationRow, session_factory, utcnow
+from loopml.deployments import DeploymentStore
+from pipelines.canary import canary_controller
+
+P, C = "fn:v1", "fn:v2"
+LABELS = ["pos", "neg"]
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOOPML_HOME", str(tmp_path))
+    monkeypatch.setenv("LOOPML_CANARY_MIN_REQUESTS", "50")
+    settings = get_settings()
+    settings.ensure_dirs()
+    deployments = DeploymentStore(settings)
+    deployments.set_primary("fn", P, "first version")
+    deployments.start_canary("fn", C, 0.10, "gate passed")
+    return deployments
+
+
+def traffic(n: int, *, agree: bool = True, canary_scores: bool = True, feedback: str | None = None) -> None:
+    """``n`` invocations scored by both versions; the canary agrees with the primary or flips its answer."""
+    sessions = session_factory(get_settings().database_url)
+    with sessions.begin() as session:
+        for i in range(n):
+            primary = [0.8, 0.2] if i % 2 else [0.3, 0.7]
+            canary = primary if agree else primary[::-1]
+            scores = {P: primary, C: canary} if canary_scores else {P: primary}
+            inv = str(uuid.uuid4())
+            session.add(
+                InvocationRow(
+                    id=inv, function="fn", created_at=utcnow() + timedelta(milliseconds=5), input_text=f"x{i}",
+                    scores=scores, labels={P: LABELS, C: LABELS}, answered_by=P, label="pos",
+                    confidence=max(primary), latency_ms=3.0,
+                )
+            )
+            if feedback == "primary_right":
+                session.add(FeedbackRow(invocation_id=inv, function="fn", true_label=LABELS[primary.index(max(primary))]))
+
+
+def tick():
+    context = build_sensor_context(instance=DagsterInstance.ephemeral(), resources={"loopml": LoopMLResource()})
+    return canary_controller(context)
+
+
+def test_holds_until_enough_requests(store) -> None:
+    traffic(10)
+    result = tick()
+    assert isinstance(result, SkipReason) and "hold" in result.skip_message and "10/50" in result.skip_message
+    assert store.get("fn").canary_weight == 0.10
+
+
+def test_ramps_step_by_step_then_promotes(store) -> None:
+    weights = []
+    for _ in range(3):
+        traffic(60)
+        result = tick()
+        assert isinstance(result, SensorResult)
+        assert result.asset_events[0].metadata["action"].value in ("ramp", "promote")
+        state = store.get("fn")
+        weights.append((state.primary_tag, state.canary_tag, state.canary_weight))
+    assert weights == [(P, C, 0.25), (P, C, 0.50), (C, None, 0.0)]
+    actions = [e.action for e in store.history("fn")]
+    assert actions == ["primary", "canary", "ramp", "ramp", "promote"]
+    assert all(e.actor == "canary_controller" for e in store.history("fn")[2:])
+    assert isinstance(tick(), SkipReason)  # nothing in rollout any more
+
+
+def test_rolls_back_when_the_canary_disagrees(store) -> None:
+    traffic(60, agree=False)
+    result = tick()
+    assert isinstance(result, SensorResult)
+    state = store.get("fn")
+    assert state.primary_tag == P and state.canary_tag is None
+    last = store.history("fn")[-1]
+    assert last.action == "rollback" and "disagrees with the primary on 100.0%" in last.reason
+    assert last.details["disagreement_rate"] == 1.0
+
+
+def test_rolls_back_when_the_canary_fails_to_score(store) -> None:
+    traffic(20, canary_scores=False)
+    tick()
+    assert store.get("fn").canary_tag is None
+    assert "failed to score" in store.history("fn")[-1].reason
+
+
+def test_rolls_back_on_worse_human_feedback(store) -> None:
+    store.rollback("fn", "reset")
+    store.start_canary("fn", C, 0.10, "again")
+    # the canary flips answers on a few calls, and people said the primary was right on those
+    traffic(60, agree=True)
+    traffic(12, agree=False, feedback="primary_right")
+    tick()
+    last = store.history("fn")[-1]
+    assert last.action == "rollback" and "feedback accuracy" in last.reason
