@@ -140,6 +140,98 @@ def functions_list() -> None:
                    f"labels={','.join(spec.labels)}")
 
 
+@main.command("deployments")
+@click.argument("name")
+@click.option("--limit", default=20, show_default=True, help="history entries to show")
+def deployments_show(name: str, limit: int) -> None:
+    """Show what serves function NAME and its deployment history (newest last)."""
+    from loopml.deployments import DeploymentStore
+    from loopml.functions import FunctionRegistry
+
+    settings = get_settings()
+    FunctionRegistry(settings).get(name)
+    store = DeploymentStore(settings)
+    state = store.get(name)
+    if state is None:
+        click.echo(f"{name}: nothing deployed yet (the first trained version becomes primary)")
+        return
+    canary = f", canary {state.canary_tag} at {state.canary_weight:.0%}" if state.canary_tag else ""
+    click.echo(f"{name}: primary {state.primary_tag}{canary}")
+    for event in store.history(name, limit=limit):
+        click.echo(
+            f"  {event.at:%Y-%m-%d %H:%M:%S}  {event.action:<9} primary={event.primary_tag} "
+            f"canary={event.canary_tag or '-'}@{event.canary_weight:.0%}  by {event.actor}: {event.reason}"
+        )
+
+
+@main.command()
+@click.argument("name")
+@click.option("--reason", default="promoted by hand", show_default=True)
+def promote(name: str, reason: str) -> None:
+    """Make the canary of function NAME its primary now."""
+    from loopml.deployments import DeploymentStore
+    from loopml.functions import FunctionRegistry
+
+    settings = get_settings()
+    FunctionRegistry(settings).get(name)
+    state = DeploymentStore(settings).promote(name, reason, actor="cli")
+    click.echo(f"{name}: primary is now {state.primary_tag}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--reason", default="rolled back by hand", show_default=True)
+def rollback(name: str, reason: str) -> None:
+    """Drop the canary of function NAME; the primary serves everything."""
+    from loopml.deployments import DeploymentStore
+    from loopml.functions import FunctionRegistry
+
+    settings = get_settings()
+    FunctionRegistry(settings).get(name)
+    state = DeploymentStore(settings).rollback(name, reason, actor="cli")
+    click.echo(f"{name}: canary removed, primary {state.primary_tag} serves all traffic")
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys for the serving API."""
+
+
+@keys.command("create")
+@click.argument("name")
+def keys_create(name: str) -> None:
+    """Create an API key called NAME; the secret is shown once."""
+    from loopml.apikeys import create_key
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    key_id, secret = create_key(settings, name)
+    click.echo(f"created key {key_id} ({name}). Store the secret now, it is not shown again:\n{secret}")
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List API keys (ids and names, never secrets)."""
+    from loopml.apikeys import list_keys
+
+    rows = list_keys(get_settings())
+    if not rows:
+        click.echo("no API keys; create one with `loopml keys create NAME`")
+    for row in rows:
+        revoked = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
+        click.echo(f"  {row.key_id:<14} {row.name:<24} created {row.created_at:%Y-%m-%d %H:%M}  {revoked}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke the API key KEY_ID (calls with it get 401 from then on)."""
+    from loopml.apikeys import revoke_key
+
+    revoke_key(get_settings(), key_id)
+    click.echo(f"revoked {key_id}")
+
+
 @main.command()
 @click.option("--pace", default=1.0, show_default=True, help="seconds between simulated annotations")
 @click.option("--items", default=2000, show_default=True, help="items imported per demo function")
@@ -171,6 +263,7 @@ def demo_annotator(pace: float, noise: float) -> None:
 
 def run() -> None:
     """Entry point with user-facing errors instead of tracebacks."""
+    from loopml.deployments import DeploymentError
     from loopml.labelstudio import LabelStudioError, LabelStudioUnavailable
 
     try:
@@ -180,7 +273,7 @@ def run() -> None:
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
-    except (FunctionError, LabelStudioUnavailable, LabelStudioError) as error:
+    except (FunctionError, DeploymentError, LabelStudioUnavailable, LabelStudioError, KeyError) as error:
         click.echo(click.style("error: ", fg="red") + str(error), err=True)
         sys.exit(2)
 

@@ -52,3 +52,29 @@ def test_label_studio_not_running_says_to_run_up(monkeypatch, capsys) -> None:
 def test_status_with_nothing_running(monkeypatch, capsys) -> None:
     code, out = loopml(monkeypatch, capsys, "status")
     assert code == 0 and "labelstudio" in out and "stopped" in out and "functions: none" in out
+
+
+def test_deployments_promote_and_rollback_by_hand(monkeypatch, capsys) -> None:
+    from loopml.config import get_settings
+    from loopml.deployments import DeploymentStore
+    from loopml.functions import FunctionRegistry, FunctionSpec
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    FunctionRegistry(settings).add(FunctionSpec("fn", "text", ["a", "b"], "minilm-l6-int8", 1))
+    code, out = loopml(monkeypatch, capsys, "deployments", "fn")
+    assert code == 0 and "nothing deployed yet" in out
+    code, out = loopml(monkeypatch, capsys, "promote", "fn")
+    assert code == 2 and "no canary to promote" in out
+    store = DeploymentStore(settings)
+    store.set_primary("fn", "fn:v1", "first")
+    store.start_canary("fn", "fn:v2", 0.1, "gate passed")
+    code, out = loopml(monkeypatch, capsys, "rollback", "fn")
+    assert code == 0 and "primary fn:v1 serves all traffic" in out
+    store.start_canary("fn", "fn:v3", 0.1, "gate passed")
+    code, out = loopml(monkeypatch, capsys, "promote", "fn", "--reason", "looks good")
+    assert code == 0 and "primary is now fn:v3" in out
+    code, out = loopml(monkeypatch, capsys, "deployments", "fn")
+    assert "primary fn:v3" in out and "by cli: looks good" in out and "rollback" in out
+    code, out = loopml(monkeypatch, capsys, "deployments", "nope")
+    assert code == 2 and "unknown function 'nope'" in out
