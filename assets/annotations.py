@@ -10,6 +10,7 @@ from assets.io_manager import asset_path
 from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource
 from loopml.annotations import PulledTask, empty_annotations, merge_annotations
+from loopml.warmup import warm_imports
 
 CURSOR_KEY = "labelstudio_cursor"
 TASK_COUNT_KEY = "labelstudio_tasks"
@@ -54,6 +55,7 @@ def annotations(context: AssetExecutionContext, loopml: LoopMLResource) -> Outpu
     that no longer have annotations are dropped (deletions), and skipped tasks are kept as skipped rows.
     Keeps who annotated and when. The cursor is Label Studio's task ``updated_at``.
     """
+    warm_imports()  # validation and training modules load while Label Studio answers
     function = context.partition_key
     settings = loopml.settings()
     spec = loopml.registry().get(function)
