@@ -12,6 +12,8 @@ from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource
 from loopml.dataset import training_rows
 
+MIN_TRAIN_EXAMPLES = 2  # per label in the training split, for cross-validation
+
 
 def _leaderboard_table(leaderboard: list[Any]) -> MetadataValue:
     schema = TableSchema(
@@ -75,7 +77,16 @@ def model(
     rows = training_rows(dataset, spec.labels).join(features, on="content_hash", how="left")
     train = rows.filter(pl.col("split") == "train")
     holdout = rows.filter(pl.col("split") == "holdout")
-    label_set = [label for label in spec.labels if label in set(train["label"].to_list())]
+    counts = train["label"].value_counts()
+    enough = {row["label"] for row in counts.to_dicts() if row["count"] >= MIN_TRAIN_EXAMPLES}
+    label_set = [label for label in spec.labels if label in enough]
+    left_out = [label for label in spec.labels if label not in enough]
+    if left_out:
+        context.log.warning(
+            f"labels {left_out} have fewer than {MIN_TRAIN_EXAMPLES} training examples and are left out of this "
+            "version; label more examples of them in Label Studio"
+        )
+        train = train.filter(pl.col("label").is_in(label_set))
     embeddings = np.asarray(train["embedding"].to_list(), dtype=np.float32)
     result = run_automl(train["text"].to_list(), embeddings, train["label"].to_list(), label_set)
     result.model.encoder_id = spec.encoder_id
@@ -99,6 +110,7 @@ def model(
         "winner_params": result.winner.params,
         "temperature": round(float(result.temperature), 4),
         "label_set": result.label_set,
+        "labels_left_out": left_out,
         "encoder": spec.encoder_id,
         "per_label": result.per_label,
         "train_seconds": round(train_seconds, 3),

@@ -1,0 +1,162 @@
+"""Accuracy learning curve: LoopML's AutoML against two standard baselines, on both demo data sets.
+
+A fixed stratified 20 % holdout (seed 0) is the test set. From the remaining 80 %, training sets of 8, 32
+and 128 labelled examples per class are drawn (several seeds; the mean is reported) and the whole pool is
+used once ("all"). Methods:
+
+* LoopML: ``run_automl`` on texts + cached MiniLM embeddings; the refit winner predicts the holdout;
+* TF-IDF(1-2)+LR: scikit-learn ``TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)`` and
+  ``LogisticRegression(C=10)``;
+* MiniLM+LR: ``LogisticRegression()`` (C=1) on the same cached embeddings.
+
+Embeddings are cached under ``$LOOPML_HOME/bench`` (shared with ``bench/automl_speed.py``).
+
+    .venv/bin/python bench/learning_curve.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from automl_speed import DATASETS, load_with_embeddings  # noqa: E402
+
+SIZES: list[int | None] = [8, 32, 128, None]  # labels per class; None: the whole training pool
+
+
+@dataclass
+class Split:
+    """Training rows (texts, embeddings, labels) and test rows (texts, embeddings)."""
+
+    train_texts: list[str]
+    train_emb: np.ndarray
+    train_labels: list[str]
+    test_texts: list[str]
+    test_emb: np.ndarray
+
+
+def loopml(split: Split) -> list[str]:
+    from loopml.automl import run_automl
+
+    result = run_automl(
+        split.train_texts, split.train_emb, split.train_labels, sorted(set(split.train_labels))
+    )
+    return result.model.predict(split.test_texts, split.test_emb)
+
+
+def tfidf_lr(split: Split) -> list[str]:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    model = LogisticRegression(C=10.0, max_iter=2000)
+    model.fit(vectorizer.fit_transform(split.train_texts), split.train_labels)
+    return list(model.predict(vectorizer.transform(split.test_texts)))
+
+
+def minilm_lr(split: Split) -> list[str]:
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(max_iter=2000).fit(split.train_emb, split.train_labels)
+    return list(model.predict(split.test_emb))
+
+
+METHODS: dict[str, Callable[[Split], list[str]]] = {
+    "LoopML": loopml,
+    "TF-IDF(1-2)+LR": tfidf_lr,
+    "MiniLM+LR": minilm_lr,
+}
+
+
+def holdout_split(labels: list[str], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=seed)
+
+
+def draw(pool: np.ndarray, labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
+    """``per_class`` random rows of each label from ``pool`` (all of ``pool`` for None)."""
+    if per_class is None:
+        return pool
+    rng = np.random.default_rng(seed)
+    chosen = [
+        rng.choice(pool[labels[pool] == label], per_class, replace=False) for label in np.unique(labels)
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
+def evaluate(name: str, seeds: int) -> list[tuple[str, dict[str, list[float]], dict[str, float]]]:
+    texts, labels, emb = load_with_embeddings(name)
+    label_array = np.array(labels)
+    pool, test = holdout_split(labels)
+    test_texts, test_labels = [texts[i] for i in test], label_array[test]
+    rows = []
+    for per_class in SIZES:
+        scores: dict[str, list[float]] = {m: [] for m in METHODS}
+        seconds: dict[str, float] = dict.fromkeys(METHODS, 0.0)
+        for seed in range(seeds if per_class is not None else 1):
+            rows_idx = draw(pool, label_array, per_class, seed)
+            train_texts, train_labels = [texts[i] for i in rows_idx], list(label_array[rows_idx])
+            split = Split(train_texts, emb[rows_idx], train_labels, test_texts, emb[test])
+            for method, fit_predict in METHODS.items():
+                started = time.perf_counter()
+                predicted = np.array(fit_predict(split))
+                seconds[method] += time.perf_counter() - started
+                scores[method].append(float(np.mean(predicted == test_labels)))
+        size = f"{per_class}/class" if per_class is not None else f"all ({len(pool)})"
+        rows.append((size, scores, seconds))
+        progress = ", ".join(f"{m} {statistics.mean(s):.4f}" for m, s in scores.items())
+        print(f"  {name} {size}: {progress}", file=sys.stderr, flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 seeds per small size instead of 5")
+    parser.add_argument("--seeds", type=int, default=None)
+    args = parser.parse_args()
+    seeds = args.seeds or (2 if args.quick else 5)
+    warnings.filterwarnings("ignore")
+    started = time.perf_counter()
+    results = {name: evaluate(name, seeds) for name in DATASETS}
+
+    print(
+        f"# Learning curve: holdout accuracy (fixed stratified 20 % holdout; mean over {seeds} seeds for "
+        "the per-class sizes, 1 run for all)\n"
+    )
+    print("| data set | train size | " + " | ".join(METHODS) + " | LoopML - best baseline | target met |")
+    print("|---|---|" + "---:|" * len(METHODS) + "---:|---|")
+    misses = 0
+    for name, rows in results.items():
+        for size, scores, _ in rows:
+            means = {m: statistics.mean(s) for m, s in scores.items()}
+            spread = {m: (max(s) - min(s)) / 2 for m, s in scores.items()}
+            best_baseline = max(v for m, v in means.items() if m != "LoopML")
+            delta = means["LoopML"] - best_baseline
+            met = delta >= 0
+            misses += not met
+            cells = " | ".join(
+                f"{means[m]:.4f}" + (f" ±{spread[m]:.3f}" if len(scores[m]) > 1 else "") for m in METHODS
+            )
+            print(f"| {name} | {size} | {cells} | {delta:+.4f} | {'yes' if met else 'NO'} |")
+    print("\n(± is half the range over seeds.)")
+    print("\n| data set | train size | " + " | ".join(f"{m} s (all seeds)" for m in METHODS) + " |")
+    print("|---|---|" + "---:|" * len(METHODS))
+    for name, rows in results.items():
+        for size, _, seconds in rows:
+            print(f"| {name} | {size} | " + " | ".join(f"{seconds[m]:.1f}" for m in METHODS) + " |")
+    total = time.perf_counter() - started
+    print(f"\ntarget (LoopML >= better baseline) missed at {misses} point(s); total {total:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

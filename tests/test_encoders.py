@@ -1,0 +1,89 @@
+"""The encoder registry and the MiniLM (ONNX int8) text encoder."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from loopml.encoders import DEFAULT_TEXT_ENCODER, Encoder, get_encoder, list_encoders, register_encoder
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Encoder:
+    return get_encoder(DEFAULT_TEXT_ENCODER)
+
+
+def test_registry_lists_default_and_rejects_unknown_ids() -> None:
+    assert DEFAULT_TEXT_ENCODER in list_encoders()
+    with pytest.raises(ValueError, match=DEFAULT_TEXT_ENCODER):
+        get_encoder("no-such-encoder")
+
+
+def test_encoder_is_cached_per_process_and_thread_safe(encoder: Encoder) -> None:
+    seen: list[Encoder] = []
+    threads = [
+        threading.Thread(target=lambda: seen.append(get_encoder(DEFAULT_TEXT_ENCODER))) for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(other is encoder for other in seen)
+
+
+def test_register_encoder_loads_once() -> None:
+    calls: list[str] = []
+
+    class Constant:
+        dim = 2
+
+        def __init__(self, encoder_id: str) -> None:
+            calls.append(encoder_id)
+            self.id = encoder_id
+
+        def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+            return np.ones((len(texts), 2), dtype=np.float32)
+
+    register_encoder("test-constant", Constant)
+    first = get_encoder("test-constant")
+    assert get_encoder("test-constant") is first and calls == ["test-constant"]
+    assert isinstance(first, Encoder) and "test-constant" in list_encoders()
+
+
+def test_encode_shapes_dtype_and_unit_norm(encoder: Encoder) -> None:
+    texts = ["A short one.", "", "A much longer sentence " * 200, "Émojis 🙂 and ünïcode"]
+    vectors = encoder.encode(texts)
+    assert vectors.shape == (4, encoder.dim) == (4, 384)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert encoder.encode([]).shape == (0, 384)
+
+
+def test_order_and_batching_do_not_change_vectors(encoder: Encoder) -> None:
+    texts = [f"sentence number {i} " + "word " * (i % 7) for i in range(20)]
+    together = encoder.encode(texts, batch_size=64)
+    in_small_batches = encoder.encode(texts, batch_size=3)
+    one_by_one = np.vstack([encoder.encode([t]) for t in texts[:5]])
+    np.testing.assert_allclose(together, in_small_batches, atol=1e-5)
+    np.testing.assert_allclose(together[:5], one_by_one, atol=1e-5)
+
+
+def test_similar_sentences_are_closer_than_unrelated(encoder: Encoder) -> None:
+    a, b, c = encoder.encode(
+        [
+            "The cat is sleeping on the sofa.",
+            "A kitten naps on the couch.",
+            "Quarterly profits at the bank rose sharply.",
+        ]
+    )
+    assert float(a @ b) > float(a @ c) + 0.3
+    assert float(a @ b) > float(b @ c) + 0.3
+
+
+def test_onnx_inputs_are_the_bert_ones(encoder: Encoder) -> None:
+    session = encoder._session  # type: ignore[attr-defined]
+    names = {i.name for i in session.get_inputs()}
+    assert {"input_ids", "attention_mask"} <= names
+    assert session.get_providers()[-1] == "CPUExecutionProvider"
