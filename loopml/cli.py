@@ -31,7 +31,7 @@ def _wait(what: str, check: Callable[[], bool], timeout_s: float, log_hint: str)
 
 
 def start_platform(settings: Settings) -> None:
-    """Start Label Studio and Dagster (webserver + daemon) and wait until both answer."""
+    """Start Label Studio, Dagster (webserver + daemon) and the serving API; wait until each answers."""
     from loopml import services
     from loopml.labelstudio_server import ensure_credentials
 
@@ -53,6 +53,9 @@ def start_platform(settings: Settings) -> None:
         120,
         str(services.log_file(settings, "dagster-webserver")),
     )
+    _step(f"BentoML serving API on {settings.serving_url} (model store {settings.bentoml_home})")
+    services.start_serving(settings)
+    _wait("the serving API", lambda: services.serving_healthy(settings), 120, str(services.log_file(settings, "serving")))
 
 
 def print_urls(settings: Settings) -> None:
@@ -63,6 +66,7 @@ def print_urls(settings: Settings) -> None:
     click.echo(f"  Label Studio  {settings.labelstudio_url}   (user {creds.username}, password in "
                f"{settings.secrets_dir / 'labelstudio.json'})")
     click.echo(f"  Dagster       {settings.dagster_url}")
+    click.echo(f"  Serving API   {settings.serving_url}/docs   (API keys: `loopml keys create NAME`)")
     click.echo(f"  Home          {settings.home}")
     click.echo("  Stop with `loopml down` (or `make down`).")
 
@@ -74,7 +78,7 @@ def main() -> None:
 
 @main.command()
 def up() -> None:
-    """Start Label Studio and the Dagster webserver and daemon on loopback."""
+    """Start Label Studio, the Dagster webserver and daemon, and the serving API on loopback."""
     settings = get_settings()
     start_platform(settings)
     print_urls(settings)
@@ -237,9 +241,10 @@ def keys_revoke(key_id: str) -> None:
 @click.option("--items", default=2000, show_default=True, help="items imported per demo function")
 @click.option("--noise", default=0.0, show_default=True, help="share of simulated annotations that are wrong")
 @click.option("--annotator/--no-annotator", default=True, help="start the simulated annotator")
-def demo(pace: float, items: int, noise: float, annotator: bool) -> None:
-    """Start the platform with two demo functions and a simulated annotator."""
-    from loopml.demo import setup_demo, start_annotator
+@click.option("--rate", default=5.0, show_default=True, help="calls a second from the simulated API client")
+def demo(pace: float, items: int, noise: float, annotator: bool, rate: float) -> None:
+    """Start the platform with two demo functions, a simulated annotator and a simulated API client."""
+    from loopml.demo import setup_demo, start_annotator, start_client
 
     settings = get_settings()
     start_platform(settings)
@@ -247,8 +252,21 @@ def demo(pace: float, items: int, noise: float, annotator: bool) -> None:
     if annotator:
         start_annotator(settings, pace=pace, noise=noise)
         _step(f"simulated annotator labelling one task every {pace:g} s (log: {settings.run_dir / 'demo-annotator.log'})")
+    if rate > 0:
+        start_client(settings, rate=rate, feedback=0.05)
+        _step(f"simulated API client sending {rate:g} calls/s (log: {settings.run_dir / 'demo-client.log'})")
     print_urls(settings)
     click.echo("  Watch the loop turn in Dagster: Assets -> model, or Runs.")
+
+
+@main.command("demo-client", hidden=True)
+@click.option("--rate", default=5.0)
+@click.option("--feedback", default=0.05)
+def demo_client(rate: float, feedback: float) -> None:
+    """Send simulated product traffic to the serving API (started by `loopml demo`)."""
+    from loopml.demo import run_client
+
+    run_client(get_settings(), rate=rate, feedback=feedback)
 
 
 @main.command("demo-annotator", hidden=True)

@@ -68,6 +68,10 @@ class Settings:
         return f"http://{self.labelstudio_host}:{self.labelstudio_port}"
 
     @property
+    def serving_url(self) -> str:
+        return f"http://127.0.0.1:{self.serving_port}"
+
+    @property
     def dagster_url(self) -> str:
         return f"http://127.0.0.1:{self.dagster_port}"
 

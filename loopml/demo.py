@@ -126,3 +126,76 @@ def run_annotator(settings: Settings, pace: float, noise: float, max_annotations
                 time.sleep(5)
             time.sleep(pace / max(len(truths), 1))
     return done
+
+
+DEMO_CLIENT_KEY = "demo-client.key"
+
+
+def demo_client_key(settings: Settings) -> str:
+    """The demo client's API key secret, created once and kept in LOOPML_HOME/secrets (mode 0600)."""
+    import os
+
+    from loopml.apikeys import create_key
+
+    path = settings.secrets_dir / DEMO_CLIENT_KEY
+    if path.exists():
+        return path.read_text().strip()
+    _, secret = create_key(settings, "demo-client")
+    path.write_text(secret)
+    os.chmod(path, 0o600)
+    return secret
+
+
+def start_client(settings: Settings, rate: float, feedback: float) -> None:
+    from loopml import services
+
+    demo_client_key(settings)
+    if services.pid_alive(services.read_pid(settings, "demo-client")):
+        return
+    services.spawn(
+        settings,
+        "demo-client",
+        [sys.executable, "-m", "loopml.cli", "demo-client", "--rate", str(rate), "--feedback", str(feedback)],
+    )
+
+
+def run_client(
+    settings: Settings, rate: float, feedback: float, max_calls: int | None = None, seed: int = 2
+) -> int:
+    """Call the serving API like a product would: ``rate`` calls a second over the demo functions, with
+    the true label sent back as feedback on a ``feedback`` share of the calls (flagged when wrong).
+    """
+    import requests
+
+    rng = random.Random(seed)
+    headers = {"Authorization": f"Bearer {demo_client_key(settings)}"}
+    pools = {demo.name: list(zip(*demo.loader(), strict=True)) for demo in demo_functions()}
+    calls = 0
+    session = requests.Session()
+    while max_calls is None or calls < max_calls:
+        name = rng.choice(sorted(pools))
+        text, truth = rng.choice(pools[name])
+        try:
+            response = session.post(
+                f"{settings.serving_url}/v1/functions/{name}/invoke", json={"text": text}, headers=headers, timeout=10
+            )
+        except requests.RequestException as error:
+            print(f"serving API not reachable ({error}); retrying in 5 s", flush=True)
+            time.sleep(5)
+            continue
+        if response.status_code in (404, 503):  # no function or no deployed version yet
+            time.sleep(2)
+            continue
+        calls += 1
+        if response.ok and rng.random() < feedback:
+            answer = response.json()
+            session.post(
+                f"{settings.serving_url}/v1/invocations/{answer['invocation_id']}/feedback",
+                json={"flagged": answer["label"] != truth, "true_label": truth},
+                headers=headers,
+                timeout=10,
+            )
+        if calls % 100 == 0:
+            print(f"{calls} calls", flush=True)
+        time.sleep(1.0 / rate)
+    return calls

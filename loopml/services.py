@@ -190,6 +190,22 @@ def start_labelstudio_service(settings: Settings) -> None:
     _pid_file(settings, "labelstudio").write_text(str(proc.pid))
 
 
+def start_serving(settings: Settings) -> None:
+    """The BentoML HTTP service (every function, hot-reloaded versions) on loopback."""
+    if pid_alive(read_pid(settings, "serving")):
+        return
+    spawn(
+        settings,
+        "serving",
+        [_venv_bin("bentoml"), "serve", "serving.service:LoopML", "--host", "127.0.0.1",
+         "--port", str(settings.serving_port)],
+    )
+
+
+def serving_healthy(settings: Settings) -> bool:
+    return http_ok(f"{settings.serving_url}/readyz")
+
+
 def labelstudio_healthy(settings: Settings) -> bool:
     return http_ok(f"{settings.labelstudio_url}/health")
 
@@ -199,7 +215,9 @@ def status(settings: Settings) -> list[ServiceStatus]:
         "labelstudio": (lambda: labelstudio_healthy(settings), settings.labelstudio_url),
         "dagster-webserver": (lambda: dagster_healthy(settings), settings.dagster_url),
         "dagster-daemon": (lambda: True, None),
+        "serving": (lambda: serving_healthy(settings), settings.serving_url),
         "demo-annotator": (lambda: True, None),
+        "demo-client": (lambda: True, None),
     }
     result = []
     for name, (check, url) in checks.items():
@@ -209,7 +227,14 @@ def status(settings: Settings) -> list[ServiceStatus]:
     return result
 
 
-SERVICES_IN_STOP_ORDER = ("demo-annotator", "dagster-webserver", "dagster-daemon", "labelstudio")
+SERVICES_IN_STOP_ORDER = (
+    "demo-client",
+    "demo-annotator",
+    "serving",
+    "dagster-webserver",
+    "dagster-daemon",
+    "labelstudio",
+)
 
 
 def down(settings: Settings) -> list[str]:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.conftest import free_port
 from tests.test_pipeline import NEGATIVE, POSITIVE
@@ -31,6 +32,7 @@ def platform_env(tmp_path):
         LOOPML_HOME=str(tmp_path / "home"),
         LOOPML_LABELSTUDIO_PORT=str(free_port()),
         LOOPML_DAGSTER_PORT=str(free_port()),
+        LOOPML_SERVING_PORT=str(free_port()),
         LOOPML_ANNOTATION_POLL_SECONDS="1",
     )
     yield env
@@ -42,12 +44,12 @@ def test_up_create_annotate_and_the_daemon_trains_a_model(platform_env, monkeypa
     assert up.returncode == 0, up.stdout + up.stderr
     assert "Label Studio" in up.stdout and "Dagster" in up.stdout
     status = loopml(platform_env, "status")
-    assert status.stdout.count("healthy") == 3, status.stdout
+    assert status.stdout.count("healthy") == 4, status.stdout
 
     created = loopml(platform_env, "functions", "create", "platform-sentiment", "--labels", "positive,negative")
     assert created.returncode == 0, created.stdout + created.stderr
 
-    for key in ("LOOPML_HOME", "LOOPML_LABELSTUDIO_PORT", "LOOPML_DAGSTER_PORT"):
+    for key in ("LOOPML_HOME", "LOOPML_LABELSTUDIO_PORT", "LOOPML_DAGSTER_PORT", "LOOPML_SERVING_PORT"):
         monkeypatch.setenv(key, platform_env[key])
     from loopml.config import get_settings
     from loopml.functions import FunctionRegistry
@@ -68,7 +70,21 @@ def test_up_create_annotate_and_the_daemon_trains_a_model(platform_env, monkeypa
     assert [v.version for v in versions] == ["v1"], (settings.run_dir / "dagster-daemon.log").read_text()[-3000:]
     assert versions[0].metadata["cv_accuracy"] >= 0.7
 
+    # the daemon's run also deployed it: the running service answers with v1 (hot-loaded, no restart)
+    created_key = loopml(platform_env, "keys", "create", "platform-test")
+    secret = created_key.stdout.strip().splitlines()[-1]
+    url = f"{settings.serving_url}/v1/functions/platform-sentiment/invoke"
+    assert requests.post(url, json={"text": "great film"}, timeout=10).status_code == 401
+    answer = {}
+    deadline = time.time() + 30
+    while time.time() < deadline and answer.get("version") != "platform-sentiment:v1":
+        response = requests.post(url, json={"text": "a wonderful, moving film"}, timeout=10,
+                                 headers={"Authorization": f"Bearer {secret}"})
+        answer = response.json() if response.ok else {}
+        time.sleep(0.5)
+    assert answer.get("version") == "platform-sentiment:v1" and answer["label"] == "positive", answer
+
     down = loopml(platform_env, "down", timeout=120)
-    assert "labelstudio" in down.stdout and "dagster-daemon" in down.stdout
+    assert "labelstudio" in down.stdout and "dagster-daemon" in down.stdout and "serving" in down.stdout
     after = loopml(platform_env, "status")
     assert "healthy" not in after.stdout

@@ -1,0 +1,846 @@
+"""LoopML's serving process: ONE BentoML service (``LoopML``) hosting every function.
+
+Start it from the repository root (``LOOPML_HOME`` and ``BENTOML_HOME`` set, loopback, port from
+``LOOPML_SERVING_PORT``)::
+
+    bentoml serve serving.service:LoopML --host 127.0.0.1 --port 3100
+
+Endpoints (all under ``/v1`` except BentoML's probes), documented at ``/docs`` (Swagger UI, served from
+BentoML's bundled assets, no CDN) and ``/openapi.json``:
+
+* ``POST /v1/functions/{name}/invoke``: ``{"text": ...}`` or ``{"texts": [...]}``, optional ``sticky_key``;
+* ``POST /v1/invocations/{invocation_id}/feedback``: flag an answer and/or give the true label;
+* ``GET /v1/functions`` and ``GET /v1/functions/{name}``: serving versions and weights;
+* ``GET /v1/health`` (JSON) and BentoML's ``/livez``, ``/healthz``, ``/readyz`` (ready once the deployments
+  are loaded).
+
+Why a mounted FastAPI app rather than ``@bentoml.api`` routes: BentoML API routes are POST-only, have no path
+parameters and answer validation errors with 400; FastAPI gives path parameters, GET listings, 422 errors
+naming the field and an OpenAPI document with examples, and BentoML merges it into its own spec. BentoML's
+adaptive batching (``@bentoml.api(batchable=True)``) is reachable only through its HTTP route, not from a
+mounted app's handler, so the encoder is batched by :class:`serving.runtime.ModelRuntime`'s in-process
+micro-batcher instead (same idea: whatever waits is batched, up to ``LOOPML_SCORING_BATCH`` texts).
+
+Every endpoint but the probes (and the documentation pages, unless ``LOOPML_SERVING_PUBLIC_DOCS=0``) needs an
+API key (:mod:`loopml.apikeys`): ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
+
+Environment: ``LOOPML_MAX_TEXT_BYTES`` (1 MiB), ``LOOPML_MAX_BATCH`` (256 texts per request),
+``LOOPML_MAX_REQUEST_BYTES`` (largest request body, default 16 MiB or twice the text limit),
+``LOOPML_SCORING_BATCH`` (64 texts per adaptive batch), ``LOOPML_ENCODER_BATCH`` (texts per encoder run;
+16 on the CPU, the scoring batch on CUDA), ``LOOPML_SERVING_GPU`` (``auto``: ask BentoML for a GPU when an
+NVIDIA device is present; ``0``: never, and hide GPUs from onnxruntime; ``1``: always),
+``LOOPML_SERVING_PUBLIC_DOCS`` (``1``: ``/docs`` and ``/openapi.json`` need no key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import bentoml
+from fastapi import Body, Depends, FastAPI, HTTPException, Path, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.security import APIKeyHeader, HTTPBearer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from loopml.apikeys import verifier_for
+from loopml.config import Settings, get_settings
+from loopml.invocation_log import (
+    FeedbackError,
+    InvocationLog,
+    InvocationLogError,
+    InvocationNotFound,
+    InvocationRecord,
+    embedding_to_bytes,
+)
+from serving.runtime import (
+    ROLE_CANARY,
+    FunctionServing,
+    ModelRuntime,
+    NotDeployedError,
+    RuntimeNotReadyError,
+    Scored,
+    UnknownFunctionError,
+)
+
+API_VERSION = "1"
+DEFAULT_MAX_TEXT_BYTES = 1 << 20
+DEFAULT_MAX_BATCH = 256
+PROBE_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/v1/health"})
+DOC_PATHS = frozenset({"/", "/docs", "/openapi.json", "/docs.json", "/schema.json"})
+DOC_PREFIXES = ("/static_content/",)
+_FALSE = ("0", "false", "no", "off")
+
+
+# --- configuration ------------------------------------------------------------------------------
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as error:
+        raise ValueError(f"{name}={raw!r} is not an integer; unset it or give a whole number") from error
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits, read from the environment when the service starts."""
+
+    max_text_bytes: int
+    max_batch: int
+    max_request_bytes: int
+    scoring_batch: int
+    encoder_batch: int | None
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        max_text = _env_int("LOOPML_MAX_TEXT_BYTES", DEFAULT_MAX_TEXT_BYTES)
+        return cls(
+            max_text_bytes=max_text,
+            max_batch=_env_int("LOOPML_MAX_BATCH", DEFAULT_MAX_BATCH),
+            max_request_bytes=_env_int("LOOPML_MAX_REQUEST_BYTES", max(16 << 20, 2 * max_text + (64 << 10))),
+            scoring_batch=_env_int("LOOPML_SCORING_BATCH", 64),
+            encoder_batch=_env_int("LOOPML_ENCODER_BATCH", 0) or None,
+        )
+
+
+def gpu_mode() -> Literal["auto", "on", "off"]:
+    flag = os.environ.get("LOOPML_SERVING_GPU", "auto").strip().lower()
+    if flag in _FALSE:
+        return "off"
+    if flag in ("1", "true", "yes", "on"):
+        return "on"
+    return "auto"
+
+
+def _resources() -> dict[str, Any]:
+    """Ask BentoML for one GPU when one is wanted and present (BentoML then sets CUDA_VISIBLE_DEVICES)."""
+    mode = gpu_mode()
+    if mode == "on" or (mode == "auto" and os.path.exists("/dev/nvidiactl")):
+        return {"gpu": 1}
+    return {}
+
+
+def public_docs() -> bool:
+    return os.environ.get("LOOPML_SERVING_PUBLIC_DOCS", "1").strip().lower() not in _FALSE
+
+
+# --- authentication -----------------------------------------------------------------------------
+def _error_body(error: str, detail: Any) -> bytes:
+    import json
+
+    return json.dumps({"error": error, "detail": detail}).encode()
+
+
+async def _send_json(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            + (headers or []),
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class ApiKeyMiddleware:
+    """ASGI middleware: an API key on every request except the probes (and the docs when public).
+
+    Accepts ``Authorization: Bearer <key>`` and ``X-API-Key: <key>``; answers 401 JSON otherwise. Puts the
+    key id in ``scope["state"]["key_id"]`` for the invocation log. Also refuses request bodies over
+    ``LOOPML_MAX_REQUEST_BYTES`` with 413 before they are read.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._settings: Settings | None = None
+        self._limits: Limits | None = None
+        self._public_docs = public_docs()
+
+    def _config(self) -> tuple[Settings, Limits]:
+        if self._settings is None or self._limits is None:
+            self._settings, self._limits = get_settings(), Limits.from_env()
+        return self._settings, self._limits
+
+    def _is_public(self, path: str) -> bool:
+        if path in PROBE_PATHS:
+            return True
+        return self._public_docs and (path in DOC_PATHS or path.startswith(DOC_PREFIXES))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self._is_public(scope.get("path", "")):
+            await self.app(scope, receive, send)
+            return
+        settings, limits = self._config()
+        headers = {name.lower(): value for name, value in scope.get("headers", [])}
+        secret = _key_from_headers(headers)
+        if secret is None:
+            await _send_json(
+                send,
+                401,
+                _error_body(
+                    "unauthorized",
+                    "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>' "
+                    "(create a key with `loopml keys create NAME`)",
+                ),
+                [(b"www-authenticate", b'Bearer realm="loopml"')],
+            )
+            return
+        verifier = verifier_for(settings)
+        hit, key_id = verifier.cached(secret)
+        if not hit:  # a database lookup: keep it off the event loop
+            key_id = await asyncio.to_thread(verifier.verify, secret)
+        if key_id is None:
+            await _send_json(
+                send,
+                401,
+                _error_body("unauthorized", "invalid or revoked API key: check the key or create a new one"),
+                [(b"www-authenticate", b'Bearer realm="loopml", error="invalid_token"')],
+            )
+            return
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limits.max_request_bytes:
+            await _send_json(
+                send,
+                413,
+                _error_body(
+                    "request_too_large",
+                    f"the request body is {int(length):,} bytes; the limit is {limits.max_request_bytes:,} "
+                    "(LOOPML_MAX_REQUEST_BYTES): split the batch",
+                ),
+            )
+            return
+        scope.setdefault("state", {})["key_id"] = key_id
+        if length is None and scope.get("method") in ("POST", "PUT", "PATCH"):
+            receive = await _bounded_body(receive, send, limits.max_request_bytes)
+            if receive is None:
+                return
+        await self.app(scope, receive, send)
+
+
+def _key_from_headers(headers: dict[bytes, bytes]) -> str | None:
+    auth = headers.get(b"authorization", b"").decode("latin-1").strip()
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    key = headers.get(b"x-api-key", b"").decode("latin-1").strip()
+    return key or None
+
+
+async def _bounded_body(receive: Receive, send: Send, limit: int) -> Receive | None:
+    """Read a body without Content-Length up to ``limit`` bytes and replay it; 413 (and None) past it."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return receive
+        total += len(message.get("body", b""))
+        if total > limit:
+            await _send_json(
+                send,
+                413,
+                _error_body(
+                    "request_too_large",
+                    f"the request body exceeds {limit:,} bytes (LOOPML_MAX_REQUEST_BYTES)",
+                ),
+            )
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+# --- request and response models ----------------------------------------------------------------
+FunctionName = Annotated[
+    str,
+    Path(
+        description="The function's name, as in `loopml functions list`.",
+        examples=["review-sentiment"],
+        max_length=64,
+    ),
+]
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("the text is empty: send the text to classify")
+    return value
+
+
+InputText = Annotated[StrictStr, AfterValidator(_not_blank)]
+
+
+class InvokeRequest(BaseModel):
+    """One text (``text``) or a batch (``texts``), optionally with a sticky routing key."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"text": "A warm, funny and beautifully acted film."},
+                {"texts": ["Loved it.", "A tedious mess."], "sticky_key": "user-42"},
+            ]
+        },
+    )
+
+    text: InputText | None = Field(None, description="One input text (not empty).")
+    texts: list[InputText] | None = Field(
+        None,
+        min_length=1,
+        description="A batch of input texts (each not empty); one answer per text, in order.",
+    )
+    sticky_key: StrictStr | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="Route every call with this key to the same version (primary or canary), e.g. a user id.",
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> InvokeRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' (one input) or 'texts' (a batch)")
+        return self
+
+
+class InvokeResult(BaseModel):
+    """The answer to one text."""
+
+    invocation_id: str = Field(description="Use it to send feedback on this answer.")
+    function: str
+    label: str = Field(description="The answering version's most probable label.")
+    confidence: float = Field(description="Calibrated probability of `label`.")
+    scores: dict[str, float] = Field(
+        description="Calibrated probability of every label of the answering version."
+    )
+    version: str = Field(description="The model version that answered, e.g. `review-sentiment:v3`.")
+    role: Literal["primary", "canary"] = Field(description="Whether the primary or the canary answered.")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "invocation_id": "0b8e7a4e-3f59-4d5e-9a51-0a1f0e2c9a77",
+                    "function": "review-sentiment",
+                    "label": "positive",
+                    "confidence": 0.93,
+                    "scores": {"positive": 0.93, "negative": 0.07},
+                    "version": "review-sentiment:v3",
+                    "role": "primary",
+                }
+            ]
+        }
+    )
+
+
+class BatchInvokeResponse(BaseModel):
+    """The answers to a batch, in input order."""
+
+    function: str
+    results: list[InvokeResult]
+
+
+class FeedbackRequest(BaseModel):
+    """Flag an answer as wrong and/or give the true label (at least one of them)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"flagged": True, "true_label": "negative"},
+                {"flagged": True, "comment": "sarcasm"},
+            ]
+        },
+    )
+
+    flagged: StrictBool = Field(False, description="The answer was wrong.")
+    true_label: StrictStr | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="The correct label (one of the answering version's labels).",
+    )
+    comment: StrictStr = Field("", max_length=2000, description="Free text for the reviewers.")
+
+
+class FeedbackResponse(BaseModel):
+    feedback_id: int
+    invocation_id: str
+    function: str
+    flagged: bool
+    true_label: str | None
+    answered_by: str = Field(description="The version whose answer the feedback is about.")
+    answered_label: str
+
+
+class VersionInfo(BaseModel):
+    version: str
+    weight: float = Field(description="Share of answers this version gives.")
+    labels: list[str]
+
+
+class FunctionInfo(BaseModel):
+    name: str
+    status: Literal["serving", "canary", "not_deployed", "error"]
+    primary: VersionInfo | None
+    canary: VersionInfo | None
+    encoder_id: str
+    revision: int
+    error: str | None = None
+
+
+class FunctionsResponse(BaseModel):
+    revision: int = Field(description="The deployment revision this process serves.")
+    functions: list[FunctionInfo]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "loading"]
+    ready: bool
+    revision: int
+    functions: int
+    device: str
+    invocation_backlog: int = Field(description="Invocations answered but not yet committed.")
+    scoring_batches: int = Field(description="Batches the encoder ran since start.")
+    mean_batch_size: float = Field(description="Texts per encoder batch since start (adaptive batching).")
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="A short code: unauthorized, not_found, invalid_request, ...")
+    detail: Any = Field(description="What went wrong and what to do next.")
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        401: "Missing, invalid or revoked API key.",
+        404: "Unknown function or invocation (the message lists the known functions).",
+        413: "A text over LOOPML_MAX_TEXT_BYTES, a batch over LOOPML_MAX_BATCH or a body over "
+        "LOOPML_MAX_REQUEST_BYTES.",
+        422: "Invalid request: the message names the field.",
+        503: "No deployed version, still loading, or the invocation log is unavailable; retry later.",
+    }
+    return {code: {"model": ErrorResponse, "description": text[code]} for code in codes}
+
+
+# --- the FastAPI app ------------------------------------------------------------------------------
+app = FastAPI(
+    title="LoopML serving API",
+    version=API_VERSION,
+    description=(
+        "Invoke LoopML functions, send feedback on answers, and see which model versions serve. "
+        "Authenticate with `Authorization: Bearer <key>` or `X-API-Key: <key>` (use **Authorize**)."
+    ),
+    docs_url=None,
+    redoc_url=None,
+    openapi_url="/openapi.json",
+    openapi_tags=[
+        {"name": "invoke", "description": "Classify texts with a function."},
+        {"name": "feedback", "description": "Tell LoopML an answer was wrong."},
+        {"name": "functions", "description": "What is deployed."},
+        {"name": "health", "description": "Probes (no API key needed)."},
+    ],
+)
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <key>`")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="`X-API-Key: <key>`")
+# The middleware enforces the key; these declare it in the OpenAPI document (Swagger UI's Authorize button).
+AUTH = [Security(_bearer), Security(_api_key)]
+
+
+def _field(error: dict[str, Any]) -> str:
+    """``texts[3]``, ``sticky_key``, ``body`` (the whole body) or ``name`` (a path parameter)."""
+    loc = list(error.get("loc", ()))
+    if error.get("type") == "json_invalid" or not loc:
+        return "body"
+    if loc[0] in ("body", "path", "query", "header"):
+        loc = loc[1:]
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+def _message(error: dict[str, Any]) -> str:
+    message = str(error.get("msg", ""))
+    if error.get("type") == "json_invalid":
+        position = error.get("loc", ("", "?"))[-1]
+        return f"the body is not valid JSON (at character {position}): send a JSON object"
+    return message.removeprefix("Value error, ")
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [
+        {
+            "field": _field(e),
+            "loc": list(e.get("loc", ())),
+            "message": _message(e),
+            "type": str(e.get("type", "")),
+        }
+        for e in exc.errors()
+    ]
+    summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return JSONResponse({"error": "invalid_request", "detail": summary, "errors": errors}, status_code=422)
+
+
+_CODES = {
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    422: "invalid_request",
+    503: "unavailable",
+}
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse(
+        {"error": _CODES.get(exc.status_code, "error"), "detail": exc.detail},
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+@app.get("/", include_in_schema=False)
+async def _index() -> RedirectResponse:
+    return RedirectResponse("/docs")
+
+
+@app.get("/docs", include_in_schema=False)
+async def _docs() -> HTMLResponse:
+    """Swagger UI from BentoML's bundled assets (works offline, no tracking)."""
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title="LoopML serving API",
+        swagger_js_url="/static_content/swagger-ui-bundle.js",
+        swagger_css_url="/static_content/swagger-ui.css",
+        swagger_favicon_url="/static_content/favicon-light-32x32.png",
+    )
+
+
+def _serving_info(serving: FunctionServing) -> FunctionInfo:
+    primary = canary = None
+    if serving.primary is not None:
+        primary = VersionInfo(
+            version=serving.primary.tag,
+            weight=1.0 - serving.canary_weight,
+            labels=list(serving.primary.label_set),
+        )
+    if serving.canary is not None:
+        canary = VersionInfo(
+            version=serving.canary.tag, weight=serving.canary_weight, labels=list(serving.canary.label_set)
+        )
+    if serving.primary is None:
+        status = "error" if serving.error else "not_deployed"
+    else:
+        status = "canary" if canary is not None else "serving"
+    return FunctionInfo(
+        name=serving.function,
+        status=status,
+        primary=primary,
+        canary=canary,
+        encoder_id=serving.encoder_id,
+        revision=serving.revision,
+        error=serving.error,
+    )
+
+
+def _result(function: str, invocation_id: str, item: Scored) -> InvokeResult:
+    return InvokeResult(
+        invocation_id=invocation_id,
+        function=function,
+        label=item.label,
+        confidence=item.confidence,
+        scores=item.scores,
+        version=item.answered_by,
+        role="canary" if item.role == ROLE_CANARY else "primary",
+    )
+
+
+INVOKE_EXAMPLES = {
+    "one": {"summary": "One text", "value": {"text": "A warm, funny and beautifully acted film."}},
+    "batch": {"summary": "A batch", "value": {"texts": ["Loved it.", "A tedious mess."]}},
+    "sticky": {
+        "summary": "Sticky routing",
+        "description": "Every call with the same key is answered by the same version during a canary.",
+        "value": {"text": "Not bad at all.", "sticky_key": "user-42"},
+    },
+}
+FEEDBACK_EXAMPLES = {
+    "label": {"summary": "Wrong, with the true label", "value": {"flagged": True, "true_label": "negative"}},
+    "flag": {"summary": "Just flag it", "value": {"flagged": True, "comment": "sarcasm"}},
+}
+
+
+# --- the BentoML service ------------------------------------------------------------------------
+@bentoml.service(
+    name="LoopML",
+    resources=_resources(),
+    workers=1,
+    traffic={"timeout": 120},
+    http={"host": "127.0.0.1", "port": get_settings().serving_port},
+)
+@bentoml.asgi_app(app, path="/")
+class LoopML:
+    """Every LoopML function behind one authenticated HTTP API (see the module docstring).
+
+    The endpoints below are module-level FastAPI functions that reach this instance through the async
+    :func:`current_service` dependency (``app.state``) rather than BentoML's class views, whose ``self``
+    dependency is a sync function that FastAPI runs in a worker thread on every request.
+    """
+
+    def __init__(self) -> None:
+        if gpu_mode() == "off":
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before any encoder session is created
+        self.settings = get_settings()
+        self.settings.ensure_dirs()
+        self.limits = Limits.from_env()
+        self.runtime = ModelRuntime(
+            self.settings,
+            max_batch_size=self.limits.scoring_batch,
+            encoder_batch_size=self.limits.encoder_batch,
+        )
+        self.log = InvocationLog(self.settings)
+        self.runtime.start()
+        app.state.loopml = self
+
+    def __is_ready__(self) -> bool:
+        return self.runtime.ready
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        self.runtime.stop()
+        self.log.close()
+
+    def resolve(self, name: str) -> FunctionServing:
+        """What serves ``name``, or the HTTP error that says why nothing does (404 / 503)."""
+        try:
+            return self.runtime.resolve(name)
+        except UnknownFunctionError as error:
+            raise HTTPException(404, str(error)) from None
+        except (NotDeployedError, RuntimeNotReadyError) as error:
+            raise HTTPException(503, str(error), headers={"Retry-After": "5"}) from None
+
+    def checked_texts(self, body: InvokeRequest) -> list[str]:
+        """The request's texts; 413 for a batch over LOOPML_MAX_BATCH or a text over LOOPML_MAX_TEXT_BYTES."""
+        texts = [body.text] if body.texts is None else body.texts
+        if len(texts) > self.limits.max_batch:
+            raise HTTPException(
+                413,
+                f"the batch has {len(texts)} texts; the limit is {self.limits.max_batch} (LOOPML_MAX_BATCH): "
+                "split it into smaller requests",
+            )
+        for i, text in enumerate(texts):
+            assert text is not None
+            size = len(text.encode("utf-8"))
+            if size > self.limits.max_text_bytes:
+                where = "text" if body.texts is None else f"texts[{i}]"
+                raise HTTPException(
+                    413,
+                    f"{where} is {size:,} bytes; the limit is {self.limits.max_text_bytes:,} bytes "
+                    "(LOOPML_MAX_TEXT_BYTES): shorten the text",
+                )
+        return texts  # type: ignore[return-value]
+
+    async def answer(self, name: str, body: InvokeRequest, key_id: str | None) -> list[InvokeResult]:
+        """Route, score, log (durably) and answer every text of ``body``."""
+        started = time.perf_counter()
+        texts = self.checked_texts(body)
+        serving = self.resolve(name)
+        try:
+            scored = await asyncio.wrap_future(self.runtime.submit(serving, texts, body.sticky_key))
+        except (NotDeployedError, RuntimeNotReadyError) as error:
+            raise HTTPException(503, str(error), headers={"Retry-After": "5"}) from None
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        records = [
+            InvocationRecord(
+                function=name,
+                input_text=text,
+                embedding=embedding_to_bytes(item.embedding) if item.embedding is not None else None,
+                scores=item.version_scores,
+                labels=item.version_labels,
+                answered_by=item.answered_by,
+                label=item.label,
+                confidence=item.confidence,
+                latency_ms=latency_ms,
+                key_id=key_id,
+                sticky_key=body.sticky_key,
+            )
+            for text, item in zip(texts, scored, strict=True)
+        ]
+        try:
+            ids = await self.log.alog_many(records)
+        except InvocationLogError as error:
+            raise HTTPException(
+                503,
+                f"the answer was not returned because it could not be logged: {error}",
+                headers={"Retry-After": "1"},
+            ) from None
+        return [_result(name, i, item) for i, item in zip(ids, scored, strict=True)]
+
+
+LoopML.add_asgi_middleware(ApiKeyMiddleware)
+
+
+async def current_service(request: Request) -> LoopML:
+    """The running service instance (set when BentoML creates it)."""
+    service = getattr(request.app.state, "loopml", None)
+    if service is None:
+        raise HTTPException(503, "the service is starting; retry shortly", headers={"Retry-After": "1"})
+    return service  # type: ignore[no-any-return]
+
+
+Service = Annotated[LoopML, Depends(current_service)]
+
+
+def _key_id(request: Request) -> str | None:
+    return getattr(request.state, "key_id", None)
+
+
+# --- endpoints ----------------------------------------------------------------------------------
+@app.post(
+    "/v1/functions/{name}/invoke",
+    tags=["invoke"],
+    summary="Classify one text or a batch",
+    response_model=InvokeResult | BatchInvokeResponse,
+    responses=_responses(401, 404, 413, 422, 503),
+    dependencies=AUTH,
+)
+async def invoke(
+    service: Service,
+    request: Request,
+    name: FunctionName,
+    body: Annotated[InvokeRequest, Body(openapi_examples=INVOKE_EXAMPLES)],
+) -> Any:
+    """Answer with the label, its calibrated confidence, every label's score, the version that answered
+    and an invocation id per text. `{"text": ...}` gets one result, `{"texts": [...]}` a list in order.
+    During a canary each text is answered by the canary with the canary's weight (sticky per
+    `sticky_key`); the canary scores every text in shadow either way. The answer is returned only after
+    the invocation is durably logged."""
+    results = await service.answer(name, body, _key_id(request))
+    if body.texts is None:
+        return results[0]
+    return BatchInvokeResponse(function=name, results=results)
+
+
+@app.post(
+    "/v1/invocations/{invocation_id}/feedback",
+    tags=["feedback"],
+    summary="Flag an answer and/or give the true label",
+    status_code=201,
+    response_model=FeedbackResponse,
+    responses=_responses(401, 404, 422),
+    dependencies=AUTH,
+)
+async def feedback(
+    service: Service,
+    request: Request,
+    invocation_id: Annotated[str, Path(max_length=36, description="From the invoke answer.")],
+    body: Annotated[FeedbackRequest, Body(openapi_examples=FEEDBACK_EXAMPLES)],
+) -> FeedbackResponse:
+    """Record that an answer was wrong (`flagged`) and/or what the right label is (`true_label`, one of
+    the answering version's labels). Flagged answers are sent to human review."""
+    try:
+        result = await asyncio.to_thread(
+            service.log.record_feedback,
+            invocation_id,
+            flagged=body.flagged,
+            true_label=body.true_label,
+            comment=body.comment,
+            key_id=_key_id(request),
+        )
+    except InvocationNotFound as error:
+        raise HTTPException(404, str(error)) from None
+    except FeedbackError as error:
+        raise HTTPException(422, str(error)) from None
+    return FeedbackResponse(
+        feedback_id=result.id,
+        invocation_id=result.invocation_id,
+        function=result.function,
+        flagged=result.flagged,
+        true_label=result.true_label,
+        answered_by=result.answered_by,
+        answered_label=result.answered_label,
+    )
+
+
+@app.get(
+    "/v1/functions",
+    tags=["functions"],
+    summary="Every function with its serving versions and weights",
+    response_model=FunctionsResponse,
+    responses=_responses(401),
+    dependencies=AUTH,
+)
+async def list_functions(service: Service) -> FunctionsResponse:
+    snapshot = service.runtime.snapshot
+    return FunctionsResponse(
+        revision=snapshot.revision,
+        functions=[_serving_info(snapshot.functions[name]) for name in sorted(snapshot.functions)],
+    )
+
+
+@app.get(
+    "/v1/functions/{name}",
+    tags=["functions"],
+    summary="One function's serving versions and weights",
+    response_model=FunctionInfo,
+    responses=_responses(401, 404),
+    dependencies=AUTH,
+)
+async def get_function(service: Service, name: FunctionName) -> FunctionInfo:
+    snapshot = service.runtime.snapshot
+    serving = snapshot.functions.get(name)
+    if serving is None:
+        known = ", ".join(snapshot.known) or "none yet"
+        raise HTTPException(404, f"unknown function {name!r} (known functions: {known})")
+    return _serving_info(serving)
+
+
+@app.get(
+    "/v1/health",
+    tags=["health"],
+    summary="Liveness and readiness (no API key)",
+    response_model=HealthResponse,
+)
+async def health(service: Service) -> HealthResponse:
+    runtime = service.runtime
+    snapshot = runtime.snapshot
+    ready = runtime.ready
+    return HealthResponse(
+        status="ok" if ready else "loading",
+        ready=ready,
+        revision=snapshot.revision,
+        functions=len(snapshot.functions),
+        device=runtime.device if ready else "unknown",
+        invocation_backlog=service.log.backlog,
+        scoring_batches=runtime.batches,
+        mean_batch_size=round(runtime.batched_items / max(1, runtime.batches), 2),
+    )

@@ -1,0 +1,400 @@
+"""The LoopML BentoML service through its ASGI app (``LoopML.to_asgi()`` + Starlette's TestClient).
+
+Real tiny models (MiniLM embeddings + AutoML) in a temporary model store; deployments changed through
+``DeploymentStore`` while the app runs, as the pipeline and the canary controller would.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from loopml.apikeys import create_key, revoke_key
+from loopml.config import Settings, get_settings
+from loopml.deployments import DeploymentStore
+from loopml.invocation_log import InvocationLog
+from tests.serving_support import register, save_versions
+
+FUNCTION = "review-sentiment"
+INVOKE = f"/v1/functions/{FUNCTION}/invoke"
+MAX_TEXT_BYTES = 5000
+MAX_BATCH = 200
+
+
+@dataclass
+class Served:
+    client: TestClient
+    settings: Settings
+    store: DeploymentStore
+    log: InvocationLog
+    tags: list[str]
+    key: str
+    key_id: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def invoke(self, body: dict[str, Any], function: str = FUNCTION) -> Any:
+        response = self.client.post(f"/v1/functions/{function}/invoke", json=body, headers=self.headers)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_for_revision(self, timeout: float = 2.0) -> float:
+        """Wait until the app serves the store's newest revision; returns how long it took."""
+        target = self.store.revision()
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            body = self.client.get("/v1/functions", headers=self.headers).json()
+            if body["revision"] >= target:
+                return time.monotonic() - started
+            time.sleep(0.02)
+        raise AssertionError(f"revision {target} was not served within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    from serving.service import LoopML
+
+    home = tmp_path_factory.mktemp("serving-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOOPML_HOME", str(home))
+        mp.setenv("BENTOML_HOME", str(home / "bentoml"))
+        mp.delenv("LOOPML_DATABASE_URL", raising=False)
+        mp.setenv("LOOPML_MAX_TEXT_BYTES", str(MAX_TEXT_BYTES))
+        mp.setenv("LOOPML_MAX_BATCH", str(MAX_BATCH))
+        mp.setenv("LOOPML_SERVING_GPU", "0")
+        settings = get_settings()
+        settings.ensure_dirs()
+        tags = save_versions(settings, FUNCTION, 3)
+        register(settings, "news-topic", ["business", "sport", "tech"])  # registered, never deployed
+        store = DeploymentStore(settings)
+        store.set_primary(FUNCTION, tags[0], "test")
+        key_id, key = create_key(settings, "tests")
+        with TestClient(LoopML.to_asgi()) as client:
+            deadline = time.monotonic() + 60
+            while client.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "the service did not become ready"
+                time.sleep(0.05)
+            yield Served(client, settings, store, InvocationLog(settings), tags, key, key_id)
+
+
+def deploy(served: Served, primary: str, canary: str | None = None, weight: float = 0.0) -> None:
+    served.store.set_primary(FUNCTION, primary, "test")
+    if canary is not None:
+        served.store.start_canary(FUNCTION, canary, weight, "test")
+    served.wait_for_revision()
+
+
+# --- authentication ---------------------------------------------------------------------------------
+def _protected_requests(served: Served, invocation_id: str) -> list[tuple[str, str, dict[str, Any] | None]]:
+    """Every documented operation (from the OpenAPI document) but the health probe."""
+    spec = served.client.get("/openapi.json").json()
+    requests: list[tuple[str, str, dict[str, Any] | None]] = []
+    for template, operations in spec["paths"].items():
+        if template == "/v1/health":
+            continue
+        path = template.replace("{name}", FUNCTION).replace("{invocation_id}", invocation_id)
+        for method in operations:
+            body = (
+                {"text": "hello"} if "invoke" in path else {"flagged": True} if "feedback" in path else None
+            )
+            requests.append((method.upper(), path, body))
+    return requests
+
+
+def test_every_endpoint_but_the_probes_needs_a_key(served: Served) -> None:
+    invocation_id = served.invoke({"text": "fine"})["invocation_id"]
+    requests = _protected_requests(served, invocation_id)
+    assert {path for _, path, _ in requests} >= {
+        INVOKE,
+        f"/v1/invocations/{invocation_id}/feedback",
+        "/v1/functions",
+        f"/v1/functions/{FUNCTION}",
+    }
+    for method, path, body in requests:
+        for headers in (
+            {},
+            {"Authorization": "Bearer lml_0123456789abcdef_" + "x" * 43},
+            {"X-API-Key": "nope"},
+            {"Authorization": f"Basic {served.key}"},
+        ):
+            response = served.client.request(method, path, json=body, headers=headers)
+            assert response.status_code == 401, (method, path, headers, response.text)
+            assert response.json()["error"] == "unauthorized"
+            assert "API key" in response.json()["detail"]
+            assert response.headers["www-authenticate"].startswith("Bearer")
+        for headers in (served.headers, {"X-API-Key": served.key}, {"authorization": f"bearer {served.key}"}):
+            response = served.client.request(method, path, json=body, headers=headers)
+            assert response.status_code in (200, 201), (method, path, response.text)
+    # BentoML's own /metrics too (answering it needs the real server's metrics setup: see test_serve_e2e)
+    assert served.client.get("/metrics").status_code == 401
+    for path in ("/healthz", "/livez", "/readyz", "/v1/health"):
+        assert served.client.get(path).status_code == 200, path
+
+
+def test_a_revoked_key_is_refused_within_a_second(served: Served) -> None:
+    key_id, key = create_key(served.settings, "short-lived")
+    headers = {"X-API-Key": key}
+    assert served.client.get("/v1/functions", headers=headers).status_code == 200
+    revoke_key(served.settings, key_id)
+    started = time.monotonic()
+    while served.client.get("/v1/functions", headers=headers).status_code != 401:
+        assert time.monotonic() - started < 1.5, "a revoked key still worked after 1.5 s"
+        time.sleep(0.05)
+
+
+def test_the_api_is_documented_with_examples(served: Served) -> None:
+    spec = served.client.get("/openapi.json").json()
+    invoke = spec["paths"]["/v1/functions/{name}/invoke"]["post"]
+    examples = invoke["requestBody"]["content"]["application/json"]["examples"]
+    assert {"one", "batch", "sticky"} <= set(examples)
+    assert {"401", "404", "413", "422", "503"} <= set(invoke["responses"])
+    assert "/v1/invocations/{invocation_id}/feedback" in spec["paths"]
+    schemes = spec["components"]["securitySchemes"]
+    assert {s["type"] for s in schemes.values()} == {"http", "apiKey"}
+    page = served.client.get("/docs")
+    assert page.status_code == 200 and "/static_content/swagger-ui-bundle.js" in page.text
+    assert served.client.get("/static_content/swagger-ui-bundle.js").status_code == 200
+    bentoml_spec = served.client.get("/docs.json").json()  # BentoML's merged document
+    assert "/v1/functions/{name}/invoke" in bentoml_spec["paths"]
+
+
+# --- answers ------------------------------------------------------------------------------------------
+def test_one_text_and_a_batch_are_answered_and_logged(served: Served) -> None:
+    deploy(served, served.tags[0], served.tags[1], 0.5)
+    one = served.invoke({"text": "What a wonderful, moving film."})
+    assert one["label"] == "positive" and one["function"] == FUNCTION
+    assert set(one["scores"]) == {"positive", "negative"}
+    assert abs(sum(one["scores"].values()) - 1.0) < 1e-6
+    assert one["confidence"] == max(one["scores"].values()) == one["scores"][one["label"]]
+    assert one["version"] in served.tags[:2] and one["role"] in ("primary", "canary")
+    batch = served.invoke({"texts": ["Loved every minute.", "Dull, boring and far too long."]})
+    assert [r["label"] for r in batch["results"]] == ["positive", "negative"]
+    ids = [one["invocation_id"]] + [r["invocation_id"] for r in batch["results"]]
+    assert len(set(ids)) == 3
+    stored = served.log.get(ids[1])
+    assert stored is not None and stored["key_id"] == served.key_id
+    assert set(stored["scores"]) == set(served.tags[:2])  # the canary scored it too (shadow)
+    assert stored["answered_by"] == batch["results"][0]["version"]
+    assert stored["embedding"].shape == (384,) and stored["input_text"] == "Loved every minute."
+
+
+def test_routing_shares_follow_the_canary_weight(served: Served) -> None:
+    deploy(served, served.tags[0], served.tags[1], 0.25)
+    versions: Counter[str] = Counter()
+    for start in range(0, 2000, 100):  # 2,000 items, each routed on its own
+        body = served.invoke({"texts": [f"review number {start + i}" for i in range(100)]})
+        versions.update(r["version"] for r in body["results"])
+    share = versions[served.tags[1]] / 2000
+    assert abs(share - 0.25) < 0.04, versions  # about 4 standard deviations
+    assert set(versions) == set(served.tags[:2])
+    singles = Counter(served.invoke({"text": f"single {i}"})["role"] for i in range(40))
+    assert set(singles) <= {"primary", "canary"}
+
+
+def test_a_sticky_key_always_gets_the_same_version(served: Served) -> None:
+    deploy(served, served.tags[0], served.tags[1], 0.5)
+    for key in ("user-1", "user-2", "user-3"):
+        seen = {served.invoke({"text": f"call {i}", "sticky_key": key})["version"] for i in range(15)}
+        assert len(seen) == 1, (key, seen)
+        batch = served.invoke({"texts": ["a", "b", "c", "d"], "sticky_key": key})
+        assert {r["version"] for r in batch["results"]} == seen
+    canary = sum(served.invoke({"text": "x", "sticky_key": f"k{i}"})["role"] == "canary" for i in range(300))
+    assert 0.40 < canary / 300 < 0.60, canary
+
+
+def test_hot_reload_changes_the_served_version_within_a_second(served: Served) -> None:
+    deploy(served, served.tags[0])
+    assert served.invoke({"text": "hello"})["version"] == served.tags[0]
+    served.store.set_primary(FUNCTION, served.tags[2], "hot reload test")
+    started = time.monotonic()
+    while served.invoke({"text": "hello"})["version"] != served.tags[2]:
+        assert time.monotonic() - started < 1.2, "the new primary was not served within 1.2 s"
+        time.sleep(0.02)
+    assert {served.invoke({"text": f"after {i}"})["version"] for i in range(10)} == {served.tags[2]}
+
+
+def test_promotion_and_rollback_are_visible_in_answers(served: Served) -> None:
+    deploy(served, served.tags[0], served.tags[1], 1.0)
+    assert {served.invoke({"text": f"c {i}"})["role"] for i in range(5)} == {"canary"}
+    served.store.promote(FUNCTION, "canary is better")
+    served.wait_for_revision()
+    answers = [served.invoke({"text": f"p {i}"}) for i in range(10)]
+    assert {(a["version"], a["role"]) for a in answers} == {(served.tags[1], "primary")}
+    served.store.start_canary(FUNCTION, served.tags[2], 0.5, "next candidate")
+    served.wait_for_revision()
+    served.store.rollback(FUNCTION, "canary is worse")
+    served.wait_for_revision()
+    answers = [served.invoke({"text": f"r {i}"}) for i in range(20)]
+    assert {(a["version"], a["role"]) for a in answers} == {(served.tags[1], "primary")}
+    stored = served.log.get(answers[0]["invocation_id"])
+    assert stored is not None and set(stored["scores"]) == {served.tags[1]}  # no shadow after rollback
+
+
+def test_functions_are_listed_with_versions_and_weights(served: Served) -> None:
+    deploy(served, served.tags[0], served.tags[1], 0.25)
+    body = served.client.get("/v1/functions", headers=served.headers).json()
+    by_name = {f["name"]: f for f in body["functions"]}
+    sentiment = by_name[FUNCTION]
+    assert sentiment["status"] == "canary"
+    assert sentiment["primary"] == {
+        "version": served.tags[0],
+        "weight": 0.75,
+        "labels": ["positive", "negative"],
+    }
+    assert sentiment["canary"]["version"] == served.tags[1] and sentiment["canary"]["weight"] == 0.25
+    assert by_name["news-topic"]["status"] == "not_deployed"
+    one = served.client.get(f"/v1/functions/{FUNCTION}", headers=served.headers).json()
+    assert one == sentiment
+    missing = served.client.get("/v1/functions/nope", headers=served.headers)
+    assert missing.status_code == 404 and "review-sentiment" in missing.json()["detail"]
+    health = served.client.get("/v1/health").json()
+    assert health["ready"] is True and health["device"] == "cpu" and health["revision"] == body["revision"]
+
+
+# --- bad input ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"text": 42}, "text"),
+        ({"text": None, "texts": None}, "text"),
+        ({}, "text"),
+        ({"text": ""}, "text"),
+        ({"text": "   \n"}, "text"),
+        ({"texts": []}, "texts"),
+        ({"texts": ["ok", ""]}, "texts[1]"),
+        ({"texts": ["ok", 7]}, "texts[1]"),
+        ({"texts": "not a list"}, "texts"),
+        ({"text": "a", "texts": ["b"]}, "texts"),
+        ({"txt": "typo"}, "txt"),
+        ({"text": "ok", "sticky_key": "k" * 129}, "sticky_key"),
+        ({"text": "ok", "sticky_key": 5}, "sticky_key"),
+    ],
+)
+def test_invalid_bodies_get_422_naming_the_field(served: Served, body: dict[str, Any], field: str) -> None:
+    response = served.client.post(INVOKE, json=body, headers=served.headers)
+    assert response.status_code == 422, response.text
+    payload = response.json()
+    assert payload["error"] == "invalid_request"
+    assert field in payload["detail"], payload
+
+
+def test_bodies_that_are_not_json_objects_get_422(served: Served) -> None:
+    for raw in (b"{not json", b"[1, 2]", b"null", b"42", b'"text"', b""):
+        response = served.client.post(
+            INVOKE, content=raw, headers={**served.headers, "Content-Type": "application/json"}
+        )
+        assert response.status_code == 422, (raw, response.text)
+
+
+def test_oversized_texts_and_batches_get_413(served: Served) -> None:
+    deploy(served, served.tags[0])
+    too_long = "é" * (MAX_TEXT_BYTES // 2 + 1)  # 2 bytes each in UTF-8: over the limit in bytes
+    response = served.client.post(INVOKE, json={"text": too_long}, headers=served.headers)
+    assert response.status_code == 413 and "LOOPML_MAX_TEXT_BYTES" in response.json()["detail"]
+    response = served.client.post(INVOKE, json={"texts": ["fine", too_long]}, headers=served.headers)
+    assert response.status_code == 413 and "texts[1]" in response.json()["detail"]
+    response = served.client.post(INVOKE, json={"texts": ["x"] * (MAX_BATCH + 1)}, headers=served.headers)
+    assert response.status_code == 413 and "LOOPML_MAX_BATCH" in response.json()["detail"]
+    assert served.invoke({"text": "é" * (MAX_TEXT_BYTES // 2)})["label"]  # exactly at the limit: fine
+    assert len(served.invoke({"texts": ["x"] * MAX_BATCH})["results"]) == MAX_BATCH
+
+
+def test_unknown_and_undeployed_functions(served: Served) -> None:
+    response = served.client.post(
+        "/v1/functions/no-such-thing/invoke", json={"text": "x"}, headers=served.headers
+    )
+    assert response.status_code == 404
+    assert "review-sentiment" in response.json()["detail"] and "news-topic" in response.json()["detail"]
+    response = served.client.post(
+        "/v1/functions/news-topic/invoke", json={"text": "x"}, headers=served.headers
+    )
+    assert response.status_code == 503 and "no deployed model version" in response.json()["detail"]
+    register(served.settings, "brand-new", ["yes", "no"])  # registered after the last reload
+    response = served.client.post(
+        "/v1/functions/brand-new/invoke", json={"text": "x"}, headers=served.headers
+    )
+    assert response.status_code == 503
+
+
+def test_odd_requests_never_give_a_500(served: Served) -> None:
+    odd: list[tuple[str, str, Any]] = [
+        ("POST", INVOKE, {"text": {"nested": True}}),
+        ("POST", INVOKE, {"texts": [[["deep"]]]}),
+        ("POST", INVOKE, {"text": "\x00\ud7ff control \u202e"}),
+        ("POST", "/v1/functions/UPPER%20case/invoke", {"text": "x"}),
+        ("POST", "/v1/functions/" + "x" * 300 + "/invoke", {"text": "x"}),
+        ("GET", INVOKE, None),
+        ("POST", "/v1/invocations/" + "x" * 100 + "/feedback", {"flagged": True}),
+        ("POST", "/v1/invocations/abc/feedback", {"flagged": "yes"}),
+        ("POST", "/v1/invocations/abc/feedback", [1, 2]),
+        ("DELETE", "/v1/functions", None),
+    ]
+    for method, path, body in odd:
+        response = served.client.request(method, path, json=body, headers=served.headers)
+        assert response.status_code < 500, (method, path, response.status_code, response.text)
+    assert served.invoke({"text": "still alive"})["label"]
+
+
+# --- feedback -------------------------------------------------------------------------------------------
+def test_feedback_is_validated_and_recorded(served: Served) -> None:
+    deploy(served, served.tags[0])
+    answer = served.invoke({"text": "A superb film."})
+    url = f"/v1/invocations/{answer['invocation_id']}/feedback"
+    response = served.client.post(
+        url, json={"flagged": True, "true_label": "negative"}, headers=served.headers
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["function"] == FUNCTION and body["answered_by"] == served.tags[0]
+    assert body["answered_label"] == answer["label"] and body["true_label"] == "negative"
+    wrong_label = served.client.post(url, json={"true_label": "neutral"}, headers=served.headers)
+    assert wrong_label.status_code == 422 and "positive, negative" in wrong_label.json()["detail"]
+    empty = served.client.post(url, json={}, headers=served.headers)
+    assert empty.status_code == 422 and "flagged" in empty.json()["detail"]
+    bad_type = served.client.post(url, json={"flagged": "very"}, headers=served.headers)
+    assert bad_type.status_code == 422 and "flagged" in bad_type.json()["detail"]
+    unknown = served.client.post(
+        "/v1/invocations/nope/feedback", json={"flagged": True}, headers=served.headers
+    )
+    assert unknown.status_code == 404
+    frame = served.log.feedback(FUNCTION)
+    mine = frame.filter(frame["invocation_id"] == answer["invocation_id"])
+    assert mine.height == 1 and mine["key_id"][0] == served.key_id
+
+
+def test_readiness_follows_the_runtime(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.runtime import ModelRuntime
+
+    assert served.client.get("/readyz").status_code == 200
+    monkeypatch.setattr(ModelRuntime, "ready", property(lambda self: False))  # as before the first load
+    assert served.client.get("/livez").status_code == 200
+    assert served.client.get("/readyz").status_code == 503
+    assert served.client.get("/v1/health").json()["ready"] is False
+    response = served.client.post(INVOKE, json={"text": "x"}, headers=served.headers)
+    assert response.status_code == 503 and "loading" in response.json()["detail"]
+    monkeypatch.undo()
+    assert served.client.get("/readyz").status_code == 200
+
+
+def test_the_runtime_is_ready_only_after_loading_the_deployments(served: Served) -> None:
+    from serving.runtime import ModelRuntime, RuntimeNotReadyError
+
+    runtime = ModelRuntime(served.settings)
+    assert not runtime.ready
+    with pytest.raises(RuntimeNotReadyError):
+        runtime.resolve(FUNCTION)
+    runtime.start(wait=True, timeout=60)
+    try:
+        assert runtime.ready and runtime.snapshot.revision == served.store.revision()
+        answers = runtime.predict(FUNCTION, ["Lovely.", "Awful."])
+        assert [a.label for a in answers] == ["positive", "negative"]
+    finally:
+        runtime.stop()
