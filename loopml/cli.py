@@ -46,16 +46,21 @@ def start_platform(settings: Settings) -> None:
         str(services.log_file(settings, "labelstudio")),
     )
     _step(f"Dagster webserver and daemon on {settings.dagster_url} (home {settings.dagster_home})")
-    services.start_dagster(settings)
+    services.start_dagster_webserver(settings)
     _wait(
         "Dagster",
         lambda: services.dagster_healthy(settings),
         120,
         str(services.log_file(settings, "dagster-webserver")),
     )
+    services.start_dagster_daemon(settings)
     _step(f"BentoML serving API on {settings.serving_url} (model store {settings.bentoml_home})")
     services.start_serving(settings)
     _wait("the serving API", lambda: services.serving_healthy(settings), 120, str(services.log_file(settings, "serving")))
+    if not services.daemon_running(settings):
+        raise click.ClickException(
+            f"the Dagster daemon stopped; see {services.log_file(settings, 'dagster-daemon')} and run `loopml up` again"
+        )
 
 
 def print_urls(settings: Settings) -> None:

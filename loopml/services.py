@@ -19,6 +19,7 @@ import requests
 
 from loopml.config import PROJECT_ROOT, Settings
 
+WORKSPACE = str(PROJECT_ROOT / "workspace.yaml")
 DAGSTER_YAML = """\
 # Written by `loopml up`. Dagster's instance for LoopML (SQLite storage in this folder).
 telemetry:
@@ -167,18 +168,26 @@ def write_dagster_yaml(settings: Settings) -> None:
         path.write_text(DAGSTER_YAML)
 
 
-def start_dagster(settings: Settings) -> None:
-    """The Dagster webserver and daemon on loopback, sharing the instance in LOOPML_HOME/dagster."""
+def start_dagster_webserver(settings: Settings) -> None:
+    """The Dagster webserver on loopback. Start it (and wait for it) before the daemon: the first process
+    on a new Dagster home creates its storage, and two doing so at once collide."""
     write_dagster_yaml(settings)
-    workspace = str(PROJECT_ROOT / "workspace.yaml")
-    if not pid_alive(read_pid(settings, "dagster-daemon")):
-        spawn(settings, "dagster-daemon", [_venv_bin("dagster-daemon"), "run", "-w", workspace])
     if not pid_alive(read_pid(settings, "dagster-webserver")):
         spawn(
             settings,
             "dagster-webserver",
-            [_venv_bin("dagster-webserver"), "-w", workspace, "-h", "127.0.0.1", "-p", str(settings.dagster_port)],
+            [_venv_bin("dagster-webserver"), "-w", WORKSPACE, "-h", "127.0.0.1", "-p", str(settings.dagster_port)],
         )
+
+
+def start_dagster_daemon(settings: Settings) -> None:
+    """The Dagster daemon: sensors, schedules and run launching, on the same instance as the webserver."""
+    if not pid_alive(read_pid(settings, "dagster-daemon")):
+        spawn(settings, "dagster-daemon", [_venv_bin("dagster-daemon"), "run", "-w", WORKSPACE])
+
+
+def daemon_running(settings: Settings) -> bool:
+    return pid_alive(read_pid(settings, "dagster-daemon"))
 
 
 def start_labelstudio_service(settings: Settings) -> None:
