@@ -2,6 +2,10 @@
 
 Both versions are scored on the same holdout items (never trained on) restricted to the labels they share,
 and the candidate must answer every must-pass example (ticked in Label Studio) right.
+
+"Worse" must be both material and real: the accuracy drop exceeds the tolerance *and* a one-sided paired
+(McNemar-style) comparison of the items only one of the two versions gets right says the drop is not noise.
+On a small holdout a one-item difference is not evidence.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any
 import numpy as np
 
 DEFAULT_TOLERANCE = 0.01
+Z_ONE_SIDED_95 = 1.645
 
 
 @dataclass(frozen=True)
@@ -84,11 +89,15 @@ def evaluate_gate(
     )
     if failures:
         return GateResult(False, f"{len(failures)} of {len(must_pass_truth)} must-pass examples answered wrong", **common)
-    if prim_acc is not None and cand_acc is not None and cand_acc < prim_acc - tolerance:
+    only_primary = sum(p == t and c != t for p, c, t in zip(prim_pred, cand_pred, truth_kept, strict=False))
+    only_candidate = sum(c == t and p != t for p, c, t in zip(prim_pred, cand_pred, truth_kept, strict=False))
+    significant = only_primary - only_candidate > Z_ONE_SIDED_95 * (only_primary + only_candidate) ** 0.5
+    if prim_acc is not None and cand_acc is not None and cand_acc < prim_acc - tolerance and significant:
         return GateResult(
             False,
             f"holdout accuracy {cand_acc:.3f} is worse than the primary's {prim_acc:.3f} "
-            f"(tolerance {tolerance:.3f}, {len(keep)} items)",
+            f"(tolerance {tolerance:.3f}, {len(keep)} items; right only by the primary {only_primary}, "
+            f"only by the candidate {only_candidate})",
             **common,
         )
     if prim_acc is None or cand_acc is None:

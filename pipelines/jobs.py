@@ -10,5 +10,6 @@ train_function = define_asset_job(
     selection=TRAINING_ASSETS,
     executor_def=in_process_executor,
     description="Pull annotations, validate, embed, train and gate/deploy one function (one partition).",
-    tags={"dagster/max_retries": 1},
+    # a run whose process crashed is retried once; a run that failed on data (a failed check) is not
+    tags={"dagster/max_retries": 1, "dagster/retry_on_asset_or_op_failure": "false"},
 )

@@ -32,11 +32,22 @@ def test_better_or_equal_candidate_passes() -> None:
 
 
 def test_worse_candidate_is_rejected_with_both_accuracies() -> None:
-    truth = ["pos", "neg", "pos", "neg"]
-    result = gate(["neg", "neg", "pos", "neg"], ["pos", "neg", "pos", "neg"], truth)
+    truth = ["pos", "neg", "pos", "neg"] * 10
+    candidate = ["neg", "neg", "pos", "neg"] * 10
+    result = gate(candidate, truth, truth)
     assert not result.passed
-    assert "0.750" in result.reason and "1.000" in result.reason
+    assert "0.750" in result.reason and "1.000" in result.reason and "primary 10, only by the candidate 0" in result.reason
     assert result.per_label_recall["pos"] == {"candidate": 0.5, "primary": 1.0}
+
+
+def test_a_drop_within_noise_is_not_evidence() -> None:
+    truth = ["pos", "neg"] * 30
+    primary = list(truth)
+    primary[0] = "neg"  # the primary gets one item wrong ...
+    candidate = list(truth)
+    candidate[1] = candidate[3] = "pos"  # ... the candidate two others: 1.7 points worse, but noise
+    result = gate(candidate, primary, truth)
+    assert result.passed and result.candidate_accuracy < result.primary_accuracy - 0.01
 
 
 def test_tolerance_allows_small_drops() -> None:

@@ -140,7 +140,15 @@ def candidate_with_flipped_labels(env) -> str:
 
 
 def test_the_gate_rejects_a_worse_candidate(env) -> None:
-    annotate_all(env["fake"], env["project"])
+    fake, project = env["fake"], env["project"]
+    extra = [(f"{text} (review {i})", label) for i in range(4) for texts, label in
+             ((POSITIVE, "positive"), (NEGATIVE, "negative")) for text in texts]
+    fake.import_tasks(project, [{"data": {"text": text}} for text, _ in extra])
+    annotate_all(fake, project)
+    labels = dict(extra)
+    for tid in fake.projects[project]:
+        if fake.tasks[tid].data["text"] in labels:
+            fake.create_annotation(tid, labels[fake.tasks[tid].data["text"]])
     assert run(env).success
     bad = candidate_with_flipped_labels(env)
     result = run(env, [deployment])
