@@ -31,7 +31,7 @@ def demo_functions() -> list[DemoFunction]:
 
     return [
         DemoFunction("review-sentiment", ["positive", "negative"], load_rotten_tomatoes),
-        DemoFunction("news-topic", ["business", "entertainment", "politics", "sport", "tech"], load_bbc_news),
+        DemoFunction("news-topic", ["business", "entertainment", "politics", "sports", "tech"], load_bbc_news),
     ]
 
 

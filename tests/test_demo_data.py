@@ -49,3 +49,11 @@ def test_missing_package_says_how_to_fix(monkeypatch: pytest.MonkeyPatch) -> Non
         load_rotten_tomatoes()
     with pytest.raises(DemoDataMissing, match="make install"):
         load_bbc_news()
+
+
+def test_demo_functions_declare_exactly_the_labels_of_their_data() -> None:
+    from loopml.demo import demo_functions
+
+    for demo in demo_functions():
+        _, labels = demo.loader()
+        assert sorted(set(labels)) == sorted(demo.labels), demo.name
