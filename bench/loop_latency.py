@@ -1,9 +1,10 @@
-"""Loop latency: annotation saved in Label Studio -> new model version registered, on real services.
+"""Loop latency: annotation saved in Label Studio -> new version registered -> answering canary traffic.
 
 Starts its own Label Studio and Dagster (webserver + daemon) in a temporary LOOPML_HOME on spare ports,
 creates a function with N labelled RottenTomatoes texts (imported with their annotations), waits for the
 first version, then saves single annotations through the Label Studio API and times each until the next
-version is registered. Prints the p50/p95 and a breakdown per stage from Dagster's run and step stats.
+version is registered, and until the running serving API answers with it as canary (or primary). Prints
+p50/p95 and a breakdown per stage from Dagster's run and step stats.
 
     .venv/bin/python bench/loop_latency.py [--labelled 2000] [--rounds 8]
 """
@@ -35,6 +36,7 @@ def main() -> None:
         LOOPML_HOME=str(home),
         LOOPML_LABELSTUDIO_PORT="18480",
         LOOPML_DAGSTER_PORT="18430",
+        LOOPML_SERVING_PORT="18490",
         LOOPML_ANNOTATION_POLL_SECONDS="1",
         DAGSTER_HOME=str(home / "dagster"),
         BENTOML_HOME=str(home / "bentoml"),
@@ -71,6 +73,9 @@ def run_rounds(labelled: int, rounds: int) -> None:
     print(f"imported {labelled} labelled + {rounds} unlabelled tasks; waiting for the first version ...", flush=True)
     wait_for_version(settings, "bench-sentiment", 1, timeout_s=300)
     instance = DagsterInstance.get()
+    from loopml.apikeys import create_key
+
+    headers = {"Authorization": f"Bearer {create_key(settings, 'bench')[1]}"}
     unlabelled = client.unlabeled_tasks(project, limit=rounds)
     rows = []
     for i, task in enumerate(unlabelled):
@@ -80,11 +85,15 @@ def run_rounds(labelled: int, rounds: int) -> None:
         client.create_annotation(task.task_id, labels[labelled + i] if labelled + i < len(labels) else "positive")
         wait_for_version(settings, "bench-sentiment", have + 1, timeout_s=120)
         total = time.time() - t0
+        new_tag = list_versions(settings, "bench-sentiment")[-1].tag
+        serving = wait_for_serving(settings, "bench-sentiment", new_tag, headers, timeout_s=60)
+        serving_total = (serving - t0) if serving else float("nan")
         run = wait_for_run(instance, t0)
         steps = {s.step_key: s.end_time - s.start_time for s in instance.get_run_step_stats(run.dagster_run.run_id)}
         rows.append(
             {
-                "total": total,
+                "answering_canary_traffic": serving_total,
+                "registered": total,
                 "sensor_wait": run.create_timestamp.timestamp() - t0,
                 "run_launch": (run.start_time or 0) - run.create_timestamp.timestamp(),
                 "pull": steps.get("annotations", 0.0),
@@ -94,7 +103,7 @@ def run_rounds(labelled: int, rounds: int) -> None:
                 "run_total": (run.end_time or 0) - (run.start_time or 0),
             }
         )
-        print(f"round {i + 1}: {total:.2f} s", flush=True)
+        print(f"round {i + 1}: registered {total:.2f} s, serving {serving_total:.2f} s", flush=True)
     print_table(rows, labelled)
 
 
@@ -115,6 +124,25 @@ def wait_for_run(instance, t0: float, timeout_s: float = 60):
     raise TimeoutError("the training run did not finish")
 
 
+def wait_for_serving(settings, function: str, tag: str, headers: dict[str, str], timeout_s: float) -> float | None:
+    """When the serving API first lists ``tag`` as its canary or primary (None: the gate rejected it)."""
+    import requests
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        info = requests.get(f"{settings.serving_url}/v1/functions/{function}", headers=headers, timeout=5).json()
+        serving = {(info.get(role) or {}).get("version") for role in ("primary", "canary")}
+        if tag in serving:
+            return time.time()
+        from loopml.deployments import DeploymentStore
+
+        last = DeploymentStore(settings).history(function, limit=1)[-1]
+        if last.action == "reject" and last.details.get("candidate") == tag:
+            return None
+        time.sleep(0.05)
+    return None
+
+
 def wait_for_version(settings, function: str, count: int, timeout_s: float) -> None:
     from serving.model_store import list_versions
 
@@ -127,11 +155,15 @@ def wait_for_version(settings, function: str, count: int, timeout_s: float) -> N
 
 
 def print_table(rows: list[dict[str, float]], labelled: int) -> None:
-    print(f"\nAnnotation saved -> new version registered ({labelled} labelled texts, {len(rows)} rounds)\n")
+    print(f"\nAnnotation saved -> new version registered / answering canary traffic ({labelled} labelled texts, "
+          f"{len(rows)} rounds)\n")
     print("| stage | p50 s | p95 s |")
     print("|---|---|---|")
     for key in rows[0]:
-        values = sorted(r[key] for r in rows)
+        values = sorted(r[key] for r in rows if r[key] == r[key])
+        if not values:
+            print(f"| {key} | n/a | n/a |")
+            continue
         p95 = values[min(len(values) - 1, int(round(0.95 * (len(values) - 1))))]
         print(f"| {key} | {statistics.median(values):.2f} | {p95:.2f} |")
 

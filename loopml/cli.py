@@ -246,7 +246,7 @@ def keys_revoke(key_id: str) -> None:
 @click.option("--items", default=2000, show_default=True, help="items imported per demo function")
 @click.option("--noise", default=0.0, show_default=True, help="share of simulated annotations that are wrong")
 @click.option("--annotator/--no-annotator", default=True, help="start the simulated annotator")
-@click.option("--rate", default=5.0, show_default=True, help="calls a second from the simulated API client")
+@click.option("--rate", default=20.0, show_default=True, help="calls a second from the simulated API client")
 def demo(pace: float, items: int, noise: float, annotator: bool, rate: float) -> None:
     """Start the platform with two demo functions, a simulated annotator and a simulated API client."""
     from loopml.demo import setup_demo, start_annotator, start_client
