@@ -1,6 +1,5 @@
 """annotations: incremental pull of a function's Label Studio annotations."""
 
-
 import time
 
 import polars as pl
@@ -60,7 +59,9 @@ def annotations(context: AssetExecutionContext, loopml: LoopMLResource) -> Outpu
     settings = loopml.settings()
     spec = loopml.registry().get(function)
     if spec.labelstudio_project_id is None:
-        raise ValueError(f"function {function!r} has no Label Studio project; recreate it with `loopml functions create`")
+        raise ValueError(
+            f"function {function!r} has no Label Studio project; recreate it with `loopml functions create`"
+        )
     client = loopml.labelstudio()
     started = time.perf_counter()
 
@@ -71,9 +72,7 @@ def annotations(context: AssetExecutionContext, loopml: LoopMLResource) -> Outpu
     _, tasks_now = client.task_fingerprint(spec.labelstudio_project_id)
     changed = client.changed_tasks(spec.labelstudio_project_id, since=cursor)
     # Deleted tasks leave no trace in updated_at: list the annotated tasks only when the task count moved.
-    annotated_ids = (
-        client.annotated_task_ids(spec.labelstudio_project_id) if tasks_now != task_count else None
-    )
+    annotated_ids = client.annotated_task_ids(spec.labelstudio_project_id) if tasks_now != task_count else None
     pulled = [
         PulledTask(
             task_id=task.task_id,

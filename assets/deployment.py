@@ -139,8 +139,12 @@ def deployment(
             "canary": (state.canary_tag if state else None) or "",
             "canary_weight": float(state.canary_weight if state else 0.0),
             "reason": result.reason,
-            "candidate_holdout_accuracy": result.candidate_accuracy if result.candidate_accuracy is not None else float("nan"),
-            "primary_holdout_accuracy": result.primary_accuracy if result.primary_accuracy is not None else float("nan"),
+            "candidate_holdout_accuracy": result.candidate_accuracy
+            if result.candidate_accuracy is not None
+            else float("nan"),
+            "primary_holdout_accuracy": result.primary_accuracy
+            if result.primary_accuracy is not None
+            else float("nan"),
             "per_label_recall": MetadataValue.json(result.per_label_recall),
             "must_pass": f"{result.must_pass_total - len(result.must_pass_failures)}/{result.must_pass_total} pass",
         },

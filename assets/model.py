@@ -1,6 +1,5 @@
 """model: AutoML over cached embeddings and raw text; the winner registered in the BentoML model store."""
 
-
 import time
 from typing import Any
 
@@ -45,7 +44,10 @@ def _leaderboard_table(leaderboard: list[Any]) -> MetadataValue:
 def _confusion_markdown(labels: list[str], confusion: list[list[int]]) -> MetadataValue:
     header = "| annotated \\ predicted | " + " | ".join(labels) + " |"
     rule = "|---" * (len(labels) + 1) + "|"
-    rows = [f"| **{label}** | " + " | ".join(str(v) for v in row) + " |" for label, row in zip(labels, confusion, strict=True)]
+    rows = [
+        f"| **{label}** | " + " | ".join(str(v) for v in row) + " |"
+        for label, row in zip(labels, confusion, strict=True)
+    ]
     return MetadataValue.md("\n".join([header, rule, *rows]))
 
 

@@ -67,7 +67,10 @@ def run_rounds(labelled: int, rounds: int) -> None:
     choice = lambda label: [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [label]}}]  # noqa: E731
     client.import_tasks(
         project,
-        [{"data": {"text": t}, "annotations": [{"result": choice(l)}]} for t, l in zip(texts[:labelled], labels[:labelled], strict=True)],
+        [
+            {"data": {"text": t}, "annotations": [{"result": choice(lab)}]}
+            for t, lab in zip(texts[:labelled], labels[:labelled], strict=True)
+        ],
     )
     client.import_tasks(project, [{"data": {"text": t}} for t in texts[labelled:]])
     print(f"imported {labelled} labelled + {rounds} unlabelled tasks; waiting for the first version ...", flush=True)
@@ -155,8 +158,10 @@ def wait_for_version(settings, function: str, count: int, timeout_s: float) -> N
 
 
 def print_table(rows: list[dict[str, float]], labelled: int) -> None:
-    print(f"\nAnnotation saved -> new version registered / answering canary traffic ({labelled} labelled texts, "
-          f"{len(rows)} rounds)\n")
+    print(
+        f"\nAnnotation saved -> new version registered / answering canary traffic ({labelled} labelled texts, "
+        f"{len(rows)} rounds)\n"
+    )
     print("| stage | p50 s | p95 s |")
     print("|---|---|---|")
     for key in rows[0]:

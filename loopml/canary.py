@@ -64,16 +64,18 @@ def _as_utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def canary_stats(
-    settings: Settings, function: str, primary_tag: str, canary_tag: str, since: datetime
-) -> CanaryStats:
+def canary_stats(settings: Settings, function: str, primary_tag: str, canary_tag: str, since: datetime) -> CanaryStats:
     """Statistics over the function's invocations since ``since`` (the start of the current step)."""
     sessions = session_factory(settings.database_url)
     with sessions() as session:
         rows = session.execute(
-            select(InvocationRow.id, InvocationRow.scores, InvocationRow.labels, InvocationRow.answered_by,
-                   InvocationRow.latency_ms)
-            .where(InvocationRow.function == function, InvocationRow.created_at >= _as_utc(since))
+            select(
+                InvocationRow.id,
+                InvocationRow.scores,
+                InvocationRow.labels,
+                InvocationRow.answered_by,
+                InvocationRow.latency_ms,
+            ).where(InvocationRow.function == function, InvocationRow.created_at >= _as_utc(since))
         ).all()
         ids = [r.id for r in rows]
         feedback = (
@@ -159,7 +161,9 @@ def decide(stats: CanaryStats, weight: float, policy: CanaryPolicy) -> CanaryDec
         return CanaryDecision("rollback", None, "; ".join(breaches))
     if stats.shadow_scored < policy.min_requests_per_step:
         return CanaryDecision(
-            "hold", weight, f"{stats.shadow_scored}/{policy.min_requests_per_step} shadow-scored requests at {weight:.0%}"
+            "hold",
+            weight,
+            f"{stats.shadow_scored}/{policy.min_requests_per_step} shadow-scored requests at {weight:.0%}",
         )
     summary = (
         f"{stats.shadow_scored} requests: disagreement {stats.disagreement_rate:.1%}, "

@@ -56,7 +56,9 @@ def start_platform(settings: Settings) -> None:
     services.start_dagster_daemon(settings)
     _step(f"BentoML serving API on {settings.serving_url} (model store {settings.bentoml_home})")
     services.start_serving(settings)
-    _wait("the serving API", lambda: services.serving_healthy(settings), 120, str(services.log_file(settings, "serving")))
+    _wait(
+        "the serving API", lambda: services.serving_healthy(settings), 120, str(services.log_file(settings, "serving"))
+    )
     if not services.daemon_running(settings):
         raise click.ClickException(
             f"the Dagster daemon stopped; see {services.log_file(settings, 'dagster-daemon')} and run `loopml up` again"
@@ -68,8 +70,10 @@ def print_urls(settings: Settings) -> None:
 
     creds = ensure_credentials(settings)
     click.echo("")
-    click.echo(f"  Label Studio  {settings.labelstudio_url}   (user {creds.username}, password in "
-               f"{settings.secrets_dir / 'labelstudio.json'})")
+    click.echo(
+        f"  Label Studio  {settings.labelstudio_url}   (user {creds.username}, password in "
+        f"{settings.secrets_dir / 'labelstudio.json'})"
+    )
     click.echo(f"  Dagster       {settings.dagster_url}")
     click.echo(f"  Serving API   {settings.serving_url}/docs   (API keys: `loopml keys create NAME`)")
     click.echo(f"  Home          {settings.home}")
@@ -132,8 +136,9 @@ def functions_create(name: str, input_type: str, labels: str) -> None:
     from loopml.functions import create_function
 
     project_id = create_function(settings, name, input_type, labels)
-    click.echo(f"created function {name} (Label Studio project {project_id}: "
-               f"{settings.labelstudio_url}/projects/{project_id})")
+    click.echo(
+        f"created function {name} (Label Studio project {project_id}: {settings.labelstudio_url}/projects/{project_id})"
+    )
 
 
 @functions.command("list")
@@ -145,8 +150,10 @@ def functions_list() -> None:
     if not specs:
         click.echo("no functions yet; create one with `loopml functions create NAME --labels a,b`")
     for spec in specs:
-        click.echo(f"  {spec.name:<24} {spec.input_type:<6} project={spec.labelstudio_project_id}  "
-                   f"labels={','.join(spec.labels)}")
+        click.echo(
+            f"  {spec.name:<24} {spec.input_type:<6} project={spec.labelstudio_project_id}  "
+            f"labels={','.join(spec.labels)}"
+        )
 
 
 @main.command("deployments")
@@ -256,7 +263,9 @@ def demo(pace: float, items: int, noise: float, annotator: bool, rate: float) ->
     setup_demo(settings, items=items, echo=_step)
     if annotator:
         start_annotator(settings, pace=pace, noise=noise)
-        _step(f"simulated annotator labelling one task every {pace:g} s (log: {settings.run_dir / 'demo-annotator.log'})")
+        _step(
+            f"simulated annotator labelling one task every {pace:g} s (log: {settings.run_dir / 'demo-annotator.log'})"
+        )
     if rate > 0:
         start_client(settings, rate=rate, feedback=0.05)
         _step(f"simulated API client sending {rate:g} calls/s (log: {settings.run_dir / 'demo-client.log'})")

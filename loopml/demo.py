@@ -159,9 +159,7 @@ def start_client(settings: Settings, rate: float, feedback: float) -> None:
     )
 
 
-def run_client(
-    settings: Settings, rate: float, feedback: float, max_calls: int | None = None, seed: int = 2
-) -> int:
+def run_client(settings: Settings, rate: float, feedback: float, max_calls: int | None = None, seed: int = 2) -> int:
     """Call the serving API like a product would: ``rate`` calls a second over the demo functions, with
     the true label sent back as feedback on a ``feedback`` share of the calls (flagged when wrong).
     """

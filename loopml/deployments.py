@@ -87,7 +87,14 @@ class DeploymentStore:
             )
             return [
                 DeploymentEvent(
-                    r.function, r.at, r.action, r.primary_tag, r.canary_tag, r.canary_weight, r.reason, r.actor,
+                    r.function,
+                    r.at,
+                    r.action,
+                    r.primary_tag,
+                    r.canary_tag,
+                    r.canary_weight,
+                    r.reason,
+                    r.actor,
                     dict(r.details or {}),
                 )
                 for r in rows
@@ -126,8 +133,9 @@ class DeploymentStore:
             session.flush()
             return _state(row)
 
-    def set_primary(self, function: str, tag: str, reason: str, actor: str = "loopml",
-                    details: dict[str, Any] | None = None) -> DeploymentState:
+    def set_primary(
+        self, function: str, tag: str, reason: str, actor: str = "loopml", details: dict[str, Any] | None = None
+    ) -> DeploymentState:
         """Serve ``tag`` as the primary, with no canary (the first version of a function)."""
 
         def mutate(row: DeploymentRow) -> None:
@@ -135,8 +143,15 @@ class DeploymentStore:
 
         return self._change(function, "primary", reason, actor, details, mutate)
 
-    def start_canary(self, function: str, tag: str, weight: float, reason: str, actor: str = "loopml",
-                     details: dict[str, Any] | None = None) -> DeploymentState:
+    def start_canary(
+        self,
+        function: str,
+        tag: str,
+        weight: float,
+        reason: str,
+        actor: str = "loopml",
+        details: dict[str, Any] | None = None,
+    ) -> DeploymentState:
         if not 0.0 < weight <= 1.0:
             raise DeploymentError(f"canary weight must be in (0, 1], got {weight}")
 
@@ -147,8 +162,9 @@ class DeploymentStore:
 
         return self._change(function, "canary", reason, actor, details, mutate)
 
-    def set_weight(self, function: str, weight: float, reason: str, actor: str = "loopml",
-                   details: dict[str, Any] | None = None) -> DeploymentState:
+    def set_weight(
+        self, function: str, weight: float, reason: str, actor: str = "loopml", details: dict[str, Any] | None = None
+    ) -> DeploymentState:
         if not 0.0 < weight <= 1.0:
             raise DeploymentError(f"canary weight must be in (0, 1], got {weight}")
 
@@ -159,8 +175,9 @@ class DeploymentStore:
 
         return self._change(function, "ramp", reason, actor, details, mutate)
 
-    def promote(self, function: str, reason: str, actor: str = "loopml",
-                details: dict[str, Any] | None = None) -> DeploymentState:
+    def promote(
+        self, function: str, reason: str, actor: str = "loopml", details: dict[str, Any] | None = None
+    ) -> DeploymentState:
         """The canary becomes the primary."""
 
         def mutate(row: DeploymentRow) -> None:
@@ -170,8 +187,9 @@ class DeploymentStore:
 
         return self._change(function, "promote", reason, actor, details, mutate)
 
-    def rollback(self, function: str, reason: str, actor: str = "loopml",
-                 details: dict[str, Any] | None = None) -> DeploymentState:
+    def rollback(
+        self, function: str, reason: str, actor: str = "loopml", details: dict[str, Any] | None = None
+    ) -> DeploymentState:
         """Drop the canary; the primary keeps serving everything."""
 
         def mutate(row: DeploymentRow) -> None:
@@ -181,8 +199,9 @@ class DeploymentStore:
 
         return self._change(function, "rollback", reason, actor, details, mutate)
 
-    def record(self, function: str, action: str, reason: str, actor: str = "loopml",
-               details: dict[str, Any] | None = None) -> None:
+    def record(
+        self, function: str, action: str, reason: str, actor: str = "loopml", details: dict[str, Any] | None = None
+    ) -> None:
         """Record a decision that changes nothing (a rejected candidate, a held canary)."""
         state = self.get(function)
         with self._sessions.begin() as session:

@@ -88,7 +88,9 @@ def evaluate_gate(
         must_pass_failures=failures,
     )
     if failures:
-        return GateResult(False, f"{len(failures)} of {len(must_pass_truth)} must-pass examples answered wrong", **common)
+        return GateResult(
+            False, f"{len(failures)} of {len(must_pass_truth)} must-pass examples answered wrong", **common
+        )
     only_primary = sum(p == t and c != t for p, c, t in zip(prim_pred, cand_pred, truth_kept, strict=False))
     only_candidate = sum(c == t and p != t for p, c, t in zip(prim_pred, cand_pred, truth_kept, strict=False))
     significant = only_primary - only_candidate > Z_ONE_SIDED_95 * (only_primary + only_candidate) ** 0.5

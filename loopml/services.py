@@ -206,8 +206,15 @@ def start_serving(settings: Settings) -> None:
     spawn(
         settings,
         "serving",
-        [_venv_bin("bentoml"), "serve", "serving.service:LoopML", "--host", "127.0.0.1",
-         "--port", str(settings.serving_port)],
+        [
+            _venv_bin("bentoml"),
+            "serve",
+            "serving.service:LoopML",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(settings.serving_port),
+        ],
     )
 
 

@@ -1,6 +1,5 @@
 """Schedules: nightly retraining of every function."""
 
-
 from collections.abc import Iterator
 
 from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, schedule
@@ -18,4 +17,6 @@ from pipelines.jobs import train_function
 def nightly_retraining(context: ScheduleEvaluationContext) -> Iterator[RunRequest]:
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")
     for function in context.instance.get_dynamic_partitions(functions_partitions.name):
-        yield RunRequest(partition_key=function, run_key=f"nightly:{function}:{day}", tags={"loopml/trigger": "nightly"})
+        yield RunRequest(
+            partition_key=function, run_key=f"nightly:{function}:{day}", tags={"loopml/trigger": "nightly"}
+        )

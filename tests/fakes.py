@@ -52,7 +52,9 @@ class FakeLabelStudio:
 
     def _check(self) -> None:
         if self.down:
-            raise LabelStudioUnavailable("Label Studio is not reachable at http://fake (down); start it with `loopml up`")
+            raise LabelStudioUnavailable(
+                "Label Studio is not reachable at http://fake (down); start it with `loopml up`"
+            )
 
     def ensure_reachable(self) -> None:
         self._check()
@@ -119,9 +121,12 @@ class FakeLabelStudio:
     def changed_tasks(self, project_id: int, since: str | None) -> list[FakeTask]:
         self._check()
         return [
-            t for t in self._project_tasks(project_id)
-            if t.annotations and (since is None or t.updated_at > since)
-        ] + [t for t in self._project_tasks(project_id) if not t.annotations and since is not None and t.updated_at > since]
+            t for t in self._project_tasks(project_id) if t.annotations and (since is None or t.updated_at > since)
+        ] + [
+            t
+            for t in self._project_tasks(project_id)
+            if not t.annotations and since is not None and t.updated_at > since
+        ]
 
     def annotated_task_ids(self, project_id: int) -> set[int]:
         self._check()

@@ -41,13 +41,22 @@ def traffic(n: int, *, agree: bool = True, canary_scores: bool = True, feedback:
             inv = str(uuid.uuid4())
             session.add(
                 InvocationRow(
-                    id=inv, function="fn", created_at=utcnow() + timedelta(milliseconds=5), input_text=f"x{i}",
-                    scores=scores, labels={P: LABELS, C: LABELS}, answered_by=P, label="pos",
-                    confidence=max(primary), latency_ms=3.0,
+                    id=inv,
+                    function="fn",
+                    created_at=utcnow() + timedelta(milliseconds=5),
+                    input_text=f"x{i}",
+                    scores=scores,
+                    labels={P: LABELS, C: LABELS},
+                    answered_by=P,
+                    label="pos",
+                    confidence=max(primary),
+                    latency_ms=3.0,
                 )
             )
             if feedback == "primary_right":
-                session.add(FeedbackRow(invocation_id=inv, function="fn", true_label=LABELS[primary.index(max(primary))]))
+                session.add(
+                    FeedbackRow(invocation_id=inv, function="fn", true_label=LABELS[primary.index(max(primary))])
+                )
 
 
 def tick():

@@ -7,7 +7,14 @@ from loopml.dataset import build_dataset, content_hash, split_of, training_rows
 
 
 def ann(aid: int, label: str | None, at: str, cancelled: bool = False, by: int = 1) -> dict:
-    return {"annotation_id": aid, "label": label, "updated_at": at, "created_at": at, "was_cancelled": cancelled, "completed_by": by}
+    return {
+        "annotation_id": aid,
+        "label": label,
+        "updated_at": at,
+        "created_at": at,
+        "was_cancelled": cancelled,
+        "completed_by": by,
+    }
 
 
 def test_majority_wins_and_ties_go_to_latest() -> None:

@@ -36,7 +36,9 @@ def test_worse_candidate_is_rejected_with_both_accuracies() -> None:
     candidate = ["neg", "neg", "pos", "neg"] * 10
     result = gate(candidate, truth, truth)
     assert not result.passed
-    assert "0.750" in result.reason and "1.000" in result.reason and "primary 10, only by the candidate 0" in result.reason
+    assert (
+        "0.750" in result.reason and "1.000" in result.reason and "primary 10, only by the candidate 0" in result.reason
+    )
     assert result.per_label_recall["pos"] == {"candidate": 0.5, "primary": 1.0}
 
 

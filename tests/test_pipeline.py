@@ -51,7 +51,9 @@ def env(tmp_path, monkeypatch):
     fake = FAKES.setdefault(key, FakeLabelStudio())
     project = fake.create_project("sentiment", "<View/>")
     fake.import_tasks(project, [{"data": {"text": t}} for t in POSITIVE + NEGATIVE + ["unlabelled one"]])
-    FunctionRegistry(settings).add(FunctionSpec("sentiment", "text", ["positive", "negative"], "minilm-l6-int8", project))
+    FunctionRegistry(settings).add(
+        FunctionSpec("sentiment", "text", ["positive", "negative"], "minilm-l6-int8", project)
+    )
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("functions", ["sentiment"])
     resources = {"loopml": FakeLoopMLResource(fake_key=key), "loopml_io": LoopMLIOManager()}
@@ -141,8 +143,12 @@ def candidate_with_flipped_labels(env) -> str:
 
 def test_the_gate_rejects_a_worse_candidate(env) -> None:
     fake, project = env["fake"], env["project"]
-    extra = [(f"{text} (review {i})", label) for i in range(4) for texts, label in
-             ((POSITIVE, "positive"), (NEGATIVE, "negative")) for text in texts]
+    extra = [
+        (f"{text} (review {i})", label)
+        for i in range(4)
+        for texts, label in ((POSITIVE, "positive"), (NEGATIVE, "negative"))
+        for text in texts
+    ]
     fake.import_tasks(project, [{"data": {"text": text}} for text, _ in extra])
     annotate_all(fake, project)
     labels = dict(extra)
@@ -219,7 +225,9 @@ def test_too_few_examples_blocks_training(env) -> None:
 
 
 def sensor_tick(env, cursor: str | None = None):
-    context = build_sensor_context(cursor=cursor, instance=env["instance"], resources={"loopml": env["resources"]["loopml"]})
+    context = build_sensor_context(
+        cursor=cursor, instance=env["instance"], resources={"loopml": env["resources"]["loopml"]}
+    )
     return annotation_sensor(context), context
 
 
