@@ -100,6 +100,7 @@ def deployment(
         "candidate_accuracy": result.candidate_accuracy,
         "primary_accuracy": result.primary_accuracy,
         "compared_items": result.compared_items,
+        "holdout_disagreement": result.holdout_disagreement,
         "must_pass_total": result.must_pass_total,
         "must_pass_failures": result.must_pass_failures[:20],
     }

@@ -24,6 +24,8 @@ class CanaryPolicy:
     steps: tuple[float, ...] = CANARY_STEPS
     min_requests_per_step: int = 50
     max_disagreement: float = 0.25
+    # the gate measured how often the two versions disagree on the holdout; live traffic may exceed that by this
+    disagreement_margin: float = 0.10
     max_label_shift: float = 0.20  # total-variation distance between predicted-label distributions
     max_confidence_drop: float = 0.15
     max_error_rate: float = 0.02
@@ -133,15 +135,27 @@ def stats_from_rows(rows: list[Any], feedback: list[Any], primary_tag: str, cana
     )
 
 
-def decide(stats: CanaryStats, weight: float, policy: CanaryPolicy) -> CanaryDecision:
-    """Roll back on any breach; hold until enough traffic; else ramp to the next step, promote after the last."""
+def decide(
+    stats: CanaryStats, weight: float, policy: CanaryPolicy, expected_disagreement: float | None = None
+) -> CanaryDecision:
+    """Roll back on any breach; hold until enough traffic; else ramp to the next step, promote after the last.
+
+    ``expected_disagreement`` is what the gate saw on the holdout: a better model is expected to disagree with
+    the primary that often, so live disagreement (and label shift) breach only beyond it plus a margin.
+    """
+    expected = (expected_disagreement or 0.0) + policy.disagreement_margin
+    max_disagreement = max(policy.max_disagreement, expected)
+    max_label_shift = max(policy.max_label_shift, expected)
     breaches = []
     if stats.error_rate > policy.max_error_rate:
         breaches.append(f"canary failed to score {stats.error_rate:.1%} of requests")
     if stats.shadow_scored >= policy.min_requests_per_step:
-        if stats.disagreement_rate > policy.max_disagreement:
-            breaches.append(f"disagrees with the primary on {stats.disagreement_rate:.1%} of requests")
-        if stats.label_shift > policy.max_label_shift:
+        if stats.disagreement_rate > max_disagreement:
+            breaches.append(
+                f"disagrees with the primary on {stats.disagreement_rate:.1%} of requests "
+                f"(at most {max_disagreement:.1%} expected)"
+            )
+        if stats.label_shift > max_label_shift:
             breaches.append(f"label distribution moved by {stats.label_shift:.2f} (total variation)")
         if stats.confidence_shift < -policy.max_confidence_drop:
             breaches.append(f"mean confidence dropped by {-stats.confidence_shift:.2f}")

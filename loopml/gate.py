@@ -30,6 +30,7 @@ class GateResult:
     per_label_recall: dict[str, dict[str, float | None]] = field(default_factory=dict)
     must_pass_total: int = 0
     must_pass_failures: list[dict[str, Any]] = field(default_factory=list)
+    holdout_disagreement: float | None = None  # share of holdout items the two versions answer differently
 
 
 def _predictions(probs: np.ndarray, label_set: list[str]) -> list[str]:
@@ -78,7 +79,11 @@ def evaluate_gate(
         for text, expected, got in zip(must_pass_texts, must_pass_truth, mp_pred, strict=True)
         if expected in candidate_labels and got != expected
     ]
+    disagreement = (
+        sum(p != c for p, c in zip(prim_pred, cand_pred, strict=True)) / len(prim_pred) if prim_pred else None
+    )
     common = dict(
+        holdout_disagreement=disagreement,
         candidate_accuracy=cand_acc,
         primary_accuracy=prim_acc,
         compared_items=len(keep),

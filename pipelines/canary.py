@@ -19,12 +19,20 @@ STEP_ACTIONS = ("canary", "ramp")
 ACTOR = "canary_controller"
 
 
-def step_started(store: DeploymentStore, state: DeploymentState) -> datetime:
-    """When the canary's current weight was set: its latest canary or ramp event."""
+def step_started(store: DeploymentStore, state: DeploymentState) -> tuple[datetime, float | None]:
+    """When the canary's current weight was set (its latest canary or ramp event), and the disagreement with
+    the primary the gate measured on the holdout when the canary started."""
+    started: datetime | None = None
+    expected: float | None = None
     for event in reversed(store.history(state.function, limit=50)):
-        if event.action in STEP_ACTIONS and event.canary_tag == state.canary_tag:
-            return event.at
-    return state.canary_started_at or state.updated_at
+        if event.canary_tag != state.canary_tag:
+            continue
+        if event.action in STEP_ACTIONS and started is None:
+            started = event.at
+        if event.action == "canary":
+            expected = event.details.get("holdout_disagreement")
+            break
+    return started or state.canary_started_at or state.updated_at, expected
 
 
 @sensor(minimum_interval_seconds=10, default_status=DefaultSensorStatus.RUNNING)
@@ -40,8 +48,9 @@ def canary_controller(context: SensorEvaluationContext, loopml: LoopMLResource) 
     for state in store.all():
         if not state.canary_tag or not state.primary_tag:
             continue
-        stats = canary_stats(settings, state.function, state.primary_tag, state.canary_tag, step_started(store, state))
-        decision = decide(stats, state.canary_weight, policy)
+        since, expected = step_started(store, state)
+        stats = canary_stats(settings, state.function, state.primary_tag, state.canary_tag, since)
+        decision = decide(stats, state.canary_weight, policy, expected)
         details = {"canary": state.canary_tag, "primary": state.primary_tag, **stats.as_metadata()}
         if decision.action == "ramp" and decision.weight is not None:
             store.set_weight(state.function, decision.weight, decision.reason, ACTOR, details)

@@ -114,3 +114,12 @@ def test_rolls_back_on_worse_human_feedback(store) -> None:
     tick()
     last = store.history("fn")[-1]
     assert last.action == "rollback" and "feedback accuracy" in last.reason
+
+
+def test_disagreement_the_gate_expected_is_not_a_breach(store) -> None:
+    store.rollback("fn", "reset")
+    store.start_canary("fn", C, 0.10, "gate passed", details={"holdout_disagreement": 0.95})
+    traffic(60, agree=False)
+    result = tick()
+    assert isinstance(result, SensorResult)
+    assert store.get("fn").canary_weight == 0.25  # ramped: the gate saw this much disagreement offline
