@@ -19,6 +19,9 @@ from loopml.db import FeedbackRow, InvocationRow, session_factory
 from loopml.deployments import CANARY_STEPS
 
 
+LOAD_GRACE_SECONDS = 5.0
+
+
 @dataclass(frozen=True)
 class CanaryPolicy:
     steps: tuple[float, ...] = CANARY_STEPS
@@ -77,7 +80,10 @@ def canary_stats(settings: Settings, function: str, primary_tag: str, canary_tag
                 InvocationRow.labels,
                 InvocationRow.answered_by,
                 InvocationRow.latency_ms,
-            ).where(InvocationRow.function == function, InvocationRow.created_at >= _as_utc(since))
+                InvocationRow.created_at,
+            )
+            .where(InvocationRow.function == function, InvocationRow.created_at >= _as_utc(since))
+            .order_by(InvocationRow.created_at)
         ).all()
         ids = [r.id for r in rows]
         feedback = (
@@ -89,11 +95,25 @@ def canary_stats(settings: Settings, function: str, primary_tag: str, canary_tag
             if ids
             else []
         )
-    return stats_from_rows(rows, feedback, primary_tag, canary_tag)
+    return stats_from_rows(rows, feedback, primary_tag, canary_tag, since)
 
 
-def stats_from_rows(rows: list[Any], feedback: list[Any], primary_tag: str, canary_tag: str) -> CanaryStats:
-    """The comparison itself, on plain rows (id, scores, labels, answered_by, latency_ms)."""
+def stats_from_rows(
+    rows: list[Any], feedback: list[Any], primary_tag: str, canary_tag: str, since: datetime
+) -> CanaryStats:
+    """The comparison itself, on plain rows (id, scores, labels, answered_by, latency_ms, created_at) in time
+    order.
+
+    The serving process hot-loads a new canary within about a second: rows from the first
+    ``LOAD_GRACE_SECONDS`` of the window that precede its first canary score are not counted as failures.
+    """
+    start = _as_utc(since)
+    first = next((i for i, row in enumerate(rows) if canary_tag in (row.scores or {})), len(rows))
+    rows = [
+        row
+        for i, row in enumerate(rows)
+        if i >= first or (_as_utc(row.created_at) - start).total_seconds() > LOAD_GRACE_SECONDS
+    ]
     prim_pred: dict[str, str] = {}
     can_pred: dict[str, str] = {}
     prim_conf, can_conf, errors = [], [], 0

@@ -30,7 +30,9 @@ def store(tmp_path, monkeypatch):
     return deployments
 
 
-def traffic(n: int, *, agree: bool = True, canary_scores: bool = True, feedback: str | None = None) -> None:
+def traffic(
+    n: int, *, agree: bool = True, canary_scores: bool = True, feedback: str | None = None, after_s: float = 0.0
+) -> None:
     """``n`` invocations scored by both versions; the canary agrees with the primary or flips its answer."""
     sessions = session_factory(get_settings().database_url)
     with sessions.begin() as session:
@@ -43,7 +45,7 @@ def traffic(n: int, *, agree: bool = True, canary_scores: bool = True, feedback:
                 InvocationRow(
                     id=inv,
                     function="fn",
-                    created_at=utcnow() + timedelta(milliseconds=5),
+                    created_at=utcnow() + timedelta(seconds=after_s, milliseconds=5),
                     input_text=f"x{i}",
                     scores=scores,
                     labels={P: LABELS, C: LABELS},
@@ -99,7 +101,7 @@ def test_rolls_back_when_the_canary_disagrees(store) -> None:
 
 
 def test_rolls_back_when_the_canary_fails_to_score(store) -> None:
-    traffic(20, canary_scores=False)
+    traffic(20, canary_scores=False, after_s=10)  # well after the service should have loaded it
     tick()
     assert store.get("fn").canary_tag is None
     assert "failed to score" in store.history("fn")[-1].reason
@@ -123,3 +125,11 @@ def test_disagreement_the_gate_expected_is_not_a_breach(store) -> None:
     result = tick()
     assert isinstance(result, SensorResult)
     assert store.get("fn").canary_weight == 0.25  # ramped: the gate saw this much disagreement offline
+
+
+def test_requests_before_the_service_loaded_the_canary_are_not_failures(store) -> None:
+    traffic(20, canary_scores=False)  # the service had not hot-loaded the canary yet
+    traffic(60)
+    tick()
+    state = store.get("fn")
+    assert state.canary_tag == C and state.canary_weight == 0.25
