@@ -18,7 +18,6 @@ from loopml.config import Settings
 from loopml.db import FeedbackRow, InvocationRow, session_factory
 from loopml.deployments import CANARY_STEPS
 
-
 LOAD_GRACE_SECONDS = 5.0
 
 
