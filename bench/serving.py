@@ -88,9 +88,7 @@ def train_and_deploy(train_size: int) -> tuple[list[str], object]:
     encoder = get_encoder()
     result = run_automl(train, encoder.encode(train), train_labels, label_set)
     model = result.model
-    linear = TextClassifier(
-        model.label_set, model.encoder_id, "linear", {}, model.embedding_head, None, 1.0, 1.0
-    )
+    linear = TextClassifier(model.label_set, model.encoder_id, "linear", {}, model.embedding_head, None, 1.0, 1.0)
     store = DeploymentStore(settings)
     for function, classifier in ((FUNCTION, model), (LINEAR, linear)):
         FunctionRegistry(settings).add(FunctionSpec(function, "text", label_set, encoder.id))
@@ -206,9 +204,7 @@ def http_load(
             if response.status != 200:
                 raise RuntimeError(f"HTTP {response.status}: {payload}")
             latencies[index].append((time.perf_counter() - started) * 1000)
-            ids.extend(
-                [r["invocation_id"] for r in payload["results"]] if size > 1 else [payload["invocation_id"]]
-            )
+            ids.extend([r["invocation_id"] for r in payload["results"]] if size > 1 else [payload["invocation_id"]])
             counted[index] += size
         with lock:
             acknowledged.extend(ids)
@@ -228,9 +224,7 @@ def http_load(
     return done / elapsed, [x for lat in latencies for x in lat]
 
 
-def single_latency(
-    port: int, key: str, texts: list[str], n: int = 400, function: str = FUNCTION
-) -> list[float]:
+def single_latency(port: int, key: str, texts: list[str], n: int = 400, function: str = FUNCTION) -> list[float]:
     headers = {"X-API-Key": key, "Content-Type": "application/json"}
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     out = []
@@ -376,9 +370,7 @@ def throughput_rows(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per HTTP load run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per measurement (median)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients")
@@ -401,6 +393,7 @@ def main() -> None:
         get_encoder().encode(texts[:64])
         _, key = create_key(get_settings(), "bench")
         acknowledged: list[str] = []
+        load_before = os.getloadavg()
         server = Server(home)
         try:
             rows = []
@@ -408,11 +401,10 @@ def main() -> None:
                 rows += throughput_rows(
                     server.port, key, texts, function, args.clients, args.seconds, args.rounds, acknowledged
                 )
-            latencies = {
-                f: sorted(single_latency(server.port, key, texts, function=f)) for f in (FUNCTION, LINEAR)
-            }
+            latencies = {f: sorted(single_latency(server.port, key, texts, function=f)) for f in (FUNCTION, LINEAR)}
         finally:
             server.stop()
+        load_after = os.getloadavg()
         lost_http = len(set(acknowledged) - InvocationLog(get_settings()).existing_ids(acknowledged))
 
         table(
@@ -485,7 +477,11 @@ def main() -> None:
                 ]
             ],
         )
-        print(f"\nmachine: {os.cpu_count()} CPUs; the load generator shares them with the server")
+        print(
+            f"\nmachine: {os.cpu_count()} CPUs, shared by the load generator and the server; load average "
+            f"{load_before[0]:.1f} before the HTTP runs, {load_after[0]:.1f} after (above ~{os.cpu_count()} means "
+            "other processes took CPU and the throughput numbers are low)"
+        )
     finally:
         if args.keep:
             print(f"kept {home}")

@@ -91,9 +91,7 @@ def create_key(settings: Settings, name: str) -> tuple[str, str]:
     """Create a key named ``name`` and return ``(key_id, secret)``; the secret is not stored anywhere."""
     name = (name or "").strip()
     if not name or len(name) > MAX_NAME_LENGTH:
-        raise ApiKeyError(
-            f"give the key a name of 1-{MAX_NAME_LENGTH} characters (for example the caller's name)"
-        )
+        raise ApiKeyError(f"give the key a name of 1-{MAX_NAME_LENGTH} characters (for example the caller's name)")
     sessions = session_factory(settings.database_url)
     for _ in range(5):  # a key_id collision is astronomically unlikely; retry anyway
         key_id = secrets.token_hex(8)
@@ -101,9 +99,7 @@ def create_key(settings: Settings, name: str) -> tuple[str, str]:
         with sessions.begin() as session:
             if session.get(ApiKeyRow, key_id) is not None:
                 continue
-            session.add(
-                ApiKeyRow(key_id=key_id, key_hash=hash_secret(secret), name=name, created_at=utcnow())
-            )
+            session.add(ApiKeyRow(key_id=key_id, key_hash=hash_secret(secret), name=name, created_at=utcnow()))
         return key_id, secret
     raise ApiKeyError("could not allocate a unique key id; try again")
 
@@ -125,9 +121,7 @@ def revoke_key(settings: Settings, key_id: str) -> ApiKeyInfo:
         row = session.get(ApiKeyRow, key_id)
         if row is None:
             known = ", ".join(k.key_id for k in list_keys(settings)) or "none"
-            raise ApiKeyError(
-                f"unknown API key id {key_id!r} (known ids: {known}); list them with `loopml keys list`"
-            )
+            raise ApiKeyError(f"unknown API key id {key_id!r} (known ids: {known}); list them with `loopml keys list`")
         if row.revoked_at is None:
             row.revoked_at = utcnow()
         info = _info(row)

@@ -336,9 +336,7 @@ class InvocationLog:
             except Exception as error:  # noqa: BLE001
                 self.stats.failed_rows += len(job.records)
                 job.future.set_exception(
-                    InvocationLogError(
-                        f"could not record the invocation ({error or first_error}); retry shortly"
-                    )
+                    InvocationLogError(f"could not record the invocation ({error or first_error}); retry shortly")
                 )
             finally:
                 if connection is not None:
@@ -369,8 +367,7 @@ class InvocationLog:
             allowed = list((row.labels or {}).get(row.answered_by) or [])
             if true_label is not None and true_label not in allowed:
                 raise FeedbackError(
-                    f"true_label {true_label!r} is not a label of {row.answered_by} "
-                    f"(allowed: {', '.join(allowed)})"
+                    f"true_label {true_label!r} is not a label of {row.answered_by} (allowed: {', '.join(allowed)})"
                 )
             feedback = FeedbackRow(
                 invocation_id=invocation_id,

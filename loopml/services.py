@@ -122,17 +122,36 @@ def stop(settings: Settings, name: str, timeout_s: float = 15.0) -> bool:
     if not pid_alive(pid):
         return False
     assert pid is not None
+    descendants = _descendants(pid)  # some servers start workers in sessions of their own
     for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return True
+        _signal_all(pid, descendants, sig)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if not pid_alive(pid):
+            if not pid_alive(pid) and not any(pid_alive(child.pid) for child in descendants):
                 return True
             time.sleep(0.2)
     return True
+
+
+def _signal_all(pid: int, descendants: list, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+    for child in descendants:
+        try:
+            child.send_signal(sig)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
+def _descendants(pid: int) -> list:
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float, what: str, log: Path, pid: int | None = None) -> None:

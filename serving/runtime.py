@@ -75,8 +75,7 @@ class UnknownFunctionError(LookupError):
         self.known = list(known)
         listing = ", ".join(self.known) or "none yet"
         super().__init__(
-            f"unknown function {name!r} (known functions: {listing}); "
-            "create it with `loopml functions create`"
+            f"unknown function {name!r} (known functions: {listing}); create it with `loopml functions create`"
         )
 
 
@@ -173,11 +172,7 @@ def choose_roles(
     if serving.canary is None or serving.canary_weight <= 0.0:
         return [ROLE_PRIMARY] * n
     if sticky_key is not None:
-        role = (
-            ROLE_CANARY
-            if sticky_bucket(serving.function, sticky_key) < serving.canary_weight
-            else ROLE_PRIMARY
-        )
+        role = ROLE_CANARY if sticky_bucket(serving.function, sticky_key) < serving.canary_weight else ROLE_PRIMARY
         return [role] * n
     draw = (rng or random).random
     return [ROLE_CANARY if draw() < serving.canary_weight else ROLE_PRIMARY for _ in range(n)]
@@ -293,8 +288,7 @@ class ModelRuntime:
     def wait_ready(self, timeout: float = 120.0) -> None:
         if not self._ready.wait(timeout):
             raise RuntimeNotReadyError(
-                f"the deployments were not loaded within {timeout:.0f} s "
-                f"({self.last_error or 'still loading'})"
+                f"the deployments were not loaded within {timeout:.0f} s ({self.last_error or 'still loading'})"
             )
 
     def stop(self) -> None:
@@ -380,9 +374,7 @@ class ModelRuntime:
             canary = self._head(state.canary_tag, loaded, errors)
             spec = by_name.get(state.function)
             encoder_id = (
-                (spec.encoder_id if spec else None)
-                or (primary.encoder_id if primary else None)
-                or DEFAULT_TEXT_ENCODER
+                (spec.encoder_id if spec else None) or (primary.encoder_id if primary else None) or DEFAULT_TEXT_ENCODER
             )
             failed = failed or bool(errors)
             functions[state.function] = FunctionServing(
@@ -396,9 +388,7 @@ class ModelRuntime:
             )
         for name, spec in by_name.items():
             if name not in functions:
-                functions[name] = FunctionServing(
-                    name, None, None, 0.0, spec.encoder_id or DEFAULT_TEXT_ENCODER
-                )
+                functions[name] = FunctionServing(name, None, None, 0.0, spec.encoder_id or DEFAULT_TEXT_ENCODER)
         broken = self._prepare_encoders(functions.values())
         for name, serving in list(functions.items()):
             needed = {serving.encoder_id} | {h.encoder_id for h in serving.heads if h.needs_embeddings}
@@ -449,9 +439,7 @@ class ModelRuntime:
                     encoder.encode(["warm up"])
             except Exception as error:  # noqa: BLE001 - the functions on other encoders keep serving
                 logger.exception("could not load encoder %s", encoder_id)
-                broken[encoder_id] = (
-                    f"encoder {encoder_id} could not be loaded: {type(error).__name__}: {error}"
-                )
+                broken[encoder_id] = f"encoder {encoder_id} could not be loaded: {type(error).__name__}: {error}"
         return broken
 
     # --- requests -------------------------------------------------------------------------------

@@ -143,9 +143,7 @@ def _error_body(error: str, detail: Any) -> bytes:
     return json.dumps({"error": error, "detail": detail}).encode()
 
 
-async def _send_json(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
+async def _send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -182,12 +180,19 @@ class ApiKeyMiddleware:
         return self._public_docs and (path in DOC_PATHS or path.startswith(DOC_PREFIXES))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._is_public(scope.get("path", "")):
-            await self.app(scope, receive, send)
+        if scope["type"] not in ("http", "websocket") or self._is_public(scope.get("path", "")):
+            await self.app(scope, receive, send)  # lifespan, probes, docs
             return
         settings, limits = self._config()
         headers = {name.lower(): value for name, value in scope.get("headers", [])}
         secret = _key_from_headers(headers)
+        if scope["type"] == "websocket":  # none are served; refuse any without a valid key all the same
+            verifier = verifier_for(settings)
+            if secret is None or await asyncio.to_thread(verifier.verify, secret) is None:
+                await send({"type": "websocket.close", "code": 1008, "reason": "missing or invalid API key"})
+                return
+            await self.app(scope, receive, send)
+            return
         if secret is None:
             await _send_json(
                 send,
@@ -337,9 +342,7 @@ class InvokeResult(BaseModel):
     function: str
     label: str = Field(description="The answering version's most probable label.")
     confidence: float = Field(description="Calibrated probability of `label`.")
-    scores: dict[str, float] = Field(
-        description="Calibrated probability of every label of the answering version."
-    )
+    scores: dict[str, float] = Field(description="Calibrated probability of every label of the answering version.")
     version: str = Field(description="The model version that answered, e.g. `review-sentiment:v3`.")
     role: Literal["primary", "canary"] = Field(description="Whether the primary or the canary answered.")
 
@@ -432,21 +435,79 @@ class HealthResponse(BaseModel):
     mean_batch_size: float = Field(description="Texts per encoder batch since start (adaptive batching).")
 
 
+class FieldError(BaseModel):
+    field: str = Field(description="The offending field, e.g. `texts[3]` or `sticky_key` (`body`: the whole body).")
+    loc: list[str | int]
+    message: str
+    type: str
+
+
 class ErrorResponse(BaseModel):
-    error: str = Field(description="A short code: unauthorized, not_found, invalid_request, ...")
+    error: str = Field(description="A short code: unauthorized, not_found, invalid_request, request_too_large, ...")
     detail: Any = Field(description="What went wrong and what to do next.")
+    errors: list[FieldError] | None = Field(None, description="422 only: one entry per invalid field.")
+
+
+_ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
+    401: (
+        "Missing, invalid or revoked API key.",
+        {
+            "error": "unauthorized",
+            "detail": "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>' "
+            "(create a key with `loopml keys create NAME`)",
+        },
+    ),
+    404: (
+        "Unknown function or invocation (the message lists the known functions).",
+        {
+            "error": "not_found",
+            "detail": "unknown function 'review-sentimnet' (known functions: news-topic, review-sentiment); "
+            "create it with `loopml functions create`",
+        },
+    ),
+    413: (
+        "A text over LOOPML_MAX_TEXT_BYTES, a batch over LOOPML_MAX_BATCH or a body over LOOPML_MAX_REQUEST_BYTES.",
+        {
+            "error": "request_too_large",
+            "detail": "the batch has 300 texts; the limit is 256 (LOOPML_MAX_BATCH): split it into smaller requests",
+        },
+    ),
+    422: (
+        "Invalid request: the message names the field.",
+        {
+            "error": "invalid_request",
+            "detail": "texts[1]: the text is empty: send the text to classify",
+            "errors": [
+                {
+                    "field": "texts[1]",
+                    "loc": ["body", "texts", 1],
+                    "message": "the text is empty: send the text to classify",
+                    "type": "value_error",
+                }
+            ],
+        },
+    ),
+    503: (
+        "No deployed version, still loading, or the invocation log is unavailable; retry later.",
+        {
+            "error": "unavailable",
+            "detail": "function 'news-topic' has no deployed model version yet: label examples and let the "
+            "pipeline train and deploy one (or deploy a version explicitly), then retry",
+        },
+    ),
+}
 
 
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    text = {
-        401: "Missing, invalid or revoked API key.",
-        404: "Unknown function or invocation (the message lists the known functions).",
-        413: "A text over LOOPML_MAX_TEXT_BYTES, a batch over LOOPML_MAX_BATCH or a body over "
-        "LOOPML_MAX_REQUEST_BYTES.",
-        422: "Invalid request: the message names the field.",
-        503: "No deployed version, still loading, or the invocation log is unavailable; retry later.",
+    """OpenAPI entries (with an example each) for the error answers of a route."""
+    return {
+        code: {
+            "model": ErrorResponse,
+            "description": _ERRORS[code][0],
+            "content": {"application/json": {"example": _ERRORS[code][1]}},
+        }
+        for code in codes
     }
-    return {code: {"model": ErrorResponse, "description": text[code]} for code in codes}
 
 
 # --- the FastAPI app ------------------------------------------------------------------------------
@@ -812,7 +873,7 @@ async def list_functions(service: Service) -> FunctionsResponse:
     tags=["functions"],
     summary="One function's serving versions and weights",
     response_model=FunctionInfo,
-    responses=_responses(401, 404),
+    responses=_responses(401, 404, 422),
     dependencies=AUTH,
 )
 async def get_function(service: Service, name: FunctionName) -> FunctionInfo:

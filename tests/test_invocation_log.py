@@ -240,9 +240,5 @@ def test_recent_returns_a_polars_frame_filtered_by_function_and_time(settings: S
     empty = log.recent("nothing-here")
     assert empty.height == 0 and "embedding" in empty.columns
     got = log.get(new[0])
-    assert (
-        got is not None
-        and got["embedding"].shape == (384,)
-        and got["scores"]["review-sentiment:v2"] == [0.6, 0.4]
-    )
+    assert got is not None and got["embedding"].shape == (384,) and got["scores"]["review-sentiment:v2"] == [0.6, 0.4]
     log.close()

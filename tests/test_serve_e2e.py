@@ -43,9 +43,7 @@ class Server:
         return {"Authorization": f"Bearer {self.key}"}
 
     def invoke(self, session: requests.Session, body: dict) -> requests.Response:
-        return session.post(
-            f"{self.url}/v1/functions/{FUNCTION}/invoke", json=body, headers=self.headers, timeout=10
-        )
+        return session.post(f"{self.url}/v1/functions/{FUNCTION}/invoke", json=body, headers=self.headers, timeout=10)
 
 
 def server_tree(proc: subprocess.Popen) -> list[psutil.Process]:
@@ -116,9 +114,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                         break
                 except requests.RequestException:  # not listening yet, or the worker is still starting
                     pass
-                assert time.monotonic() < deadline, (
-                    f"not ready in {READY_TIMEOUT_S} s: {log_path.read_text()[-3000:]}"
-                )
+                assert time.monotonic() < deadline, f"not ready in {READY_TIMEOUT_S} s: {log_path.read_text()[-3000:]}"
                 time.sleep(0.2)
             yield Server(proc, url, settings, tags, key, log_path)
         finally:
@@ -127,9 +123,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def test_auth_and_invoke(server: Server) -> None:
     with requests.Session() as session:
-        unauthenticated = session.post(
-            f"{server.url}/v1/functions/{FUNCTION}/invoke", json={"text": "hi"}, timeout=10
-        )
+        unauthenticated = session.post(f"{server.url}/v1/functions/{FUNCTION}/invoke", json={"text": "hi"}, timeout=10)
         assert unauthenticated.status_code == 401 and "API key" in unauthenticated.json()["detail"]
         assert session.get(f"{server.url}/metrics", timeout=10).status_code == 401
         assert session.get(f"{server.url}/metrics", headers=server.headers, timeout=10).status_code == 200
@@ -141,6 +135,21 @@ def test_auth_and_invoke(server: Server) -> None:
         assert InvocationLog(server.settings).get(body["invocation_id"]) is not None
         docs = session.get(f"{server.url}/docs", timeout=10)
         assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_default_limits(server: Server) -> None:
+    """1 MiB texts and 256-text batches by default; beyond them 413, and the worker keeps serving."""
+    limit = 1 << 20
+    with requests.Session() as session:
+        at_limit = server.invoke(session, {"text": "good film " * (limit // 10) + "x" * (limit % 10)})
+        assert at_limit.status_code == 200, at_limit.text
+        over = server.invoke(session, {"text": "x" * (limit + 1)})
+        assert over.status_code == 413 and "LOOPML_MAX_TEXT_BYTES" in over.json()["detail"]
+        too_many = server.invoke(session, {"texts": ["fine"] * 257})
+        assert too_many.status_code == 413 and "LOOPML_MAX_BATCH" in too_many.json()["detail"]
+        huge = server.invoke(session, {"texts": ["y" * (limit - 10)] * 20})  # 20 MiB: over the body limit
+        assert huge.status_code == 413 and "LOOPML_MAX_REQUEST_BYTES" in huge.json()["detail"]
+        assert server.invoke(session, {"text": "still serving"}).status_code == 200
 
 
 def test_hot_reload_without_restart(server: Server) -> None:
@@ -165,9 +174,7 @@ def test_acknowledged_invocations_survive_kill_9(server: Server) -> None:
             i = 0
             while not stop.is_set():
                 body = (
-                    {"text": f"w{worker} call {i}"}
-                    if i % 2
-                    else {"texts": [f"w{worker} b{i} {j}" for j in range(4)]}
+                    {"text": f"w{worker} call {i}"} if i % 2 else {"texts": [f"w{worker} b{i} {j}" for j in range(4)]}
                 )
                 try:
                     response = server.invoke(session, body)

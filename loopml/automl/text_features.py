@@ -49,6 +49,9 @@ def _csr_counts(doc: np.ndarray, col: np.ndarray, shape: tuple[int, int]) -> sp.
     return matrix
 
 
+SMALL_INPUT_TOKENS = 2_000
+
+
 class TfidfWords:
     """TF-IDF on word unigrams and bigrams; ``fit_transform`` / ``transform`` give CSR float32 rows.
 
@@ -67,12 +70,22 @@ class TfidfWords:
 
     def _word_ids(self, tokens: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Row index and word id (-1: unknown) of every token."""
-        ids = (
-            tokens.get_column("w")
-            .replace_strict(self._words, range(len(self._words)), default=-1, return_dtype=pl.Int64)
-            .to_numpy()
-        )
+        words = tokens.get_column("w")
+        if words.len() <= SMALL_INPUT_TOKENS:  # serving: a dict lookup beats polars' set-up cost (~1 ms)
+            index = self._index()
+            ids = np.fromiter((index.get(w, -1) for w in words.to_list()), dtype=np.int64, count=words.len())
+        else:
+            ids = words.replace_strict(
+                self._words, range(len(self._words)), default=-1, return_dtype=pl.Int64
+            ).to_numpy()
         return tokens.get_column("doc").to_numpy().astype(np.int64), ids
+
+    def _index(self) -> dict[str, int]:
+        index = getattr(self, "_word_index", None)
+        if index is None or len(index) != len(self._words):
+            index = {word: i for i, word in enumerate(self._words)}
+            self._word_index = index
+        return index
 
     def _bigram_keys(self, doc: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Row index and key of every pair of adjacent known words of one text."""
