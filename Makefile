@@ -55,6 +55,8 @@ test-fast: install  ## unit and in-process tests only (no Label Studio server)
 bench: install  ## run the benchmarks (print tables)
 	$(RUN_ENV) $(VENV)/bin/python bench/automl_speed.py
 	$(RUN_ENV) $(VENV)/bin/python bench/learning_curve.py
+	$(RUN_ENV) $(VENV)/bin/python bench/serving.py
+	$(RUN_ENV) $(VENV)/bin/python bench/loop_latency.py
 
 lint: install  ## ruff
 	$(VENV)/bin/ruff check .
