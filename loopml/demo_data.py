@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import bz2
 import csv
-import importlib.util
 import io
 from pathlib import Path
+
+from loopml.packages import package_dir
 
 __all__ = ["DemoDataMissing", "load_bbc_news", "load_rotten_tomatoes"]
 
@@ -30,13 +31,7 @@ class DemoDataMissing(FileNotFoundError):
 
 def _package_dir(package: str) -> Path:
     """Return the folder of an installed package without importing it."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise DemoDataMissing(f"the demo data package {package!r} is not installed: run `make install`")
-    return Path(next(iter(spec.submodule_search_locations)))
+    return package_dir(package, DemoDataMissing)
 
 
 def _require(path: Path, package: str) -> Path:

@@ -12,7 +12,6 @@ sentence-transformers.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
 from collections.abc import Callable
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
+
+from loopml.packages import package_dir
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -51,13 +52,7 @@ class Encoder(Protocol):
 
 def _package_dir(package: str) -> Path:
     """The folder of an installed package, found without importing it."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the package {package!r} is not installed: run `make install`")
-    return Path(next(iter(spec.submodule_search_locations)))
+    return package_dir(package)
 
 
 def _cpu_threads() -> int:

@@ -23,6 +23,16 @@ START_TIMEOUT_S = 180.0
 _ENV_KEYS = ("LOOPML_HOME", "LOOPML_LABELSTUDIO_HOST", "LOOPML_LABELSTUDIO_PORT")
 
 
+@pytest.fixture()
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings of a fresh LOOPML_HOME (SQLite inside it), for tests that need no running service."""
+    monkeypatch.setenv("LOOPML_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("LOOPML_DATABASE_URL", raising=False)
+    settings = get_settings()
+    settings.ensure_dirs()
+    return settings
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as sock:

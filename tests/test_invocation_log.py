@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from loopml.config import PROJECT_ROOT, Settings, get_settings
+from loopml.config import PROJECT_ROOT, Settings
 from loopml.db import utcnow
 from loopml.invocation_log import (
     FeedbackError,
@@ -28,15 +28,6 @@ from loopml.invocation_log import (
     embedding_from_bytes,
     embedding_to_bytes,
 )
-
-
-@pytest.fixture()
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("LOOPML_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("LOOPML_DATABASE_URL", raising=False)
-    settings = get_settings()
-    settings.ensure_dirs()
-    return settings
 
 
 def record(i: int, function: str = "review-sentiment", **overrides: object) -> InvocationRecord:
