@@ -5,8 +5,12 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from loopml.deployments import DeploymentStore
 
 from loopml.config import Settings, get_settings
 from loopml.functions import FunctionError
@@ -156,17 +160,22 @@ def functions_list() -> None:
         )
 
 
-@main.command("deployments")
-@click.argument("name")
-@click.option("--limit", default=20, show_default=True, help="history entries to show")
-def deployments_show(name: str, limit: int) -> None:
-    """Show what serves function NAME and its deployment history (newest last)."""
+def _deployment_store(name: str) -> DeploymentStore:
+    """The deployment store, after checking that function NAME exists (a clear error otherwise)."""
     from loopml.deployments import DeploymentStore
     from loopml.functions import FunctionRegistry
 
     settings = get_settings()
     FunctionRegistry(settings).get(name)
-    store = DeploymentStore(settings)
+    return DeploymentStore(settings)
+
+
+@main.command("deployments")
+@click.argument("name")
+@click.option("--limit", default=20, show_default=True, help="history entries to show")
+def deployments_show(name: str, limit: int) -> None:
+    """Show what serves function NAME and its deployment history (newest last)."""
+    store = _deployment_store(name)
     state = store.get(name)
     if state is None:
         click.echo(f"{name}: nothing deployed yet (the first trained version becomes primary)")
@@ -185,12 +194,7 @@ def deployments_show(name: str, limit: int) -> None:
 @click.option("--reason", default="promoted by hand", show_default=True)
 def promote(name: str, reason: str) -> None:
     """Make the canary of function NAME its primary now."""
-    from loopml.deployments import DeploymentStore
-    from loopml.functions import FunctionRegistry
-
-    settings = get_settings()
-    FunctionRegistry(settings).get(name)
-    state = DeploymentStore(settings).promote(name, reason, actor="cli")
+    state = _deployment_store(name).promote(name, reason, actor="cli")
     click.echo(f"{name}: primary is now {state.primary_tag}")
 
 
@@ -199,12 +203,7 @@ def promote(name: str, reason: str) -> None:
 @click.option("--reason", default="rolled back by hand", show_default=True)
 def rollback(name: str, reason: str) -> None:
     """Drop the canary of function NAME; the primary serves everything."""
-    from loopml.deployments import DeploymentStore
-    from loopml.functions import FunctionRegistry
-
-    settings = get_settings()
-    FunctionRegistry(settings).get(name)
-    state = DeploymentStore(settings).rollback(name, reason, actor="cli")
+    state = _deployment_store(name).rollback(name, reason, actor="cli")
     click.echo(f"{name}: canary removed, primary {state.primary_tag} serves all traffic")
 
 

@@ -10,21 +10,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from assets.resources import LoopMLResource
-from loopml.labelstudio import LabelStudioUnavailable
+from loopml.labelstudio import AnnotationRecord, LabelStudioUnavailable
 
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class FakeAnnotation:
-    annotation_id: int
-    task_id: int
-    label: str | None
-    was_cancelled: bool
-    completed_by: int | None
-    created_at: str
-    updated_at: str
-    must_pass: bool = False
 
 
 @dataclass
@@ -32,7 +20,7 @@ class FakeTask:
     task_id: int
     data: dict
     updated_at: str
-    annotations: list[FakeAnnotation] = field(default_factory=list)
+    annotations: list[AnnotationRecord] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
 
 
@@ -85,7 +73,7 @@ class FakeLabelStudio:
         task = self.tasks[task_id]
         now = self._now()
         aid = next(self._ids)
-        task.annotations.append(FakeAnnotation(aid, task_id, label, False, 1, now, now, must_pass))
+        task.annotations.append(AnnotationRecord(aid, task_id, label, False, 1, now, now, must_pass))
         self._touch(task)
         return aid
 
@@ -94,7 +82,7 @@ class FakeLabelStudio:
         task = self.tasks[task_id]
         now = self._now()
         aid = next(self._ids)
-        task.annotations.append(FakeAnnotation(aid, task_id, None, True, 1, now, now))
+        task.annotations.append(AnnotationRecord(aid, task_id, None, True, 1, now, now))
         self._touch(task)
         return aid
 
@@ -104,7 +92,9 @@ class FakeLabelStudio:
             for i, a in enumerate(task.annotations):
                 if a.annotation_id == annotation_id:
                     now = self._now()
-                    task.annotations[i] = FakeAnnotation(a.annotation_id, a.task_id, label, False, 1, a.created_at, now)
+                    task.annotations[i] = AnnotationRecord(
+                        a.annotation_id, a.task_id, label, False, 1, a.created_at, now
+                    )
                     self._touch(task)
 
     def delete_annotation(self, annotation_id: int) -> None:
