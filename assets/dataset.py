@@ -1,6 +1,5 @@
 """dataset: validated, de-duplicated, hash-split training data (Great Expectations checks, blocking)."""
 
-
 from collections.abc import Iterator
 
 import polars as pl
@@ -17,14 +16,26 @@ from dagster import (
 from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource
 from loopml.dataset import build_dataset
-from loopml.validation import CHECK_NAMES, validate_dataset
+from loopml.evolution import removed_labels
+from loopml.validation import CHECK_NAMES, CheckResult, validate_dataset
 
 CHECK_DESCRIPTIONS = {
     "inputs_not_empty": "Every labelled input has non-blank text.",
     "labels_in_label_set": "Every label belongs to the function's current label set.",
     "no_conflicting_duplicates": "No identical inputs carry different labels.",
-    "enough_examples_per_label": "Each label has enough examples to train (LOOPML_MIN_EXAMPLES_PER_LABEL).",
+    "enough_examples_per_label": "Each label has enough examples to train (LOOPML_MIN_EXAMPLES_PER_LABEL); "
+    "a short label (a new one, say) is left out of training with a warning, and training stops only when fewer "
+    "than two labels have enough.",
 }
+REMOVED_CHECK = "removed_labels_excluded"
+
+
+def _severity(result: CheckResult, min_examples: int) -> AssetCheckSeverity:
+    """Every failure blocks training, except short labels while at least two labels have enough examples."""
+    if result.name != "enough_examples_per_label":
+        return AssetCheckSeverity.ERROR
+    trainable = [label for label, n in result.details.get("counts", {}).items() if n >= min_examples]
+    return AssetCheckSeverity.WARN if len(trainable) >= 2 else AssetCheckSeverity.ERROR
 
 
 @asset(
@@ -35,6 +46,14 @@ CHECK_DESCRIPTIONS = {
     check_specs=[
         AssetCheckSpec(name, asset="dataset", blocking=True, description=CHECK_DESCRIPTIONS[name])
         for name in CHECK_NAMES
+    ]
+    + [
+        AssetCheckSpec(
+            REMOVED_CHECK,
+            asset="dataset",
+            blocking=False,
+            description="Annotations of labels removed from the function are left out of training (warning).",
+        )
     ],
 )
 def dataset(
@@ -47,7 +66,15 @@ def dataset(
     """
     settings = loopml.settings()
     spec = loopml.registry().get(context.partition_key)
-    data = build_dataset(annotations)
+    removed = removed_labels(settings, spec.name)
+    everything = build_dataset(annotations)
+    excluded = everything.filter(pl.col("label").is_in(sorted(removed)))
+    data = everything.filter(~pl.col("label").is_in(sorted(removed)))
+    excluded_counts = {r["label"]: r["len"] for r in excluded.group_by("label").agg(pl.len()).to_dicts()}
+    if excluded.height:
+        context.log.warning(
+            f"{excluded.height} annotations of removed labels {sorted(excluded_counts)} are excluded from training"
+        )
     counts = data.group_by("label").agg(pl.len()).sort("label")
     yield Output(
         data,
@@ -58,13 +85,28 @@ def dataset(
             "label_set": MetadataValue.json(spec.labels),
             "label_counts": MetadataValue.json(dict(zip(counts["label"], counts["len"], strict=True))),
             "sources": MetadataValue.json(data["source"].value_counts().to_dicts()),
+            "excluded_removed_labels": MetadataValue.json(excluded_counts),
+        },
+    )
+    yield AssetCheckResult(
+        check_name=REMOVED_CHECK,
+        passed=not excluded.height,
+        severity=AssetCheckSeverity.WARN,
+        description=(
+            f"WARNING: {excluded.height} annotations of removed labels {sorted(excluded_counts)} are excluded"
+            if excluded.height
+            else "no annotations of removed labels"
+        ),
+        metadata={
+            "excluded": MetadataValue.json(excluded_counts),
+            "removed_labels": MetadataValue.json(sorted(removed)),
         },
     )
     for result in validate_dataset(data, spec.labels, settings.min_examples_per_label):
         yield AssetCheckResult(
             check_name=result.name,
             passed=result.passed,
-            severity=AssetCheckSeverity.ERROR,
+            severity=_severity(result, settings.min_examples_per_label),
             description=result.description if result.passed else f"FAILED: {result.description}",
             metadata={
                 key: MetadataValue.json(value) if isinstance(value, dict | list) else value

@@ -79,14 +79,19 @@ def model(
     rows = training_rows(dataset, spec.labels).join(features, on="content_hash", how="left")
     train = rows.filter(pl.col("split") == "train")
     holdout = rows.filter(pl.col("split") == "holdout")
-    counts = train["label"].value_counts()
-    enough = {row["label"] for row in counts.to_dicts() if row["count"] >= MIN_TRAIN_EXAMPLES}
-    label_set = [label for label in spec.labels if label in enough]
-    left_out = [label for label in spec.labels if label not in enough]
+    in_train = {row["label"]: row["count"] for row in train["label"].value_counts().to_dicts()}
+    in_all = {row["label"]: row["count"] for row in rows["label"].value_counts().to_dicts()}
+    label_set = [
+        label
+        for label in spec.labels
+        if in_train.get(label, 0) >= MIN_TRAIN_EXAMPLES and in_all.get(label, 0) >= settings.min_examples_per_label
+    ]
+    left_out = [label for label in spec.labels if label not in label_set]
     if left_out:
         context.log.warning(
-            f"labels {left_out} have fewer than {MIN_TRAIN_EXAMPLES} training examples and are left out of this "
-            "version; label more examples of them in Label Studio"
+            f"labels {left_out} have fewer than {settings.min_examples_per_label} examples (or fewer than "
+            f"{MIN_TRAIN_EXAMPLES} in the training split) and are left out of this version; label more examples "
+            "of them in Label Studio"
         )
         train = train.filter(pl.col("label").is_in(label_set))
     embeddings = np.asarray(train["embedding"].to_list(), dtype=np.float32)

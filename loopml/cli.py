@@ -50,6 +50,7 @@ def start_platform(settings: Settings) -> None:
         str(services.log_file(settings, "labelstudio")),
     )
     _step(f"Dagster webserver and daemon on {settings.dagster_url} (home {settings.dagster_home})")
+    services.start_run_worker(settings)
     services.start_dagster_webserver(settings)
     _wait(
         "Dagster",
@@ -57,6 +58,15 @@ def start_platform(settings: Settings) -> None:
         120,
         str(services.log_file(settings, "dagster-webserver")),
     )
+    worker_log = services.log_file(settings, "run-worker")
+    _wait(
+        "the run worker (imports the stack once; runs fork from it)",
+        lambda: services.run_worker_ready(settings) or not services.service_running(settings, "run-worker"),
+        180,
+        str(worker_log),
+    )
+    if not services.run_worker_ready(settings):
+        click.echo(f"    warning: the run worker stopped (see {worker_log}); runs start the slow way meanwhile")
     services.start_dagster_daemon(settings)
     _step(f"BentoML serving API on {settings.serving_url} (model store {settings.bentoml_home})")
     services.start_serving(settings)
@@ -126,7 +136,7 @@ def status() -> None:
 
 @main.group()
 def functions() -> None:
-    """Create and list functions."""
+    """Create and list functions; add or remove labels of a live function."""
 
 
 @functions.command("create")
@@ -158,6 +168,35 @@ def functions_list() -> None:
             f"  {spec.name:<24} {spec.input_type:<6} project={spec.labelstudio_project_id}  "
             f"labels={','.join(spec.labels)}"
         )
+
+
+@functions.command("add-label")
+@click.argument("name")
+@click.argument("label")
+def functions_add_label(name: str, label: str) -> None:
+    """Add LABEL to the live function NAME (Label Studio's label config and the registry).
+
+    The label enters training once it has LOOPML_MIN_EXAMPLES_PER_LABEL annotated examples.
+    """
+    from loopml.evolution import add_label
+
+    settings = get_settings()
+    change = add_label(settings, name, label)
+    click.echo(
+        f"{change.describe()}\n  annotate at least {settings.min_examples_per_label} examples of {label!r} in "
+        f"Label Studio; the next version will include it"
+    )
+
+
+@functions.command("remove-label")
+@click.argument("name")
+@click.argument("label")
+def functions_remove_label(name: str, label: str) -> None:
+    """Remove LABEL from function NAME: its annotations stay in Label Studio but leave the training data."""
+    from loopml.evolution import remove_label
+
+    change = remove_label(get_settings(), name, label)
+    click.echo(f"{change.describe()}\n  annotations labelled {label!r} are excluded from the next version")
 
 
 def _deployment_store(name: str) -> DeploymentStore:

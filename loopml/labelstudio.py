@@ -84,6 +84,26 @@ class TaskRecord:
     meta: dict
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """A model's answer on a task, shown to annotators as a pre-annotation."""
+
+    task_id: int
+    label: str
+    score: float
+    model_version: str
+    from_name: str = "label"
+    to_name: str = "text"
+
+    def request(self) -> dict[str, Any]:
+        return {
+            "task": self.task_id,
+            "result": choice_result(self.label, self.from_name, self.to_name),
+            "score": round(float(self.score), 4),
+            "model_version": self.model_version,
+        }
+
+
 def format_timestamp(value: datetime | str) -> str:
     """A server timestamp (datetime or ISO string) as a cursor string, ``%Y-%m-%dT%H:%M:%S.%fZ`` in UTC."""
     moment = datetime.fromisoformat(value) if isinstance(value, str) else value
@@ -408,6 +428,40 @@ class LabelStudioClient:
             limit=limit,
         )
         return [_task(item, "label") for item in items]
+
+    def task_texts(self, project_id: int) -> dict[int, str]:
+        """``{task id: text}`` of every task in the project (for de-duplicating new tasks)."""
+        items = self._list(
+            project_id, [], include="id,data", with_annotations=False, page_size=self.id_page_size
+        )
+        return {int(item.id): str((item.data or {}).get("text", "")) for item in items}
+
+    # --- predictions (pre-annotations) ---------------------------------------------------------------------
+
+    def import_predictions(self, project_id: int, predictions: list[Prediction]) -> int:
+        """Attach model predictions to existing tasks, in bulk; returns how many were created."""
+        created = 0
+        for start in range(0, len(predictions), self.import_batch):
+            batch = [p.request() for p in predictions[start : start + self.import_batch]]
+            with self._api(f"import {len(batch)} predictions into project {project_id}"):
+                response = self.sdk.projects.import_predictions(
+                    id=project_id, request=batch, request_options={"timeout": self.bulk_timeout}
+                )
+            created += int(getattr(response, "created", None) or len(batch))
+        return created
+
+    def set_model_version(self, project_id: int, model_version: str) -> None:
+        """Show ``model_version``'s predictions as pre-annotations in the labelling UI."""
+        with self._api(f"set the model version of project {project_id}"):
+            self.sdk.projects.update(id=project_id, model_version=model_version, show_collab_predictions=True)
+
+    def task_predictions(self, task_id: int) -> list[dict[str, Any]]:
+        """The predictions on one task: ``[{"model_version", "score", "label"}]``."""
+        with self._api(f"list predictions of task {task_id}"):
+            found = self.sdk.predictions.list(task=task_id)
+        return [
+            {"model_version": p.model_version, "score": p.score, "label": extract_label(p.result)} for p in found
+        ]
 
     # --- annotations --------------------------------------------------------------------------------------
 

@@ -28,6 +28,10 @@ telemetry:
 run_coordinator:
   module: dagster.core.run_coordinator
   class: DefaultRunCoordinator
+# Runs fork from a warm worker that has the stack imported (Dagster's default launcher when it is down).
+run_launcher:
+  module: pipelines.run_worker
+  class: WarmRunLauncher
 run_retries:
   enabled: true
 sensors:
@@ -202,7 +206,23 @@ def start_dagster_webserver(settings: Settings) -> None:
 def start_dagster_daemon(settings: Settings) -> None:
     """The Dagster daemon: sensors, schedules and run launching, on the same instance as the webserver."""
     if not pid_alive(read_pid(settings, "dagster-daemon")):
-        spawn(settings, "dagster-daemon", [_venv_bin("dagster-daemon"), "run", "-w", WORKSPACE])
+        # pipelines/daemon.py: the stock daemon with a sub-second sensor loop
+        spawn(settings, "dagster-daemon", [sys.executable, "-m", "pipelines.daemon", "run", "-w", WORKSPACE])
+
+
+def start_run_worker(settings: Settings) -> None:
+    """The warm run worker (pipelines/run_worker.py): runs fork from it with the stack already imported."""
+    if not pid_alive(read_pid(settings, "run-worker")):
+        socket = settings.run_dir / "run-worker.sock"
+        spawn(settings, "run-worker", [sys.executable, "-m", "pipelines.run_worker", str(socket)])
+
+
+def run_worker_ready(settings: Settings) -> bool:
+    return (settings.run_dir / "run-worker.sock").exists() and pid_alive(read_pid(settings, "run-worker"))
+
+
+def service_running(settings: Settings, name: str) -> bool:
+    return pid_alive(read_pid(settings, name))
 
 
 def daemon_running(settings: Settings) -> bool:
@@ -250,6 +270,7 @@ def status(settings: Settings) -> list[ServiceStatus]:
         "labelstudio": (lambda: labelstudio_healthy(settings), settings.labelstudio_url),
         "dagster-webserver": (lambda: dagster_healthy(settings), settings.dagster_url),
         "dagster-daemon": (lambda: True, None),
+        "run-worker": (lambda: run_worker_ready(settings), None),
         "serving": (lambda: serving_healthy(settings), settings.serving_url),
         "demo-annotator": (lambda: True, None),
         "demo-client": (lambda: True, None),
@@ -268,6 +289,7 @@ SERVICES_IN_STOP_ORDER = (
     "serving",
     "dagster-webserver",
     "dagster-daemon",
+    "run-worker",
     "labelstudio",
 )
 

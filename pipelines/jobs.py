@@ -13,3 +13,17 @@ train_function = define_asset_job(
     # a run whose process crashed is retried once; a run that failed on data (a failed check) is not
     tags={"dagster/max_retries": 1, "dagster/retry_on_asset_or_op_failure": "false"},
 )
+
+inspect_function = define_asset_job(
+    "inspect_function",
+    selection=AssetSelection.assets("label_issues"),
+    executor_def=in_process_executor,
+    description="Find likely annotation errors of one function's newest model and send them back for re-review.",
+)
+
+preannotate_function = define_asset_job(
+    "preannotate_function",
+    selection=AssetSelection.assets("preannotations"),
+    executor_def=in_process_executor,
+    description="Pre-annotate every unlabelled Label Studio task of one function with its serving primary.",
+)

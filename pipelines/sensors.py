@@ -29,17 +29,53 @@ ACTIVE_STATUSES = [
 ]
 
 
-@sensor(minimum_interval_seconds=5, default_status=DefaultSensorStatus.RUNNING)
+@sensor(minimum_interval_seconds=5, default_status=DefaultSensorStatus.RUNNING, jobs=[train_function])
 def function_discovery_sensor(
     context: SensorEvaluationContext, loopml: LoopMLResource
 ) -> SensorResult | SkipReason:
-    """Adds a `functions` partition for every function registered with `loopml functions create`."""
+    """Adds a `functions` partition for every function registered with `loopml functions create`, and adopts
+    label sets edited in Label Studio's label config (a retraining run follows each change)."""
     existing = set(context.instance.get_dynamic_partitions(functions_partitions.name))
-    new = [name for name in loopml.registry().names() if name not in existing]
-    if not new:
-        return SkipReason(f"no new functions ({len(existing)} known)")
-    context.log.info(f"adding partitions for {new}")
-    return SensorResult(dynamic_partitions_requests=[functions_partitions.build_add_request(new)])
+    names = loopml.registry().names()
+    new = [name for name in names if name not in existing]
+    changes = _sync_label_sets(context, loopml, [name for name in names if name in existing])
+    if not new and not changes:
+        return SkipReason(f"no new functions ({len(existing)} known), no label set changes")
+    if new:
+        context.log.info(f"adding partitions for {new}")
+    return SensorResult(
+        dynamic_partitions_requests=[functions_partitions.build_add_request(new)] if new else [],
+        run_requests=[
+            RunRequest(
+                job_name=train_function.name,
+                partition_key=change.function,
+                tags={"loopml/trigger": "label-set", "loopml/labels": ",".join(change.labels)},
+            )
+            for change in changes
+        ],
+    )
+
+
+def _sync_label_sets(context: SensorEvaluationContext, loopml: LoopMLResource, names: list[str]) -> list:
+    """Label sets changed in Label Studio since the last look (recorded in the registry)."""
+    from loopml.evolution import sync_from_labelstudio
+    from loopml.functions import FunctionError
+    from loopml.labelstudio import LabelStudioError
+
+    if not names:
+        return []
+    client = loopml.labelstudio()
+    changes = []
+    for name in names:
+        try:
+            change = sync_from_labelstudio(loopml.settings(), client, name)
+        except (LabelStudioUnavailable, LabelStudioError, FunctionError) as error:
+            context.log.warning(f"label set of {name} not checked: {error}")
+            continue
+        if change:
+            context.log.warning(f"label set changed in Label Studio: {change.describe()}")
+            changes.append(change)
+    return changes
 
 
 def has_active_run(context: SensorEvaluationContext, function: str) -> bool:

@@ -97,3 +97,9 @@ def load_classifier(settings: Settings, tag: str) -> TextClassifier:
     bentoml = _bentoml(settings)
     model = bentoml.models.get(tag, _model_store=model_store(settings))
     return TextClassifier.load(Path(model.path) / "classifier")
+
+
+def version_path(settings: Settings, tag: str) -> Path:
+    """The folder of a registered version (its classifier, metadata and ``oof_proba.parquet``)."""
+    bentoml = _bentoml(settings)
+    return Path(bentoml.models.get(tag, _model_store=model_store(settings)).path)

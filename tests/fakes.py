@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from assets.resources import LoopMLResource
-from loopml.labelstudio import AnnotationRecord, LabelStudioUnavailable
+from loopml.labelstudio import AnnotationRecord, LabelStudioUnavailable, Prediction
 
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -31,6 +31,8 @@ class FakeLabelStudio:
         self.tasks: dict[int, FakeTask] = {}
         self.projects: dict[int, list[int]] = {}
         self.label_configs: dict[int, str] = {}
+        self.predictions: dict[int, list[Prediction]] = {}
+        self.model_versions: dict[int, str] = {}
         self.down = False
         self._ids = itertools.count(1)
         self._clock = itertools.count(1)
@@ -137,6 +139,29 @@ class FakeLabelStudio:
     def unlabeled_tasks(self, project_id: int, limit: int) -> list[FakeTask]:
         self._check()
         return [t for t in self._project_tasks(project_id) if not t.annotations][:limit]
+
+    def task_texts(self, project_id: int) -> dict[int, str]:
+        self._check()
+        return {t.task_id: str(t.data.get("text", "")) for t in self._project_tasks(project_id)}
+
+    def get_label_config(self, project_id: int) -> str:
+        self._check()
+        return self.label_configs[project_id]
+
+    def update_label_config(self, project_id: int, label_config: str) -> None:
+        self._check()
+        self.label_configs[project_id] = label_config
+
+    def import_predictions(self, project_id: int, predictions: list[Prediction]) -> int:
+        self._check()
+        for p in predictions:
+            assert p.task_id in self.projects[project_id], f"task {p.task_id} is not in project {project_id}"
+            self.predictions.setdefault(p.task_id, []).append(p)
+        return len(predictions)
+
+    def set_model_version(self, project_id: int, model_version: str) -> None:
+        self._check()
+        self.model_versions[project_id] = model_version
 
 
 class FakeLoopMLResource(LoopMLResource):

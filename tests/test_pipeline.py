@@ -289,4 +289,4 @@ def test_definitions_load() -> None:
     assert defs.resolve_schedule_def("nightly_retraining").cron_schedule == "0 3 * * *"
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"annotations", "dataset", "features", "model", "deployment"}
+    assert keys >= {"annotations", "dataset", "features", "model", "deployment", "preannotations", "label_issues"}

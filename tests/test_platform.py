@@ -44,7 +44,8 @@ def test_up_create_annotate_and_the_daemon_trains_a_model(platform_env, monkeypa
     assert up.returncode == 0, up.stdout + up.stderr
     assert "Label Studio" in up.stdout and "Dagster" in up.stdout
     status = loopml(platform_env, "status")
-    assert status.stdout.count("healthy") == 4, status.stdout
+    for service in ("labelstudio", "dagster-webserver", "dagster-daemon", "run-worker", "serving"):
+        assert any(line.split()[:2] == [service, "healthy"] for line in status.stdout.splitlines()), status.stdout
 
     created = loopml(platform_env, "functions", "create", "platform-sentiment", "--labels", "positive,negative")
     assert created.returncode == 0, created.stdout + created.stderr
@@ -62,6 +63,7 @@ def test_up_create_annotate_and_the_daemon_trains_a_model(platform_env, monkeypa
     client.import_tasks(project, [{"data": {"text": t}} for t in POSITIVE + NEGATIVE])
     for task in client.unlabeled_tasks(project, limit=100):
         client.create_annotation(task.task_id, "positive" if task.data["text"] in POSITIVE else "negative")
+    client.import_tasks(project, [{"data": {"text": "a warm and wonderful film"}}])  # left for pre-annotation
 
     deadline = time.time() + 240
     while time.time() < deadline and not list_versions(settings, "platform-sentiment"):
@@ -83,6 +85,25 @@ def test_up_create_annotate_and_the_daemon_trains_a_model(platform_env, monkeypa
         answer = response.json() if response.ok else {}
         time.sleep(0.5)
     assert answer.get("version") == "platform-sentiment:v1" and answer["label"] == "positive", answer
+
+    # runs fork from the warm run worker
+    from dagster import DagsterInstance, RunsFilter
+
+    from pipelines.run_worker import PID_TAG
+
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        runs = instance.get_runs(filters=RunsFilter(job_name="train_function"))
+        assert runs and all(PID_TAG in run.tags for run in runs), [run.tags for run in runs]
+
+    # the new primary pre-annotates the unlabelled task in Label Studio (preannotation sensor -> run)
+    (unlabelled,) = client.unlabeled_tasks(project, limit=10)
+    predictions: list = []
+    deadline = time.time() + 90
+    while time.time() < deadline and not predictions:
+        predictions = client.task_predictions(unlabelled.task_id)
+        time.sleep(1)
+    assert [(p["model_version"], p["label"]) for p in predictions] == [("platform-sentiment:v1", "positive")]
+    assert 0.5 < predictions[0]["score"] <= 1.0
 
     down = loopml(platform_env, "down", timeout=120)
     assert "labelstudio" in down.stdout and "dagster-daemon" in down.stdout and "serving" in down.stdout

@@ -1,0 +1,78 @@
+"""label_issues: likely annotation errors, from the model's out-of-fold probabilities."""
+
+import polars as pl
+from dagster import AssetExecutionContext, MetadataValue, Output, asset
+
+from assets.io_manager import asset_path
+from assets.partitions import functions_partitions
+from assets.resources import LoopMLResource
+from loopml.labelstudio import Prediction
+
+PUSH_TOP = 25  # suspected errors sent back to Label Studio per run
+ISSUE_MODEL_VERSION = "label-issue"
+
+
+def _top_markdown(issues: pl.DataFrame, limit: int = 15) -> MetadataValue:
+    header = "| rank | task | text | annotated | model suggests | p(annotated) | reason |\n" + "|---" * 7 + "|"
+    rows = [
+        f"| {r['rank']} | {r['task_id']} | {str(r['text'])[:80].replace('|', '/')} | {r['given_label']} | "
+        f"{r['suggested_label']} ({r['suggested_proba']:.2f}) | {r['given_label_proba']:.2f} | {r['reason']} |"
+        for r in issues.head(limit).to_dicts()
+    ]
+    return MetadataValue.md("\n".join([header, *rows]) if rows else "no likely label errors")
+
+
+@asset(
+    partitions_def=functions_partitions,
+    group_name="inspect",
+    io_manager_key="loopml_io",
+    kinds={"cleanlab", "labelstudio"},
+)
+def label_issues(
+    context: AssetExecutionContext, loopml: LoopMLResource, model: dict, dataset: pl.DataFrame
+) -> Output[pl.DataFrame]:
+    """Items whose annotation is likely wrong: confident learning (cleanlab) on the model's out-of-fold
+    probabilities, plus items where the model confidently disagrees with the annotation. Ranked most suspect
+    first; the top of the list goes back to Label Studio as a prediction with the model's suggestion
+    (model version ``label-issue``), so a reviewer can filter for them in the Data Manager."""
+    from loopml.label_issues import find_label_issues, read_oof, summarize
+    from serving.model_store import version_path
+
+    settings = loopml.settings()
+    spec = loopml.registry().get(context.partition_key)
+    ids, given, label_set, proba = read_oof(version_path(settings, model["tag"]) / "oof_proba.parquet")
+    found = find_label_issues(ids, given, label_set, proba)
+    items = dataset.unique(subset="content_hash", keep="last").select("content_hash", "task_id", "text")
+    issues = found.join(items, left_on="item_id", right_on="content_hash", how="left").sort("rank")
+
+    pushed_file = asset_path(settings.data_dir, "label_issues_pushed", context.partition_key, ".parquet")
+    pushed = pl.read_parquet(pushed_file) if pushed_file.exists() else pl.DataFrame(
+        schema={"task_id": pl.Int64, "suggested_label": pl.String}
+    )
+    to_push = (
+        issues.filter(pl.col("task_id").is_not_null())
+        .head(PUSH_TOP)
+        .join(pushed, on=["task_id", "suggested_label"], how="anti")
+    )
+    if to_push.height and spec.labelstudio_project_id is not None:
+        loopml.labelstudio().import_predictions(
+            spec.labelstudio_project_id,
+            [
+                Prediction(int(r["task_id"]), r["suggested_label"], float(r["score"]), ISSUE_MODEL_VERSION)
+                for r in to_push.to_dicts()
+            ],
+        )
+        pushed_file.parent.mkdir(parents=True, exist_ok=True)
+        pl.concat([pushed, to_push.select(pl.col("task_id").cast(pl.Int64), "suggested_label")]).write_parquet(
+            pushed_file
+        )
+    summary = summarize(found, len(ids))
+    return Output(
+        issues,
+        metadata={
+            **{k: v for k, v in summary.items() if isinstance(v, int | float)},
+            "model_version": model["tag"],
+            "sent_to_labelstudio": to_push.height,
+            "top_issues": _top_markdown(issues),
+        },
+    )

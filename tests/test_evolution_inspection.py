@@ -1,0 +1,150 @@
+"""Model evolution (labels added and removed on a live function), label issues and pre-annotations, in-process
+with Label Studio replaced by the in-memory fake."""
+
+from __future__ import annotations
+
+from dagster import SensorResult, SkipReason, build_sensor_context, materialize
+
+from assets.inspection import ISSUE_MODEL_VERSION, label_issues
+from assets.preannotations import preannotations
+from loopml.deployments import DeploymentStore
+from loopml.functions import FunctionRegistry, render_label_config
+from pipelines.follow_ups import preannotation_sensor
+from pipelines.sensors import function_discovery_sensor
+from tests.test_pipeline import ASSETS, NEGATIVE, POSITIVE, annotate_all, env, run  # noqa: F401 - env is a fixture
+
+NEUTRAL = [
+    "the film opens on friday in most cities",
+    "it runs for about two hours",
+    "the director also wrote the screenplay",
+    "the movie is based on a novel",
+    "it was shot in three countries",
+    "the cast includes several newcomers",
+]
+
+
+def _materialize(env, asset):
+    return materialize(
+        [asset, *[a.to_source_asset() for a in ASSETS]],
+        instance=env["instance"],
+        partition_key="sentiment",
+        resources=env["resources"],
+    )
+
+
+def _discovery_tick(env):
+    context = build_sensor_context(instance=env["instance"], resources={"loopml": env["resources"]["loopml"]})
+    return function_discovery_sensor(context)
+
+
+def _edit_labels_in_labelstudio(env, labels: list[str]) -> None:
+    env["fake"].label_configs[env["project"]] = render_label_config("text", labels)
+
+
+def test_preannotations_carry_the_primary_and_follow_promotions(env) -> None:
+    fake, project = env["fake"], env["project"]
+    annotate_all(fake, project)
+    assert run(env).success
+    unlabelled = [t for t in fake.projects[project] if not fake.tasks[t].annotations]
+
+    result = _materialize(env, preannotations)
+    meta = result.asset_materializations_for_node("preannotations")[0].metadata
+    assert meta["predictions"].value == len(unlabelled) == 1
+    (prediction,) = fake.predictions[unlabelled[0]]
+    assert prediction.model_version == "sentiment:v1"
+    assert prediction.label in ("positive", "negative") and 0.5 <= prediction.score <= 1.0
+    assert fake.model_versions[project] == "sentiment:v1"  # the labelling UI shows this version's answers
+
+    context = build_sensor_context(instance=env["instance"], resources={"loopml": env["resources"]["loopml"]})
+    first = preannotation_sensor(context)
+    assert isinstance(first, SensorResult) and first.run_requests[0].run_key == "preannotate:sentiment:v1"
+    context = build_sensor_context(
+        cursor=first.cursor, instance=env["instance"], resources={"loopml": env["resources"]["loopml"]}
+    )
+    assert isinstance(preannotation_sensor(context), SkipReason)
+    DeploymentStore(env["settings"]).set_primary("sentiment", "sentiment:v9", "promoted by hand")
+    context = build_sensor_context(
+        cursor=first.cursor, instance=env["instance"], resources={"loopml": env["resources"]["loopml"]}
+    )
+    promoted = preannotation_sensor(context)
+    assert isinstance(promoted, SensorResult) and promoted.run_requests[0].run_key == "preannotate:sentiment:v9"
+
+
+def test_label_issues_rank_a_planted_error_first_and_send_it_back(env) -> None:
+    fake, project = env["fake"], env["project"]
+    good = ["wonderful", "brilliant", "delightful", "superb", "moving", "charming", "excellent", "lovely"]
+    bad = ["dreadful", "boring", "awful", "tedious", "terrible", "dull", "clumsy", "painful"]
+    things = ["film", "story", "script", "cast"]
+    texts = {f"a {w} {t}, I enjoyed it": "positive" for w in good for t in things}
+    texts |= {f"a {w} {t}, I regret watching": "negative" for w in bad for t in things}
+    wrong = "a wonderful film, I enjoyed it"
+    fake.import_tasks(project, [{"data": {"text": t}} for t in texts])
+    for tid in fake.projects[project]:
+        text = fake.tasks[tid].data["text"]
+        if text in texts:
+            fake.create_annotation(tid, "negative" if text == wrong else texts[text])
+    assert run(env).success
+    result = _materialize(env, label_issues)
+    issues = result.output_for_node("label_issues")
+    assert issues.height >= 1
+    top = issues.row(0, named=True)
+    assert (top["text"], top["given_label"], top["suggested_label"]) == (wrong, "negative", "positive")
+    task = next(t for t in fake.projects[project] if fake.tasks[t].data["text"] == wrong)
+    assert [(p.label, p.model_version) for p in fake.predictions[task]] == [("positive", ISSUE_MODEL_VERSION)]
+    meta = result.asset_materializations_for_node("label_issues")[0].metadata
+    assert meta["sent_to_labelstudio"].value >= 1 and "top_issues" in meta
+
+    again = _materialize(env, label_issues)  # the same suggestions are not sent twice
+    assert again.asset_materializations_for_node("label_issues")[0].metadata["sent_to_labelstudio"].value == 0
+
+
+def test_a_label_added_in_labelstudio_enters_training_once_it_has_enough_examples(env) -> None:
+    fake, project = env["fake"], env["project"]
+    annotate_all(fake, project)
+    assert run(env).output_for_node("model")["label_set"] == ["positive", "negative"]
+
+    _edit_labels_in_labelstudio(env, ["positive", "negative", "neutral"])
+    tick = _discovery_tick(env)
+    assert isinstance(tick, SensorResult)
+    assert [r.partition_key for r in tick.run_requests] == ["sentiment"]
+    assert FunctionRegistry(env["settings"]).get("sentiment").labels == ["positive", "negative", "neutral"]
+    assert isinstance(_discovery_tick(env), SkipReason)  # adopted once
+
+    fake.import_tasks(project, [{"data": {"text": t}} for t in NEUTRAL])
+    neutral_tasks = [t for t in fake.projects[project] if fake.tasks[t].data["text"] in NEUTRAL]
+    fake.create_annotation(neutral_tasks[0], "neutral")  # one example: not enough yet
+    few = run(env)
+    assert few.success  # a short new label does not block training ...
+    assert few.output_for_node("model")["labels_left_out"] == ["neutral"]  # ... it is left out
+    checks = {c.check_name: c for c in few.get_asset_check_evaluations()}
+    assert not checks["enough_examples_per_label"].passed
+    assert checks["enough_examples_per_label"].severity.value == "WARN"
+
+    for tid in neutral_tasks[1:]:
+        fake.create_annotation(tid, "neutral")
+    enough = run(env)
+    assert enough.output_for_node("model")["label_set"] == ["positive", "negative", "neutral"]
+
+
+def test_a_removed_label_is_excluded_with_a_warning(env) -> None:
+    fake, project = env["fake"], env["project"]
+    _edit_labels_in_labelstudio(env, ["positive", "negative", "neutral"])
+    _discovery_tick(env)
+    annotate_all(fake, project)
+    fake.import_tasks(project, [{"data": {"text": t}} for t in NEUTRAL])
+    for tid in fake.projects[project]:
+        if fake.tasks[tid].data["text"] in NEUTRAL:
+            fake.create_annotation(tid, "neutral")
+    assert "neutral" in run(env).output_for_node("model")["label_set"]
+
+    _edit_labels_in_labelstudio(env, ["positive", "negative"])
+    assert isinstance(_discovery_tick(env), SensorResult)
+    result = run(env)
+    assert result.success
+    assert result.output_for_node("model")["label_set"] == ["positive", "negative"]
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert not checks["removed_labels_excluded"].passed
+    assert checks["removed_labels_excluded"].severity.value == "WARN"
+    assert checks["labels_in_label_set"].passed  # removed, not unknown
+    dataset_meta = result.asset_materializations_for_node("dataset")[0].metadata
+    assert dataset_meta["excluded_removed_labels"].value == {"neutral": len(NEUTRAL)}
