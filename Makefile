@@ -6,10 +6,11 @@ LS_VENV := .venv-labelstudio
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 LABEL_STUDIO_VERSION := 1.23.2
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # caches of the running platform and of the tests stay inside the checkout, not in ~/.cache
 RUN_ENV := XDG_CACHE_HOME=$(CURDIR)/.loopml/cache
 
-.PHONY: help install install-label-studio demo up down status test test-fast bench lint clean
+.PHONY: help install install-browser install-label-studio demo up down status test test-fast bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -34,6 +35,11 @@ $(LS_VENV)/.installed:
 
 install: $(VENV)/.installed $(LS_VENV)/.installed  ## install LoopML and Label Studio (idempotent)
 
+install-browser:  ## headless Chromium and its driver for the browser test (Debian packages, once)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "==> installing chromium and chromium-driver (apt, about a minute)"; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; }
+
 demo: install  ## start the platform (Label Studio, Dagster) with demo data and print the URLs
 	$(RUN_ENV) $(VENV)/bin/loopml demo
 
@@ -46,7 +52,7 @@ down:  ## stop the services started by `make up` / `make demo`
 status:  ## show what is running
 	$(VENV)/bin/loopml status
 
-test: install  ## install what the tests need and run the whole suite (end-to-end included)
+test: install install-browser  ## install what the tests need and run the whole suite (end-to-end included)
 	$(RUN_ENV) $(VENV)/bin/python -m pytest
 
 test-fast: install  ## unit and in-process tests only (no Label Studio server)

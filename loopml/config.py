@@ -7,6 +7,7 @@ read from the environment when :func:`get_settings` is called, never at import t
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,9 +92,9 @@ class Settings:
         os.chmod(self.secrets_dir, 0o700)
 
 
-def get_settings() -> Settings:
-    """Read the settings from the environment (``LOOPML_*`` variables)."""
-    env = os.environ
+def get_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings from the environment (``LOOPML_*`` variables), or from ``environ`` if given."""
+    env = os.environ if environ is None else environ
     home = Path(env.get("LOOPML_HOME", PROJECT_ROOT / ".loopml")).resolve()
     return Settings(
         home=home,

@@ -25,11 +25,14 @@ def loopml(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.
     )
 
 
-@pytest.fixture
-def platform_env(tmp_path):
+STATE: dict[str, object] = {}  # what the first test built, for the browser test (the platform stays up)
+
+
+@pytest.fixture(scope="module")
+def platform_env(tmp_path_factory):
     env = dict(os.environ)
     env.update(
-        LOOPML_HOME=str(tmp_path / "home"),
+        LOOPML_HOME=str(tmp_path_factory.mktemp("platform") / "home"),
         LOOPML_LABELSTUDIO_PORT=str(free_port()),
         LOOPML_DAGSTER_PORT=str(free_port()),
         LOOPML_SERVING_PORT=str(free_port()),
@@ -39,7 +42,7 @@ def platform_env(tmp_path):
     loopml(env, "down", timeout=120)
 
 
-def test_up_create_annotate_and_the_daemon_trains_a_model(platform_env, monkeypatch) -> None:
+def test_up_create_annotate_and_the_daemon_trains_a_model(platform_env) -> None:
     up = loopml(platform_env, "up")
     assert up.returncode == 0, up.stdout + up.stderr
     assert "Label Studio" in up.stdout and "Dagster" in up.stdout
@@ -50,14 +53,12 @@ def test_up_create_annotate_and_the_daemon_trains_a_model(platform_env, monkeypa
     created = loopml(platform_env, "functions", "create", "platform-sentiment", "--labels", "positive,negative")
     assert created.returncode == 0, created.stdout + created.stderr
 
-    for key in ("LOOPML_HOME", "LOOPML_LABELSTUDIO_PORT", "LOOPML_DAGSTER_PORT", "LOOPML_SERVING_PORT"):
-        monkeypatch.setenv(key, platform_env[key])
     from loopml.config import get_settings
     from loopml.functions import FunctionRegistry
     from loopml.labelstudio import LabelStudioClient
     from serving.model_store import list_versions
 
-    settings = get_settings()
+    settings = get_settings({k: v for k, v in platform_env.items() if k.startswith("LOOPML_")})
     client = LabelStudioClient.from_settings(settings)
     project = FunctionRegistry(settings).get("platform-sentiment").labelstudio_project_id
     client.import_tasks(project, [{"data": {"text": t}} for t in POSITIVE + NEGATIVE])
@@ -105,7 +106,53 @@ def test_up_create_annotate_and_the_daemon_trains_a_model(platform_env, monkeypa
     assert [(p["model_version"], p["label"]) for p in predictions] == [("platform-sentiment:v1", "positive")]
     assert 0.5 < predictions[0]["score"] <= 1.0
 
+    STATE.update(settings=settings, project=project, task=unlabelled.task_id, prediction=predictions[0])
+
+
+def test_the_user_sees_the_lifecycle_in_dagster_and_the_prediction_in_label_studio(platform_env) -> None:
+    """Headless Chromium: the asset graph with its partition, and a Label Studio task with its pre-annotation.
+    Screenshots are kept in test-artifacts/browser/."""
+    from loopml.labelstudio_server import ensure_credentials
+    from tests.browser import chromium, dismiss, screenshot, wait_for_text
+
+    assert STATE, "the platform test above did not get as far as a pre-annotated task"
+    settings = STATE["settings"]
+    groups = {
+        "annotate": ["annotations", "dataset", "preannotations"],
+        "train": ["features", "model"],
+        "deploy": ["deployment"],
+        "inspect": ["label_issues"],
+    }
+    with chromium() as browser:
+        for group, assets in groups.items():
+            browser.get(f"{settings.dagster_url}/locations/loopml/asset-groups/{group}")
+            text = wait_for_text(browser, lambda t, assets=assets: all(a in t for a in assets) and "partition" in t)
+            dismiss(browser, "Skip")  # the first-visit newsletter dialog
+            screenshot(browser, f"dagster-{group}")
+            assert all(a in text for a in assets) and "1 partition" in text, text[:2000]
+        browser.get(f"{settings.dagster_url}/assets/model?view=partitions")
+        text = wait_for_text(browser, lambda t: "platform-sentiment" in t)
+        screenshot(browser, "dagster-model-partitions")
+        assert "platform-sentiment" in text and "Materialized (1)" in text, text[:2000]
+
+        creds = ensure_credentials(settings)
+        browser.get(f"{settings.labelstudio_url}/user/login")
+        wait_for_text(browser, lambda t: "Log in" in t or "Sign in" in t or "Email" in t, 20)
+        browser.find_element("name", "email").send_keys(creds.username)
+        browser.find_element("name", "password").send_keys(creds.password)
+        browser.find_element("css selector", "button[type=submit], input[type=submit]").click()
+        wait_for_text(browser, lambda t: "Projects" in t, 20)
+        browser.get(f"{settings.labelstudio_url}/projects/{STATE['project']}/data?task={STATE['task']}")
+        prediction = STATE["prediction"]
+        score = f"{100 * prediction['score']:.2f}%"
+        text = wait_for_text(browser, lambda t: score in t and "a warm and wonderful film" in t)
+        screenshot(browser, "labelstudio-task-with-prediction")
+        assert "a warm and wonderful film" in text and score in text and "v1" in text, text[-3000:]
+
+
+def test_down_stops_everything(platform_env) -> None:
     down = loopml(platform_env, "down", timeout=120)
     assert "labelstudio" in down.stdout and "dagster-daemon" in down.stdout and "serving" in down.stdout
+    assert "run-worker" in down.stdout
     after = loopml(platform_env, "status")
     assert "healthy" not in after.stdout
