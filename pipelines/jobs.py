@@ -27,3 +27,17 @@ preannotate_function = define_asset_job(
     executor_def=in_process_executor,
     description="Pre-annotate every unlabelled Label Studio task of one function with its serving primary.",
 )
+
+monitor_function = define_asset_job(
+    "monitor_function",
+    selection=AssetSelection.assets("drift_report", "review_set"),
+    executor_def=in_process_executor,
+    description="Drift report of one function's recent calls, then sample calls for human review.",
+)
+
+review_function = define_asset_job(
+    "review_function",
+    selection=AssetSelection.assets("review_set"),
+    executor_def=in_process_executor,
+    description="Sample one function's recent calls for human review (the drift sensor raises the budget).",
+)

@@ -53,6 +53,7 @@ WARM_MODULES = (
     "sklearn.feature_extraction.text",
     "sklearn.linear_model",
     "cleanlab.filter",
+    "evidently",
     "onnxruntime",
     "tokenizers",
     "bentoml",

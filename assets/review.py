@@ -1,0 +1,152 @@
+"""review_set: live calls a human should look at, sent to Label Studio with the model's answer and a reason."""
+
+import os
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+from dagster import AssetExecutionContext, AssetKey, MetadataValue, Output, asset
+
+from assets.io_manager import asset_path
+from assets.partitions import functions_partitions
+from assets.resources import LoopMLResource
+from loopml.deployments import DeploymentStore
+from loopml.labelstudio import choice_result
+
+BUDGET_TAG = "loopml/review_budget"  # set by the drift sensor to raise the budget of one run
+SINCE_TAG = "loopml/review_since"  # set by the drift sensor: resample the drifted window
+DEFAULT_WINDOW = timedelta(days=1)  # the first sampling run looks this far back
+MAX_CANDIDATES = 1_000_000
+
+
+def review_budget(tags: dict[str, str]) -> int:
+    """This run's budget: the drift sensor's raised budget, else ``LOOPML_REVIEW_BUDGET`` (default 50)."""
+    return int(tags.get(BUDGET_TAG) or os.environ.get("LOOPML_REVIEW_BUDGET", "50"))
+
+
+def _previous_window_end(context: AssetExecutionContext) -> datetime | None:
+    """Where the last sampling run of this function stopped (each call is considered once)."""
+    from dagster import AssetRecordsFilter
+
+    records = context.instance.fetch_materializations(
+        records_filter=AssetRecordsFilter(asset_key=AssetKey("review_set"), asset_partitions=[context.partition_key]),
+        limit=1,
+    ).records
+    if not records:
+        return None
+    value = records[0].asset_materialization.metadata.get("window_end")
+    return datetime.fromisoformat(str(value.value)) if value is not None and value.value else None
+
+
+def _training_mistakes(oof_path, features: pl.DataFrame) -> np.ndarray:
+    """Embeddings of training items the model got wrong out of fold: the 'past mistakes' to sample near."""
+    from loopml.label_issues import read_oof
+
+    if not oof_path.exists():
+        return np.zeros((0, 0), dtype=np.float32)
+    ids, given, label_set, proba = read_oof(oof_path)
+    wrong = [i for i, (g, row) in enumerate(zip(given, proba, strict=True)) if label_set[int(row.argmax())] != g]
+    wrong_ids = pl.DataFrame({"content_hash": [ids[i] for i in wrong]}, schema={"content_hash": pl.String})
+    rows = wrong_ids.join(features, on="content_hash", how="inner")
+    if rows.height == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.asarray(rows["embedding"].to_list(), dtype=np.float32)
+
+
+@asset(
+    partitions_def=functions_partitions,
+    group_name="review",
+    io_manager_key="loopml_io",
+    deps=["invocations"],
+    kinds={"labelstudio", "polars", "scikitlearn"},
+)
+def review_set(
+    context: AssetExecutionContext, loopml: LoopMLResource, dataset: pl.DataFrame, features: pl.DataFrame, model: dict
+) -> Output[pl.DataFrame]:
+    """Calls from the invocation log that a human should look at, each with its reason: flagged by users,
+    primary/canary disagreement, near past mistakes (nearest neighbours of items the model got wrong),
+    low confidence, rare classes, and a small random slice. Budget per run, caps per reason, no duplicates of
+    tasks already in Label Studio. Pushed as tasks with the model's answer pre-filled and the reason in the
+    Data Manager (`review_reason` column); once annotated they join the dataset with source `review`."""
+    from loopml.dataset import content_hash
+    from loopml.invocation_frames import load_invocations
+    from loopml.review import ReviewContext, ReviewPolicy, select_for_review
+    from serving.model_store import version_path
+
+    function = context.partition_key
+    settings = loopml.settings()
+    spec = loopml.registry().get(function)
+    state = DeploymentStore(settings).get(function)
+    now = datetime.now(UTC)
+    override = context.run.tags.get(SINCE_TAG)
+    since = (datetime.fromisoformat(override) if override else None) or _previous_window_end(context)
+    since = since or now - DEFAULT_WINDOW
+    calls = load_invocations(
+        settings.database_url,
+        function,
+        since=since,
+        limit=MAX_CANDIDATES,
+        primary=state.primary_tag if state else None,
+        canary=state.canary_tag if state else None,
+    )
+    client = loopml.labelstudio()
+    if spec.labelstudio_project_id is None:
+        raise ValueError(f"function {function!r} has no Label Studio project")
+    in_labelstudio = {content_hash(text) for text in client.task_texts(spec.labelstudio_project_id).values()}
+    counts = {r["label"]: int(r["count"]) for r in dataset["label"].value_counts().to_dicts()}
+    mistakes = _training_mistakes(version_path(settings, model["tag"]) / "oof_proba.parquet", features)
+    frame = calls.frame
+    corrected = frame["flagged"] | (frame["true_label"].is_not_null() & (frame["true_label"] != frame["label"]))
+    corrected_rows = np.flatnonzero(corrected.fill_null(False).to_numpy() & calls.has_embedding)
+    if calls.embeddings.shape[1] and len(corrected_rows):
+        extra = calls.embeddings[corrected_rows]
+        mistakes = extra if mistakes.size == 0 else np.vstack([mistakes, extra])
+    dim = calls.embeddings.shape[1] or (mistakes.shape[1] if mistakes.ndim == 2 else 0)
+    policy = ReviewPolicy(budget=review_budget(dict(context.run.tags)))
+    selected = select_for_review(
+        frame,
+        calls.embeddings if calls.embeddings.size else np.zeros((frame.height, dim), dtype=np.float32),
+        ReviewContext(
+            training_label_counts=counts,
+            mistake_embeddings=mistakes if mistakes.size else np.zeros((0, dim), dtype=np.float32),
+            existing_hashes=frozenset(in_labelstudio | set(dataset["content_hash"].to_list())),
+        ),
+        policy,
+    ).join(frame.select(pl.col("id").alias("invocation_id"), "answered_by"), on="invocation_id", how="left")
+    tasks = [
+        {
+            "data": {"text": r["input_text"], "review_reason": r["reason"]},
+            "meta": {"loopml_source": "review", "loopml_reason": r["reason"], "invocation_id": r["invocation_id"]},
+            "predictions": [
+                {
+                    "model_version": str(r.get("answered_by") or model["tag"]),
+                    "score": round(float(r["confidence"]), 4),
+                    "result": choice_result(str(r["label"])),
+                }
+            ],
+        }
+        for r in selected.to_dicts()
+    ]
+    pushed = client.import_tasks(spec.labelstudio_project_id, tasks) if tasks else 0
+    reasons = {r["reason"]: int(r["count"]) for r in selected["reason"].value_counts().to_dicts()}
+    stored = asset_path(settings.data_dir, "review_set", function, ".parquet")
+    context.log.info(f"{function}: {pushed} calls sent for review from {frame.height} since {since:%Y-%m-%d %H:%M}")
+    return Output(
+        selected,
+        metadata={
+            "window_start": since.isoformat(),
+            "window_end": now.isoformat(),
+            "candidates": frame.height,
+            "sent_to_labelstudio": pushed,
+            "budget": policy.budget,
+            "reasons": MetadataValue.json(reasons),
+            "stored_at": MetadataValue.path(str(stored)),
+            "sample": MetadataValue.md(
+                "| reason | answer | confidence | text |\n|---|---|---|---|\n"
+                + "\n".join(
+                    f"| {r['reason']} | {r['label']} | {r['confidence']:.2f} | {str(r['input_text'])[:80]} |"
+                    for r in selected.head(10).to_dicts()
+                )
+            ),
+        },
+    )

@@ -1,0 +1,144 @@
+"""review_set, drift_report and the drift sensor in-process: logged calls (the serving API's invocation log)
+become review tasks in (fake) Label Studio; a shifted stream of calls shows drift, an unshifted one does not."""
+
+from __future__ import annotations
+
+import numpy as np
+from dagster import SensorResult, SkipReason, build_sensor_context, materialize
+
+from assets.monitoring import drift_report
+from assets.review import BUDGET_TAG, review_set
+from loopml.encoders import get_encoder
+from loopml.invocation_log import InvocationLog, InvocationRecord, embedding_to_bytes
+from pipelines.drift import drift_sensor
+from tests.test_pipeline import ASSETS, env, run  # noqa: F401 - env is a fixture
+
+GOOD = ["wonderful", "brilliant", "delightful", "superb", "moving", "charming", "excellent", "lovely"]
+BAD = ["dreadful", "boring", "awful", "tedious", "terrible", "dull", "clumsy", "painful"]
+THINGS = ["film", "story", "script", "cast", "ending", "plot", "score", "finale"]
+FRAMES = ["a {w} {t}, I {v} it", "the {t} was {w}, I {v} it", "what a {w} {t}; I {v} it", "{w} {t} overall, I {v} it"]
+CORPUS = {
+    frame.format(w=w, t=t, v=verb): label
+    for words, verb, label in ((GOOD, "enjoyed", "positive"), (BAD, "regretted", "negative"))
+    for w in words
+    for t in THINGS
+    for frame in FRAMES
+}
+# two thirds annotated (a holdout of about 70: the drift report's reference), one third arrives as live calls
+TRAINING = {text: label for i, (text, label) in enumerate(CORPUS.items()) if i % 3}
+SIMILAR = [text for i, text in enumerate(CORPUS) if not i % 3]
+SHIFTED = [
+    f"{m} shares {v} {n} percent after the {e} report"
+    for m in ("bank", "oil", "tech", "retail")
+    for v in ("rose", "fell", "slid")
+    for n in ("two", "five", "eight")
+    for e in ("quarterly", "annual")
+]
+
+
+def _train(env) -> None:
+    fake, project = env["fake"], env["project"]
+    fake.import_tasks(project, [{"data": {"text": t}} for t in TRAINING])
+    for tid in fake.projects[project]:
+        text = fake.tasks[tid].data["text"]
+        if text in TRAINING:
+            fake.create_annotation(tid, TRAINING[text])
+    assert run(env).success
+
+
+def _log_calls(env, texts: list[str], *, confidence: float | None = None) -> list[str]:
+    """Invocations as the serving API logs them: answered by the primary v1 (its own scores unless a
+    ``confidence`` is forced for the first label)."""
+    from serving.model_store import load_classifier
+
+    vectors = get_encoder("minilm-l6-int8").encode(texts)
+    classifier = load_classifier(env["settings"], "sentiment:v1")
+    labels = list(classifier.label_set)
+    if confidence is None:
+        scores = classifier.predict_proba(texts, vectors)
+    else:
+        scores = np.tile([confidence, 1 - confidence], (len(texts), 1))
+    log = InvocationLog(env["settings"])
+    records = [
+        InvocationRecord(
+            function="sentiment",
+            input_text=text,
+            embedding=embedding_to_bytes(vector),
+            scores={"sentiment:v1": [float(x) for x in row]},
+            labels={"sentiment:v1": labels},
+            answered_by="sentiment:v1",
+            label=labels[int(np.argmax(row))],
+            confidence=float(np.max(row)),
+            latency_ms=5.0,
+        )
+        for text, vector, row in zip(texts, vectors, scores, strict=True)
+    ]
+    ids = log.log_many(records)
+    log.close()
+    return ids
+
+
+def _materialize(env, asset, tags=None):
+    return materialize(
+        [asset, *[a.to_source_asset() for a in ASSETS]],
+        instance=env["instance"],
+        partition_key="sentiment",
+        resources=env["resources"],
+        tags=tags,
+    )
+
+
+def test_low_confidence_and_flagged_calls_become_review_tasks_that_train_as_review(env) -> None:
+    _train(env)
+    fake, project = env["fake"], env["project"]
+    unsure = _log_calls(env, ["an odd, uneven picture", "not sure what to make of it"], confidence=0.52)
+    sure = _log_calls(env, SIMILAR[:20])
+    InvocationLog(env["settings"]).record_feedback(sure[3], flagged=True, true_label="negative")
+
+    result = _materialize(env, review_set)
+    selected = result.output_for_node("review_set")
+    reasons = dict(zip(selected["invocation_id"].to_list(), selected["reason"].to_list(), strict=True))
+    assert reasons[sure[3]] == "flagged"
+    assert reasons[unsure[0]] == reasons[unsure[1]] == "low_confidence"
+    meta = result.asset_materializations_for_node("review_set")[0].metadata
+    assert meta["sent_to_labelstudio"].value == selected.height
+
+    pushed = {fake.tasks[t].data["text"]: fake.tasks[t] for t in fake.projects[project]}
+    task = pushed["an odd, uneven picture"]
+    assert task.meta["loopml_source"] == "review" and task.data["review_reason"] == "low_confidence"
+
+    again = _materialize(env, review_set)  # the window moved on: nothing is sent twice
+    assert again.asset_materializations_for_node("review_set")[0].metadata["sent_to_labelstudio"].value == 0
+
+    fake.create_annotation(task.task_id, "negative")
+    retrained = run(env)
+    data = retrained.output_for_node("dataset")
+    row = data.filter(data["text"] == "an odd, uneven picture").to_dicts()[0]
+    assert (row["source"], row["label"]) == ("review", "negative")
+    assert retrained.output_for_node("model")["tag"] == "sentiment:v2"
+
+
+def test_drift_is_detected_on_a_shifted_stream_and_not_on_an_unshifted_one(env) -> None:
+    _train(env)
+    _log_calls(env, SIMILAR)
+    calm = _materialize(env, drift_report).output_for_node("drift_report")
+    assert calm["status"] == "ok" and not calm["drifted"], calm
+    context = build_sensor_context(instance=env["instance"])
+    quiet = drift_sensor(context)
+    assert isinstance(quiet, SensorResult) and not quiet.run_requests  # read the report, found no drift
+    cursor = quiet.cursor
+
+    _log_calls(env, SHIFTED * 2)  # the newest calls are now mostly about something else
+    report = _materialize(env, drift_report)
+    shifted = report.output_for_node("drift_report")
+    assert shifted["input_drifted"] and shifted["drifted"], shifted
+    html = report.asset_materializations_for_node("drift_report")[0].metadata["report"].value
+    page = open(html, encoding="utf-8").read()
+    assert html.endswith(".html") and "<html" in page and "root_metric" in page  # Evidently's rendered report
+
+    raised = drift_sensor(build_sensor_context(instance=env["instance"], cursor=cursor))
+    assert isinstance(raised, SensorResult)
+    (request,) = raised.run_requests
+    assert request.job_name == "review_function" and request.partition_key == "sentiment"
+    assert int(request.tags[BUDGET_TAG]) == 200
+    assert isinstance(drift_sensor(build_sensor_context(instance=env["instance"], cursor=raised.cursor)), SkipReason)
