@@ -94,3 +94,78 @@ def test_annotations_in_label_studio_become_a_registered_model(labelstudio) -> N
     third = train(instance, "e2e-sentiment")
     assert third.success
     assert dataset_labels(third)[NEGATIVE[0]] == "negative"
+
+
+def test_low_confidence_calls_go_to_review_in_label_studio_and_come_back_as_training_data(labelstudio) -> None:
+    """invocations with low confidence -> review tasks with predictions in a real Label Studio -> annotated ->
+    dataset (source `review`) -> retrained."""
+    from loopml.encoders import get_encoder
+    from loopml.invocation_log import InvocationLog, InvocationRecord, embedding_to_bytes
+
+    settings, client = labelstudio.settings, labelstudio.client
+    project = create_function(settings, "e2e-review", "text", "positive,negative")
+    client.import_tasks(project, [{"data": {"text": t}} for t in POSITIVE + NEGATIVE])
+    for task in client.unlabeled_tasks(project, limit=100):
+        client.create_annotation(task.task_id, "positive" if task.data["text"] in POSITIVE else "negative")
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("functions", ["e2e-review"])
+    assert train(instance, "e2e-review").success
+
+    unsure = ["a strange film that I cannot place", "parts of it worked, parts of it did not"]
+    log = InvocationLog(settings)
+    log.log_many(
+        [
+            InvocationRecord(
+                function="e2e-review",
+                input_text=text,
+                embedding=embedding_to_bytes(vector),
+                scores={"e2e-review:v1": [0.52, 0.48]},
+                labels={"e2e-review:v1": ["positive", "negative"]},
+                answered_by="e2e-review:v1",
+                label="positive",
+                confidence=0.52,
+                latency_ms=4.0,
+            )
+            for text, vector in zip(unsure, get_encoder().encode(unsure), strict=True)
+        ]
+    )
+    log.close()
+    review = defs.resolve_job_def("review_function").execute_in_process(instance=instance, partition_key="e2e-review")
+    assert review.success
+    assert set(review.output_for_node("review_set")["reason"].to_list()) == {"low_confidence"}
+
+    pending = {t.data["text"]: t for t in client.unlabeled_tasks(project, limit=100)}
+    assert set(unsure) <= set(pending)
+    task = pending[unsure[0]]
+    assert task.meta["loopml_source"] == "review" and task.data["review_reason"] == "low_confidence"
+    (prediction,) = client.task_predictions(task.task_id)
+    assert (prediction["model_version"], prediction["label"]) == ("e2e-review:v1", "positive")
+    assert prediction["score"] == 0.52
+
+    client.create_annotation(task.task_id, "negative")  # the reviewer corrects the model
+    retrained = train(instance, "e2e-review")
+    assert retrained.success
+    data = retrained.output_for_node("dataset")
+    row = data.filter(data["text"] == unsure[0]).to_dicts()[0]
+    assert (row["source"], row["label"]) == ("review", "negative")
+    assert retrained.output_for_node("model")["tag"] == "e2e-review:v2"
+
+
+def test_add_and_remove_a_label_through_the_cli_path_updates_label_studio(labelstudio) -> None:
+    from loopml.evolution import add_label, remove_label, removed_labels
+    from loopml.functions import FunctionError, labels_from_label_config
+
+    settings, client = labelstudio.settings, labelstudio.client
+    project = create_function(settings, "e2e-evolve", "text", "positive,negative")
+    change = add_label(settings, "e2e-evolve", "neutral")
+    assert change.added == ["neutral"] and not change.removed
+    assert labels_from_label_config(client.get_label_config(project)) == ["positive", "negative", "neutral"]
+    assert FunctionRegistry(settings).get("e2e-evolve").labels == ["positive", "negative", "neutral"]
+    with pytest.raises(FunctionError, match="already has"):
+        add_label(settings, "e2e-evolve", "neutral")
+
+    remove_label(settings, "e2e-evolve", "negative")
+    assert labels_from_label_config(client.get_label_config(project)) == ["positive", "neutral"]
+    assert removed_labels(settings, "e2e-evolve") == {"negative"}
+    with pytest.raises(FunctionError, match="at least 2 labels"):
+        remove_label(settings, "e2e-evolve", "neutral")
