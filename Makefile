@@ -63,6 +63,9 @@ bench: install  ## run the benchmarks (print tables)
 	$(RUN_ENV) $(VENV)/bin/python bench/learning_curve.py
 	$(RUN_ENV) $(VENV)/bin/python bench/serving.py
 	$(RUN_ENV) $(VENV)/bin/python bench/loop_latency.py
+	$(RUN_ENV) $(VENV)/bin/python bench/label_issues.py
+	$(RUN_ENV) $(VENV)/bin/python bench/active_learning.py
+	$(RUN_ENV) $(VENV)/bin/python bench/monitoring.py
 
 lint: install  ## ruff
 	$(VENV)/bin/ruff check .

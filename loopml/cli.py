@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -297,6 +298,8 @@ def demo(pace: float, items: int, noise: float, annotator: bool, rate: float) ->
     from loopml.demo import setup_demo, start_annotator, start_client
 
     settings = get_settings()
+    # the demo turns the whole loop in minutes: monitoring and review sampling every 5 minutes, not hourly
+    os.environ.setdefault("LOOPML_MONITOR_CRON", "*/5 * * * *")
     start_platform(settings)
     setup_demo(settings, items=items, echo=_step)
     if annotator:
@@ -308,7 +311,10 @@ def demo(pace: float, items: int, noise: float, annotator: bool, rate: float) ->
         start_client(settings, rate=rate, feedback=0.05)
         _step(f"simulated API client sending {rate:g} calls/s (log: {settings.run_dir / 'demo-client.log'})")
     print_urls(settings)
-    click.echo("  Watch the loop turn in Dagster: Assets -> model, or Runs.")
+    click.echo("  Watch the loop turn in Dagster: Lineage (annotate -> train -> deploy -> serve -> review), or Runs.")
+    click.echo("  Label Studio: unlabelled tasks carry the serving model's answer; calls picked for review arrive with")
+    click.echo("  a `review_reason`; likely label errors carry a `label-issue` prediction. Drift reports: "
+               f"{settings.home / 'reports'}")
 
 
 @main.command("demo-client", hidden=True)

@@ -1,5 +1,6 @@
 """Schedules: nightly retraining of every function."""
 
+import os
 from collections.abc import Iterator
 
 from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, schedule
@@ -24,9 +25,10 @@ def nightly_retraining(context: ScheduleEvaluationContext) -> Iterator[RunReques
 
 @schedule(
     job=monitor_function,
-    cron_schedule="7 * * * *",
+    cron_schedule=os.environ.get("LOOPML_MONITOR_CRON", "7 * * * *"),
     default_status=DefaultScheduleStatus.RUNNING,
-    description="Every hour: a drift report per function, then a sample of its calls sent for review.",
+    description="Every hour (LOOPML_MONITOR_CRON): a drift report per function, then a sample of its calls sent "
+    "for review.",
 )
 def hourly_monitoring(context: ScheduleEvaluationContext) -> Iterator[RunRequest]:
     hour = context.scheduled_execution_time.strftime("%Y-%m-%dT%H")
