@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 DEFAULT_TEXT_ENCODER = "minilm-l6-int8"
+SMALL_BATCH = 2  # batches up to this size run on the one-thread session
 
 
 @runtime_checkable
@@ -76,13 +77,27 @@ class MiniLMOnnxEncoder:
         for path in (model_path, tokenizer_path):
             if not path.exists():
                 raise FileNotFoundError(f"{path} is missing: run `make install`")
+        self._model_path = model_path
         self._tokenizer = self._load_tokenizer(tokenizer_path)
-        self._session = self._load_session(model_path)
-        self._input_names = {i.name for i in self._session.get_inputs()}
+        self._sessions: dict[int, onnxruntime.InferenceSession] = {}
+        self._session_lock = threading.Lock()
+        self._input_names = {i.name for i in self._session_with(1).get_inputs()}
         required = {"input_ids", "attention_mask"}
         if not required <= self._input_names:
             raise RuntimeError(f"unexpected ONNX inputs {sorted(self._input_names)}; need {sorted(required)}")
         self._lock = threading.Lock()  # the tokenizer's padding/truncation settings are shared state
+
+    def _session_with(self, threads: int) -> onnxruntime.InferenceSession:
+        """The session running on ``threads`` cores (created on first use). A one-thread session starts no
+        thread pool, so a process may fork after using it (see pipelines/run_worker.py)."""
+        with self._session_lock:
+            if threads not in self._sessions:
+                self._sessions[threads] = self._load_session(self._model_path, threads)
+            return self._sessions[threads]
+
+    @property
+    def _session(self) -> onnxruntime.InferenceSession:
+        return self._session_with(_cpu_threads())
 
     @classmethod
     def _load_tokenizer(cls, path: Path) -> tokenizers.Tokenizer:
@@ -94,13 +109,13 @@ class MiniLMOnnxEncoder:
         return tokenizer
 
     @staticmethod
-    def _load_session(path: Path) -> onnxruntime.InferenceSession:
+    def _load_session(path: Path, threads: int) -> onnxruntime.InferenceSession:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = _cpu_threads()
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         # no busy-waiting between ops: the cores are shared with training, serving and other processes
@@ -156,7 +171,9 @@ class MiniLMOnnxEncoder:
         feeds = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in self._input_names:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
-        hidden = self._session.run(None, feeds)[0]
+        # a text or two: one thread is as fast (and needs no thread pool); larger batches use every core
+        session = self._session_with(1) if len(ids) <= SMALL_BATCH else self._session
+        hidden = session.run(None, feeds)[0]
         weights = mask[:, :, None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)

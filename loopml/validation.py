@@ -6,10 +6,14 @@ are blocking: training waits until the data passes them.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CHECK_NAMES = (
     "inputs_not_empty",
@@ -38,15 +42,34 @@ class _Validator:
         self._context.variables.progress_bars = ProgressBarsConfig(globally=False)
         self._source = self._context.data_sources.add_pandas("loopml")
         self._count = 0
+        self._lock = threading.Lock()
 
     def __call__(self, frame: pl.DataFrame, expectation: Any) -> dict[str, Any]:
         """Run one expectation against a dataframe; return success and GX's ``result`` dict."""
-        self._count += 1
-        asset = self._source.add_dataframe_asset(f"frame_{self._count}")
+        return self.validate_pandas(frame.to_pandas(), expectation)
+
+    def validate_pandas(self, frame: pd.DataFrame, expectation: Any) -> dict[str, Any]:
+        with self._lock:
+            self._count += 1
+            asset = self._source.add_dataframe_asset(f"frame_{self._count}")
         batch_def = asset.add_batch_definition_whole_dataframe("all")
-        batch = batch_def.get_batch(batch_parameters={"dataframe": frame.to_pandas()})
+        batch = batch_def.get_batch(batch_parameters={"dataframe": frame})
         outcome = batch.validate(expectation, result_format="COMPLETE")
         return {"success": bool(outcome.success), "result": outcome.result}
+
+
+_shared: _Validator | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_validator() -> _Validator:
+    """One validator per process: creating a GX context costs a few hundred milliseconds, so a process that
+    validates often (or a warm run worker, before it forks) creates it once."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = _Validator()
+        return _shared
 
 
 def validate_dataset(dataset: pl.DataFrame, label_set: list[str], min_per_label: int) -> list[CheckResult]:
@@ -54,7 +77,7 @@ def validate_dataset(dataset: pl.DataFrame, label_set: list[str], min_per_label:
     import great_expectations as gx
 
     expect = gx.expectations
-    _validate = _Validator()
+    _validate = shared_validator()
     results: list[CheckResult] = []
 
     rows = dataset.select(["content_hash", "text_length", "label", "task_id"])

@@ -162,20 +162,29 @@ def _warm_code_location() -> None:
 
 
 def _warm_validation() -> None:
-    """Run one expectation on a two-row pandas frame: Great Expectations registers its expectations and
-    metrics lazily. (Pandas, not polars: polars would start its thread pool, and a forked child would wait
-    on threads it does not have.)"""
+    """Create the process's Great Expectations context and run one expectation on a pandas frame (GX
+    registers expectations and metrics lazily); forked runs reuse the context. Pandas, not polars: polars
+    would start its thread pool, and a forked child would wait on threads it does not have."""
     import great_expectations as gx
     import pandas as pd
-    from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    asset = context.data_sources.add_pandas("warm").add_dataframe_asset("warm")
-    batch = asset.add_batch_definition_whole_dataframe("all").get_batch(
-        batch_parameters={"dataframe": pd.DataFrame({"label": ["x", "y"]})}
+    from loopml.validation import shared_validator
+
+    shared_validator().validate_pandas(
+        pd.DataFrame({"label": ["x", "y"]}),
+        gx.expectations.ExpectColumnValuesToBeInSet(column="label", value_set=["x", "y"]),
     )
-    batch.validate(gx.expectations.ExpectColumnValuesToBeInSet(column="label", value_set=["x", "y"]))
+
+
+def _warm_encoder() -> None:
+    """Load the default text encoder and embed one text on its one-thread session (no thread pool, so forked
+    runs can use it; they embed a few new items each). Skipped with a GPU: CUDA does not survive a fork."""
+    import onnxruntime as ort
+
+    from loopml.encoders import get_encoder
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        get_encoder().encode(["warm"])
 
 
 def _warm_instance() -> None:
@@ -187,18 +196,21 @@ def _warm_instance() -> None:
             instance.get_runs(limit=1)
 
 
-WARM_CALLS = (_warm_code_location, _warm_validation, _warm_instance)
+WARM_CALLS = (_warm_code_location, _warm_validation, _warm_encoder, _warm_instance)
 
 
 def _exercise_thread_pools() -> None:
-    """What a run does first with each native thread pool: polars, numpy/BLAS, torch."""
+    """What a run does first with each native thread pool: polars, numpy/BLAS, torch, the encoder."""
     import numpy as np
     import polars as pl
     import torch
 
+    from loopml.encoders import get_encoder
+
     assert pl.DataFrame({"a": list(range(10_000))}).filter(pl.col("a") > 5).height == 9_994
     assert float((np.ones((256, 256)) @ np.ones((256, 256)))[0, 0]) == 256.0
     assert float((torch.ones(256, 256) @ torch.ones(256, 256))[0, 0]) == 256.0
+    assert get_encoder().encode(["fork"]).shape == (1, 384)
 
 
 def fork_self_test(timeout_s: float = 30.0) -> None:
