@@ -36,7 +36,9 @@ __all__ = [
 ]
 
 DEFAULT_TEXT_ENCODER = "minilm-l6-int8"
-SMALL_BATCH = 2  # batches up to this size run on the one-thread session
+# Batches up to this size run on a one-thread session (which starts no thread pool). 0 (the default) uses every
+# core for every batch, fastest for a single text; the warm run worker sets it so that forked runs can encode.
+SINGLE_THREAD_BATCH = 0
 
 
 @runtime_checkable
@@ -81,7 +83,8 @@ class MiniLMOnnxEncoder:
         self._tokenizer = self._load_tokenizer(tokenizer_path)
         self._sessions: dict[int, onnxruntime.InferenceSession] = {}
         self._session_lock = threading.Lock()
-        self._input_names = {i.name for i in self._session_with(1).get_inputs()}
+        first = self._session_with(1) if SINGLE_THREAD_BATCH else self._session
+        self._input_names = {i.name for i in first.get_inputs()}
         required = {"input_ids", "attention_mask"}
         if not required <= self._input_names:
             raise RuntimeError(f"unexpected ONNX inputs {sorted(self._input_names)}; need {sorted(required)}")
@@ -171,8 +174,7 @@ class MiniLMOnnxEncoder:
         feeds = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in self._input_names:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
-        # a text or two: one thread is as fast (and needs no thread pool); larger batches use every core
-        session = self._session_with(1) if len(ids) <= SMALL_BATCH else self._session
+        session = self._session_with(1) if len(ids) <= SINGLE_THREAD_BATCH else self._session
         hidden = session.run(None, feeds)[0]
         weights = mask[:, :, None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)

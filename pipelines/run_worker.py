@@ -181,10 +181,11 @@ def _warm_encoder() -> None:
     runs can use it; they embed a few new items each). Skipped with a GPU: CUDA does not survive a fork."""
     import onnxruntime as ort
 
-    from loopml.encoders import get_encoder
+    from loopml import encoders
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        get_encoder().encode(["warm"])
+        encoders.SINGLE_THREAD_BATCH = 2  # a run embeds a few new items: one thread, no pool to lose in a fork
+        encoders.get_encoder().encode(["warm"])
 
 
 def _warm_instance() -> None:
