@@ -1,11 +1,14 @@
 """Sensors that follow the loop: inspect each new model, and refresh pre-annotations when the primary changes."""
 
-import json
+import time
 
 from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
     DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
+    RunsFilter,
     RunStatusSensorContext,
     SensorEvaluationContext,
     SensorResult,
@@ -39,23 +42,57 @@ def inspect_after_training(context: RunStatusSensorContext) -> RunRequest | Skip
     )
 
 
+RETRY_AFTER_SECONDS = 120  # a failed pre-annotation run (Label Studio down, say) is retried after this
+
+
+def _preannotated_version(context: SensorEvaluationContext, function: str) -> str | None:
+    """The model version of the function's last successful pre-annotation."""
+    records = context.instance.fetch_materializations(
+        records_filter=AssetRecordsFilter(asset_key=AssetKey("preannotations"), asset_partitions=[function]),
+        limit=1,
+    ).records
+    if not records:
+        return None
+    entry = records[0].asset_materialization.metadata.get("model_version")
+    return str(entry.value) if entry is not None else None
+
+
+def _recent_run(context: SensorEvaluationContext, function: str) -> bool:
+    """A pre-annotation run of the function in flight, or one that failed less than RETRY_AFTER_SECONDS ago."""
+    runs = context.instance.get_run_records(
+        filters=RunsFilter(job_name=preannotate_function.name, tags={"dagster/partition": function}), limit=1
+    )
+    if not runs:
+        return False
+    run = runs[0]
+    if run.dagster_run.status in (
+        DagsterRunStatus.QUEUED,
+        DagsterRunStatus.STARTING,
+        DagsterRunStatus.STARTED,
+        DagsterRunStatus.NOT_STARTED,
+    ):
+        return True
+    ended = run.end_time or run.create_timestamp.timestamp()
+    return run.dagster_run.status == DagsterRunStatus.FAILURE and time.time() - ended < RETRY_AFTER_SECONDS
+
+
 @sensor(job=preannotate_function, minimum_interval_seconds=10, default_status=DefaultSensorStatus.RUNNING)
 def preannotation_sensor(context: SensorEvaluationContext, loopml: LoopMLResource) -> SensorResult | SkipReason:
-    """When a function gets a new primary (first model or a promotion), re-run its pre-annotations."""
-    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    """When a function's primary differs from the version of its last successful pre-annotation (a first
+    model, a promotion, a rollback), pre-annotate again; a failed run is retried after a pause."""
     known = set(context.instance.get_dynamic_partitions(functions_partitions.name))
     current = {
         s.function: s.primary_tag
         for s in DeploymentStore(loopml.settings()).all()
         if s.primary_tag and s.function in known
     }
-    changed = {fn: tag for fn, tag in current.items() if seen.get(fn) != tag}
-    if not changed:
-        return SkipReason(f"no new primary ({len(current)} functions serving)")
+    stale = {fn: tag for fn, tag in current.items() if _preannotated_version(context, fn) != tag}
+    wanted = {fn: tag for fn, tag in stale.items() if not _recent_run(context, fn)}
+    if not wanted:
+        return SkipReason(f"pre-annotations current ({len(current)} functions serving, {len(stale)} pending)")
     return SensorResult(
         run_requests=[
-            RunRequest(partition_key=fn, run_key=f"preannotate:{tag}", tags={"loopml/primary": tag})
-            for fn, tag in changed.items()
-        ],
-        cursor=json.dumps(seen | changed),
+            RunRequest(partition_key=fn, tags={"loopml/primary": tag, "loopml/trigger": "new-primary"})
+            for fn, tag in wanted.items()
+        ]
     )

@@ -47,6 +47,14 @@ def test_preannotations_carry_the_primary_and_follow_promotions(env) -> None:
     assert run(env).success
     unlabelled = [t for t in fake.projects[project] if not fake.tasks[t].annotations]
 
+    def tick():
+        context = build_sensor_context(instance=env["instance"], resources={"loopml": env["resources"]["loopml"]})
+        return preannotation_sensor(context)
+
+    first = tick()  # a primary and no pre-annotation yet
+    assert isinstance(first, SensorResult) and first.run_requests[0].partition_key == "sentiment"
+    assert first.run_requests[0].tags["loopml/primary"] == "sentiment:v1"
+
     result = _materialize(env, preannotations)
     meta = result.asset_materializations_for_node("preannotations")[0].metadata
     assert meta["predictions"].value == len(unlabelled) == 1
@@ -55,19 +63,21 @@ def test_preannotations_carry_the_primary_and_follow_promotions(env) -> None:
     assert prediction.label in ("positive", "negative") and 0.5 <= prediction.score <= 1.0
     assert fake.model_versions[project] == "sentiment:v1"  # the labelling UI shows this version's answers
 
-    context = build_sensor_context(instance=env["instance"], resources={"loopml": env["resources"]["loopml"]})
-    first = preannotation_sensor(context)
-    assert isinstance(first, SensorResult) and first.run_requests[0].run_key == "preannotate:sentiment:v1"
-    context = build_sensor_context(
-        cursor=first.cursor, instance=env["instance"], resources={"loopml": env["resources"]["loopml"]}
-    )
-    assert isinstance(preannotation_sensor(context), SkipReason)
+    assert isinstance(tick(), SkipReason)  # current
     DeploymentStore(env["settings"]).set_primary("sentiment", "sentiment:v9", "promoted by hand")
-    context = build_sensor_context(
-        cursor=first.cursor, instance=env["instance"], resources={"loopml": env["resources"]["loopml"]}
+    promoted = tick()
+    assert isinstance(promoted, SensorResult) and promoted.run_requests[0].tags["loopml/primary"] == "sentiment:v9"
+
+    fake.down = True  # Label Studio down: the run fails, nothing is marked done, the sensor asks again later
+    failed = materialize(
+        [preannotations, *[a.to_source_asset() for a in ASSETS]],
+        instance=env["instance"],
+        partition_key="sentiment",
+        resources=env["resources"],
+        raise_on_error=False,
     )
-    promoted = preannotation_sensor(context)
-    assert isinstance(promoted, SensorResult) and promoted.run_requests[0].run_key == "preannotate:sentiment:v9"
+    assert not failed.success
+    assert isinstance(tick(), SensorResult)
 
 
 def test_label_issues_rank_a_planted_error_first_and_send_it_back(env) -> None:

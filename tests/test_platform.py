@@ -55,15 +55,17 @@ def test_up_create_annotate_and_the_daemon_trains_a_model(platform_env) -> None:
 
     from loopml.config import get_settings
     from loopml.functions import FunctionRegistry
-    from loopml.labelstudio import LabelStudioClient
+    from loopml.labelstudio import LabelStudioClient, choice_result
     from serving.model_store import list_versions
 
     settings = get_settings({k: v for k, v in platform_env.items() if k.startswith("LOOPML_")})
     client = LabelStudioClient.from_settings(settings)
     project = FunctionRegistry(settings).get("platform-sentiment").labelstudio_project_id
-    client.import_tasks(project, [{"data": {"text": t}} for t in POSITIVE + NEGATIVE])
-    for task in client.unlabeled_tasks(project, limit=100):
-        client.create_annotation(task.task_id, "positive" if task.data["text"] in POSITIVE else "negative")
+    # labelled tasks arrive in one import (annotations included), so the sensor's first look sees all of them
+    labelled = [(t, "positive") for t in POSITIVE] + [(t, "negative") for t in NEGATIVE]
+    client.import_tasks(
+        project, [{"data": {"text": t}, "annotations": [{"result": choice_result(label)}]} for t, label in labelled]
+    )
     client.import_tasks(project, [{"data": {"text": "a warm and wonderful film"}}])  # left for pre-annotation
 
     deadline = time.time() + 240
