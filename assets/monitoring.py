@@ -15,6 +15,7 @@ MAX_CURRENT = 50_000  # newest calls of the window read for the report (it sampl
 
 
 MIN_HOLDOUT = 50  # holdout items needed to use the holdout as the reference
+MIN_OOF_REFERENCE = 200  # with the out-of-fold fallback, fewer training items than this: no drift verdict yet
 
 
 def _reference(settings, dataset: pl.DataFrame, features: pl.DataFrame, model: dict, primary: str | None):
@@ -68,7 +69,7 @@ def drift_report(
     PCA first), output drift (label and confidence distributions), and data quality of the inputs. The HTML
     report is saved under LOOPML_HOME/reports and linked here; the key figures are metadata, and the drift
     sensor acts on them (raises the review budget, optionally retrains)."""
-    from loopml.drift import DriftInput, build_drift_report
+    from loopml.drift import DEFAULT_MIN_ROWS, DriftInput, build_drift_report
     from loopml.invocation_frames import load_invocations
 
     function = context.partition_key
@@ -90,7 +91,13 @@ def drift_report(
     html = settings.home / "reports" / function / f"drift-{now:%Y%m%dT%H%M%S}.html"
     html.parent.mkdir(parents=True, exist_ok=True)
     summary = build_drift_report(
-        reference, current, html, label_set=label_set, title=f"LoopML drift report: {function} ({model['tag']})"
+        reference,
+        current,
+        html,
+        label_set=label_set,
+        # a young model's out-of-fold answers on a few dozen items are no baseline to raise alarms against
+        min_rows=MIN_OOF_REFERENCE if basis != "holdout" and len(reference) < MIN_OOF_REFERENCE else DEFAULT_MIN_ROWS,
+        title=f"LoopML drift report: {function} ({model['tag']})",
     )
     latest = html.parent / "latest.html"
     latest.unlink(missing_ok=True)

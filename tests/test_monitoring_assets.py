@@ -142,3 +142,21 @@ def test_drift_is_detected_on_a_shifted_stream_and_not_on_an_unshifted_one(env) 
     assert request.job_name == "review_function" and request.partition_key == "sentiment"
     assert int(request.tags[BUDGET_TAG]) == 200
     assert isinstance(drift_sensor(build_sensor_context(instance=env["instance"], cursor=raised.cursor)), SkipReason)
+
+
+def test_a_young_model_gets_no_drift_verdict(env) -> None:
+    """Trained on a few dozen items (no holdout worth the name), the reference is the out-of-fold answers on
+    too few items: the report says so instead of raising alarms."""
+    fake, project = env["fake"], env["project"]
+    positive = [t for t, label in TRAINING.items() if label == "positive"][:20]
+    negative = [t for t, label in TRAINING.items() if label == "negative"][:20]
+    few = {t: TRAINING[t] for t in positive + negative}
+    fake.import_tasks(project, [{"data": {"text": t}} for t in few])
+    for tid in fake.projects[project]:
+        text = fake.tasks[tid].data["text"]
+        if text in few:
+            fake.create_annotation(tid, few[text])
+    assert run(env).success
+    _log_calls(env, SHIFTED * 2)
+    report = _materialize(env, drift_report).output_for_node("drift_report")
+    assert report["status"] == "not_enough_data" and not report["drifted"], report
