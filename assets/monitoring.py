@@ -70,7 +70,7 @@ def drift_report(
     report is saved under LOOPML_HOME/reports and linked here; the key figures are metadata, and the drift
     sensor acts on them (raises the review budget, optionally retrains)."""
     from loopml.drift import DEFAULT_MIN_ROWS, DriftInput, build_drift_report
-    from loopml.invocation_frames import load_invocations
+    from loopml.invocation_frames import load_serving_invocations
 
     function = context.partition_key
     settings = loopml.settings()
@@ -79,14 +79,7 @@ def drift_report(
     since = now - drift_window()
 
     reference, label_set, basis = _reference(settings, dataset, features, model, state.primary_tag if state else None)
-    calls = load_invocations(
-        settings.database_url,
-        function,
-        since=since,
-        limit=MAX_CURRENT,
-        primary=state.primary_tag if state else None,
-        canary=state.canary_tag if state else None,
-    )
+    calls = load_serving_invocations(settings, function, since=since, limit=MAX_CURRENT)
     current = DriftInput.from_invocations(calls)
     html = settings.home / "reports" / function / f"drift-{now:%Y%m%dT%H%M%S}.html"
     html.parent.mkdir(parents=True, exist_ok=True)

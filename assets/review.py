@@ -10,7 +10,6 @@ from dagster import AssetExecutionContext, AssetKey, MetadataValue, Output, asse
 from assets.io_manager import asset_path
 from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource
-from loopml.deployments import DeploymentStore
 from loopml.labelstudio import choice_result
 
 BUDGET_TAG = "loopml/review_budget"  # set by the drift sensor to raise the budget of one run
@@ -69,26 +68,18 @@ def review_set(
     tasks already in Label Studio. Pushed as tasks with the model's answer pre-filled and the reason in the
     Data Manager (`review_reason` column); once annotated they join the dataset with source `review`."""
     from loopml.dataset import content_hash
-    from loopml.invocation_frames import load_invocations
+    from loopml.invocation_frames import load_serving_invocations
     from loopml.review import ReviewContext, ReviewPolicy, select_for_review
     from serving.model_store import version_path
 
     function = context.partition_key
     settings = loopml.settings()
     spec = loopml.registry().get(function)
-    state = DeploymentStore(settings).get(function)
     now = datetime.now(UTC)
     override = context.run.tags.get(SINCE_TAG)
     since = (datetime.fromisoformat(override) if override else None) or _previous_window_end(context)
     since = since or now - DEFAULT_WINDOW
-    calls = load_invocations(
-        settings.database_url,
-        function,
-        since=since,
-        limit=MAX_CANDIDATES,
-        primary=state.primary_tag if state else None,
-        canary=state.canary_tag if state else None,
-    )
+    calls = load_serving_invocations(settings, function, since=since, limit=MAX_CANDIDATES)
     client = loopml.labelstudio()
     if spec.labelstudio_project_id is None:
         raise ValueError(f"function {function!r} has no Label Studio project")

@@ -55,6 +55,11 @@ class Settings:
         return self.home / "run"
 
     @property
+    def run_worker_socket(self) -> Path:
+        """Where the warm run worker (pipelines/run_worker.py) listens."""
+        return self.run_dir / "run-worker.sock"
+
+    @property
     def tmp_dir(self) -> Path:
         return self.home / "tmp"
 

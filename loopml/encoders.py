@@ -93,6 +93,9 @@ class MiniLMOnnxEncoder:
     def _session_with(self, threads: int) -> onnxruntime.InferenceSession:
         """The session running on ``threads`` cores (created on first use). A one-thread session starts no
         thread pool, so a process may fork after using it (see pipelines/run_worker.py)."""
+        session = self._sessions.get(threads)  # every batch asks: no lock once the session exists
+        if session is not None:
+            return session
         with self._session_lock:
             if threads not in self._sessions:
                 self._sessions[threads] = self._load_session(self._model_path, threads)

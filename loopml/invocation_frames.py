@@ -38,9 +38,10 @@ import polars as pl
 from sqlalchemy import Connection, Text, cast, func, select, type_coerce
 from sqlalchemy.types import NullType
 
+from loopml.config import Settings
 from loopml.db import FeedbackRow, InvocationRow, get_engine
 
-__all__ = ["FRAME_SCHEMA", "InvocationFrame", "load_invocations"]
+__all__ = ["FRAME_SCHEMA", "InvocationFrame", "load_invocations", "load_serving_invocations"]
 
 FRAME_SCHEMA: dict[str, Any] = {
     "id": pl.String,
@@ -142,6 +143,24 @@ def load_invocations(
             builder.add(part)
         feedback = _feedback(connection, function)
     return builder.finish(feedback)
+
+
+def load_serving_invocations(
+    settings: Settings, function: str, *, since: datetime | None = None, limit: int | None = None
+) -> InvocationFrame:
+    """:func:`load_invocations` with the function's serving primary and canary as the versions whose labels
+    fill ``primary_label`` / ``canary_label``."""
+    from loopml.deployments import DeploymentStore
+
+    state = DeploymentStore(settings).get(function)
+    return load_invocations(
+        settings.database_url,
+        function,
+        since=since,
+        limit=limit,
+        primary=state.primary_tag if state else None,
+        canary=state.canary_tag if state else None,
+    )
 
 
 def _empty() -> InvocationFrame:

@@ -213,12 +213,11 @@ def start_dagster_daemon(settings: Settings) -> None:
 def start_run_worker(settings: Settings) -> None:
     """The warm run worker (pipelines/run_worker.py): runs fork from it with the stack already imported."""
     if not pid_alive(read_pid(settings, "run-worker")):
-        socket = settings.run_dir / "run-worker.sock"
-        spawn(settings, "run-worker", [sys.executable, "-m", "pipelines.run_worker", str(socket)])
+        spawn(settings, "run-worker", [sys.executable, "-m", "pipelines.run_worker", str(settings.run_worker_socket)])
 
 
 def run_worker_ready(settings: Settings) -> bool:
-    return (settings.run_dir / "run-worker.sock").exists() and pid_alive(read_pid(settings, "run-worker"))
+    return settings.run_worker_socket.exists() and pid_alive(read_pid(settings, "run-worker"))
 
 
 def service_running(settings: Settings, name: str) -> bool:

@@ -21,6 +21,7 @@ from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource
 from loopml.deployments import DeploymentStore
 from pipelines.jobs import inspect_function, preannotate_function, train_function
+from pipelines.sensors import ACTIVE_STATUSES
 
 
 @run_status_sensor(
@@ -65,12 +66,7 @@ def _recent_run(context: SensorEvaluationContext, function: str) -> bool:
     if not runs:
         return False
     run = runs[0]
-    if run.dagster_run.status in (
-        DagsterRunStatus.QUEUED,
-        DagsterRunStatus.STARTING,
-        DagsterRunStatus.STARTED,
-        DagsterRunStatus.NOT_STARTED,
-    ):
+    if run.dagster_run.status in ACTIVE_STATUSES:
         return True
     ended = run.end_time or run.create_timestamp.timestamp()
     return run.dagster_run.status == DagsterRunStatus.FAILURE and time.time() - ended < RETRY_AFTER_SECONDS

@@ -33,7 +33,6 @@ from dagster._core.launcher.default_run_launcher import DefaultRunLauncher
 
 PID_TAG = "loopml/run_worker_pid"
 SOCKET_ENV = "LOOPML_RUN_WORKER_SOCKET"
-SOCKET_NAME = "run-worker.sock"
 # Imported once by the worker; a forked run finds them loaded.
 WARM_MODULES = (
     "dagster._cli.api",
@@ -64,12 +63,12 @@ WARM_MODULES = (
 
 
 def socket_path() -> Path:
-    """Where the worker listens: ``$LOOPML_RUN_WORKER_SOCKET`` or ``run/run-worker.sock`` in LOOPML_HOME."""
+    """Where the worker listens: ``$LOOPML_RUN_WORKER_SOCKET`` or the settings' ``run_worker_socket``."""
     if os.environ.get(SOCKET_ENV):
         return Path(os.environ[SOCKET_ENV])
     from loopml.config import get_settings
 
-    return get_settings().run_dir / SOCKET_NAME
+    return get_settings().run_worker_socket
 
 
 # ---------------------------------------------------------------------------------------------- the client

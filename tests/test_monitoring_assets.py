@@ -36,13 +36,14 @@ SHIFTED = [
 ]
 
 
-def _train(env) -> None:
+def _train(env, items: dict[str, str] = TRAINING) -> None:
+    """Import ``items`` ({text: label}) into the fake Label Studio, annotate them and train v1."""
     fake, project = env["fake"], env["project"]
-    fake.import_tasks(project, [{"data": {"text": t}} for t in TRAINING])
+    fake.import_tasks(project, [{"data": {"text": t}} for t in items])
     for tid in fake.projects[project]:
         text = fake.tasks[tid].data["text"]
-        if text in TRAINING:
-            fake.create_annotation(tid, TRAINING[text])
+        if text in items:
+            fake.create_annotation(tid, items[text])
     assert run(env).success
 
 
@@ -147,16 +148,9 @@ def test_drift_is_detected_on_a_shifted_stream_and_not_on_an_unshifted_one(env) 
 def test_a_young_model_gets_no_drift_verdict(env) -> None:
     """Trained on a few dozen items (no holdout worth the name), the reference is the out-of-fold answers on
     too few items: the report says so instead of raising alarms."""
-    fake, project = env["fake"], env["project"]
     positive = [t for t, label in TRAINING.items() if label == "positive"][:20]
     negative = [t for t, label in TRAINING.items() if label == "negative"][:20]
-    few = {t: TRAINING[t] for t in positive + negative}
-    fake.import_tasks(project, [{"data": {"text": t}} for t in few])
-    for tid in fake.projects[project]:
-        text = fake.tasks[tid].data["text"]
-        if text in few:
-            fake.create_annotation(tid, few[text])
-    assert run(env).success
+    _train(env, {t: TRAINING[t] for t in positive + negative})
     _log_calls(env, SHIFTED * 2)
     report = _materialize(env, drift_report).output_for_node("drift_report")
     assert report["status"] == "not_enough_data" and not report["drifted"], report

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from loopml.dataset import content_hash
+from loopml.invocation_frames import FRAME_SCHEMA
 from loopml.review import (
     REASONS,
     REVIEW_SCHEMA,
@@ -47,22 +48,8 @@ def call(i: int, **overrides: Any) -> dict[str, Any]:
 
 
 def frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
-    return pl.DataFrame(
-        rows,
-        schema={
-            "id": pl.String,
-            "created_at": pl.Datetime("us", "UTC"),
-            "input_text": pl.String,
-            "label": pl.String,
-            "confidence": pl.Float64,
-            "margin": pl.Float64,
-            "primary_label": pl.String,
-            "canary_label": pl.String,
-            "flagged": pl.Boolean,
-            "true_label": pl.String,
-            "answered_by": pl.String,
-        },
-    )
+    """Candidates as the invocation loader produces them (its schema, without latency)."""
+    return pl.DataFrame(rows, schema={k: v for k, v in FRAME_SCHEMA.items() if k != "latency_ms"})
 
 
 def unit_vectors(n: int, seed: int = 0) -> np.ndarray:
