@@ -14,11 +14,15 @@
   caller's ``sticky_key`` the choice is deterministic: ``sha256(function, key)`` gives a stable bucket in
   [0, 1) and the canary answers when the bucket is below the weight, so raising the weight only moves
   callers from primary to canary. The canary also scores every item in shadow (the encoder runs once).
-* **Adaptive batching.** :meth:`ModelRuntime.submit` queues a job; one worker thread takes everything
-  waiting (up to ``max_batch_size`` texts, never waiting for more), runs each encoder once over all of it
-  (sorted by length, in runs of :meth:`ModelRuntime.encoder_batch_size`), scores each head once over the
-  rows that need it (the TF-IDF half of a head is computed beside the encoder) and resolves each job's
-  future. Idle, a request runs alone at once; under load, batches grow with the queue.
+* **Adaptive batching.** :meth:`ModelRuntime.submit` queues a job; a scoring lane (a worker thread) takes
+  everything waiting (up to ``max_batch_size`` texts, never waiting for more), runs each encoder once over
+  all of it (sorted by length, in runs of :meth:`ModelRuntime.encoder_batch_size`), scores each head once
+  over the rows that need it (the TF-IDF half of a head is computed beside the encoder) and resolves each
+  job's future. Idle, a request runs alone at once; under load, batches grow with the queue.
+* **Scoring lanes.** ``lanes`` such workers (default: one per core, at most 4) take batches concurrently.
+  On a small CPU, two concurrent encoder calls use the cores far better than one call spread over both
+  (MiniLM on 2 cores, one text per call: 128 texts/s for one caller, 190 for two), so concurrent requests
+  are scored side by side rather than one batch after the other.
 
 This module imports no BentoML; :mod:`serving.service` wraps it in HTTP.
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 import threading
 import time
@@ -191,25 +196,28 @@ class _PrefetchedVectorizer:
 
     The runtime calls :meth:`prefetch` in a helper thread while the encoder runs; when the head then asks
     :meth:`transform` for exactly those texts, it gets the rows computed ahead. Any other call goes to the
-    real vectoriser, so answers never depend on the prefetch (only the latency does).
+    real vectoriser, so answers never depend on the prefetch (only the latency does). Rows are kept per
+    batch of texts, so scoring lanes that use the same head at once do not take each other's rows.
     """
+
+    KEEP = 32  # batches computed ahead and not (yet) asked for; the oldest are dropped beyond this
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
-        self._texts: list[str] | None = None
-        self._rows: Any = None
+        self._ahead: dict[tuple[str, ...], Any] = {}
+        self._lock = threading.Lock()
 
     def prefetch(self, texts: list[str]) -> None:
-        self._texts, self._rows = None, None
         rows = self._inner.transform(texts)
-        self._texts, self._rows = texts, rows
+        with self._lock:
+            self._ahead[tuple(texts)] = rows
+            while len(self._ahead) > self.KEEP:
+                del self._ahead[next(iter(self._ahead))]
 
     def transform(self, texts: list[str]) -> Any:
-        rows, ahead = self._rows, self._texts
-        self._texts, self._rows = None, None
-        if ahead is not None and (texts is ahead or texts == ahead):
-            return rows
-        return self._inner.transform(texts)
+        with self._lock:
+            rows = self._ahead.pop(tuple(texts), None)
+        return rows if rows is not None else self._inner.transform(texts)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -235,6 +243,21 @@ def _default_loader(settings: Settings) -> Callable[[str], TextClassifier]:
     return load
 
 
+def default_lanes() -> int:
+    """Scoring lanes when not configured: ``LOOPML_SCORING_LANES``, else one per usable core, at most 4."""
+    configured = os.environ.get("LOOPML_SCORING_LANES", "").strip()
+    if configured:
+        try:
+            return max(1, int(configured))
+        except ValueError:
+            raise ValueError(f"LOOPML_SCORING_LANES must be a whole number, not {configured!r}") from None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
 class ModelRuntime:
     """Loads deployed heads, routes and scores requests, and hot-reloads on deployment changes."""
 
@@ -248,6 +271,7 @@ class ModelRuntime:
         encoder_batch_size: int | None = None,
         loader: Callable[[str], TextClassifier] | None = None,
         warm_encoders: bool = True,
+        lanes: int | None = None,
     ) -> None:
         self.settings = settings
         self.poll_interval_s = poll_interval_s
@@ -255,6 +279,7 @@ class ModelRuntime:
         self.max_batch_size = max_batch_size
         self._encoder_batch_size = encoder_batch_size
         self.warm_encoders = warm_encoders
+        self.lanes = max(1, lanes) if lanes else default_lanes()
         self._deployments = DeploymentStore(settings)
         self._registry = FunctionRegistry(settings)
         self._load = loader or _default_loader(settings)
@@ -264,8 +289,9 @@ class ModelRuntime:
         self._reload_lock = threading.Lock()
         self._retry_at: float | None = None
         self._poller: threading.Thread | None = None
-        self._worker: threading.Thread | None = None
-        self._helpers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="loopml-runtime-tfidf")
+        self._workers: list[threading.Thread] = []
+        self._helpers = ThreadPoolExecutor(max_workers=2 * self.lanes, thread_name_prefix="loopml-runtime-tfidf")
+        self._stats_lock = threading.Lock()
         self._jobs: deque[_Job] = deque()
         self._jobs_cond = threading.Condition()
         self.last_error: str | None = None
@@ -274,11 +300,15 @@ class ModelRuntime:
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self, wait: bool = False, timeout: float = 120.0) -> None:
-        """Start the worker and the reload thread (which loads the deployments first)."""
+        """Start the scoring lanes and the reload thread (which loads the deployments first)."""
         self._stop.clear()
-        if self._worker is None:
-            self._worker = threading.Thread(target=self._work, name="loopml-runtime-batcher", daemon=True)
-            self._worker.start()
+        if not self._workers:
+            self._workers = [
+                threading.Thread(target=self._work, name=f"loopml-runtime-lane-{i}", daemon=True)
+                for i in range(self.lanes)
+            ]
+            for worker in self._workers:
+                worker.start()
         if self._poller is None:
             self._poller = threading.Thread(target=self._poll, name="loopml-runtime-reload", daemon=True)
             self._poller.start()
@@ -296,10 +326,10 @@ class ModelRuntime:
         self._stop.set()
         with self._jobs_cond:
             self._jobs_cond.notify_all()
-        for thread in (self._poller, self._worker):
+        for thread in (self._poller, *self._workers):
             if thread is not None:
                 thread.join(5.0)
-        self._poller = self._worker = None
+        self._poller, self._workers = None, []
         with self._jobs_cond:
             while self._jobs:
                 self._jobs.popleft().future.set_exception(RuntimeNotReadyError("the model runtime stopped"))
@@ -475,7 +505,7 @@ class ModelRuntime:
         """Queue ``texts`` for scoring by ``serving``'s heads; the future gives one Scored per text."""
         if serving.primary is None:
             raise NotDeployedError(serving.function)
-        if self._worker is None:
+        if not self._workers:
             raise RuntimeNotReadyError("the model runtime is not started")
         texts = list(texts)
         job = _Job(
@@ -526,8 +556,9 @@ class ModelRuntime:
                     except Exception as error:  # noqa: BLE001
                         job.future.set_exception(error)
                 continue
-            self.batches += 1
-            self.batched_items += sum(len(job.texts) for job in jobs)
+            with self._stats_lock:
+                self.batches += 1
+                self.batched_items += sum(len(job.texts) for job in jobs)
             for job, result in zip(jobs, results, strict=True):
                 job.future.set_result(result)
 

@@ -26,15 +26,19 @@ API key (:mod:`loopml.apikeys`): ``Authorization: Bearer <key>`` or ``X-API-Key:
 
 Environment: ``LOOPML_MAX_TEXT_BYTES`` (1 MiB), ``LOOPML_MAX_BATCH`` (256 texts per request),
 ``LOOPML_MAX_REQUEST_BYTES`` (largest request body, default 16 MiB or twice the text limit),
-``LOOPML_SCORING_BATCH`` (64 texts per adaptive batch), ``LOOPML_ENCODER_BATCH`` (texts per encoder run;
+``LOOPML_SCORING_BATCH`` (64 texts per adaptive batch), ``LOOPML_SCORING_LANES`` (batches scored side by
+side; one per core, at most 4), ``LOOPML_ENCODER_BATCH`` (texts per encoder run;
 16 on the CPU, the scoring batch on CUDA), ``LOOPML_SERVING_GPU`` (``auto``: ask BentoML for a GPU when an
 NVIDIA device is present; ``0``: never, and hide GPUs from onnxruntime; ``1``: always),
-``LOOPML_SERVING_PUBLIC_DOCS`` (``1``: ``/docs`` and ``/openapi.json`` need no key).
+``LOOPML_SERVING_PUBLIC_DOCS`` (``1``: ``/docs`` and ``/openapi.json`` need no key),
+``LOOPML_SERVING_ACCESS_LOG`` (``errors``: log failed requests; ``all``: BentoML's access log; ``off``) and
+``LOOPML_SERVING_TRACING`` (``1``: OpenTelemetry spans for the API routes too).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -71,6 +75,7 @@ from serving.runtime import (
 )
 
 API_VERSION = "1"
+access_logger = logging.getLogger("loopml.serving.access")
 DEFAULT_MAX_TEXT_BYTES = 1 << 20
 DEFAULT_MAX_BATCH = 256
 PROBE_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/v1/health"})
@@ -134,6 +139,64 @@ def _resources() -> dict[str, Any]:
 
 def public_docs() -> bool:
     return os.environ.get("LOOPML_SERVING_PUBLIC_DOCS", "1").strip().lower() not in _FALSE
+
+
+def access_log_mode() -> Literal["errors", "all", "off"]:
+    """``LOOPML_SERVING_ACCESS_LOG``: ``errors`` (default) logs the requests answered with a 4xx/5xx status,
+    ``all`` turns on BentoML's access log of every request, ``off`` logs none.
+
+    Every answered invocation is already in the invocation log (with its latency and key id), and on a
+    small CPU a log line per request costs about a tenth of single-text throughput.
+    """
+    mode = os.environ.get("LOOPML_SERVING_ACCESS_LOG", "errors").strip().lower()
+    if mode in _FALSE:
+        return "off"
+    if mode in ("all", "1", "true", "yes", "on"):
+        return "all"
+    return "errors"
+
+
+def _tracing() -> dict[str, Any]:
+    """BentoML's OpenTelemetry spans for the ``/v1`` API only with ``LOOPML_SERVING_TRACING=1`` (and an
+    exporter configured in BentoML's configuration); LoopML configures no exporter, so by default the API
+    routes skip span creation."""
+    if os.environ.get("LOOPML_SERVING_TRACING", "0").strip().lower() in _FALSE:
+        return {"excluded_urls": ["/v1/"]}
+    return {}
+
+
+class FailedRequestLogMiddleware:
+    """Logs each request answered with a status of 400 or more (method, path, status, milliseconds, key id)
+    on the ``loopml.serving.access`` logger; see :func:`access_log_mode`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            if status >= 400:
+                access_logger.warning(
+                    "%s %s -> %d in %.1f ms (key %s)",
+                    scope.get("method", "?"),
+                    scope.get("path", "?"),
+                    status,
+                    (time.perf_counter() - started) * 1000.0,
+                    scope.get("state", {}).get("key_id") or "-",
+                )
 
 
 # --- authentication -----------------------------------------------------------------------------
@@ -666,6 +729,8 @@ FEEDBACK_EXAMPLES = {
     resources=_resources(),
     workers=1,
     traffic={"timeout": 120},
+    logging={"access": {"enabled": access_log_mode() == "all"}},
+    tracing=_tracing(),
     http={"host": "127.0.0.1", "port": get_settings().serving_port},
 )
 @bentoml.asgi_app(app, path="/")
@@ -767,6 +832,8 @@ class LoopML:
         return [_result(name, i, item) for i, item in zip(ids, scored, strict=True)]
 
 
+if access_log_mode() == "errors":
+    LoopML.add_asgi_middleware(FailedRequestLogMiddleware)  # added first: outermost, so it sees the 401s too
 LoopML.add_asgi_middleware(ApiKeyMiddleware)
 
 

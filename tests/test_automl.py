@@ -200,3 +200,26 @@ def test_tfidf_words() -> None:
     np.testing.assert_array_equal(vectorizer.transform(texts).toarray(), x.toarray())
     unseen = vectorizer.transform(["completely unseen words"])
     assert unseen.nnz == 0
+
+
+def test_tfidf_small_and_large_inputs_tokenise_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serving's few texts are split in Python, training's many by polars: the same rows either way."""
+    from loopml.automl import text_features
+
+    texts = [
+        "Ünïcödé Straße, ΣΟΦΊΑ and İstanbul: 'quoted'?! ... (x_y) 3½ ²",
+        "Cafe\u0301 au lait \u2014 na\u00efve d\u00e9j\u00e0 vu",
+        "नमस्ते दुनिया, 你好世界。 こんにちは 안녕하세요 Привет мир",
+        "emoji 🙂🙂 tabs\tand\nnewlines\u00a0nbsp x\u200dy a\u200cb \x1c\x1d sep",
+        "Not good, not good at all! Привет мир",
+        None,
+        "",
+    ]
+    vectorizer = TfidfWords(min_df_bigram=1)
+    fitted = vectorizer.fit_transform(texts).toarray()  # type: ignore[arg-type]
+    small = vectorizer.transform(texts).toarray()  # type: ignore[arg-type]
+    monkeypatch.setattr(text_features, "SMALL_INPUT_CHARS", -1)
+    large = vectorizer.transform(texts).toarray()  # type: ignore[arg-type]
+    np.testing.assert_array_equal(small, large)
+    np.testing.assert_allclose(small, fitted, atol=1e-6)
+    assert vectorizer.n_features > 40

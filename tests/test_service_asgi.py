@@ -6,6 +6,7 @@ Real tiny models (MiniLM embeddings + AutoML) in a temporary model store; deploy
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -322,6 +323,21 @@ def test_unknown_and_undeployed_functions(served: Served) -> None:
     register(served.settings, "brand-new", ["yes", "no"])  # registered after the last reload
     response = served.client.post("/v1/functions/brand-new/invoke", json={"text": "x"}, headers=served.headers)
     assert response.status_code == 503
+
+
+def test_failed_requests_are_logged_and_answered_ones_are_not(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="loopml.serving.access"):
+        served.invoke({"text": "A fine film."})
+        assert served.client.post(INVOKE, json={"text": "x"}).status_code == 401
+        missing = served.client.post("/v1/functions/no-such-thing/invoke", json={"text": "x"}, headers=served.headers)
+        assert missing.status_code == 404
+    lines = [r.getMessage() for r in caplog.records if r.name == "loopml.serving.access"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"POST {INVOKE} -> 401") and lines[0].endswith("(key -)")
+    assert lines[1].startswith("POST /v1/functions/no-such-thing/invoke -> 404")
+    assert lines[1].endswith(f"(key {served.key_id})")
 
 
 def test_odd_requests_never_give_a_500(served: Served) -> None:

@@ -4,6 +4,9 @@ scikit-learn's ``TfidfVectorizer`` counts n-grams in a Python loop: about 1.5 s 
 a 2-core CPU, more than the whole AutoML budget. Here polars lower-cases and splits the texts into words
 (``\\w+|[^\\w\\s]+``: words and runs of punctuation, so ``!`` and ``?!`` count), maps them to ids of an
 alphabetical vocabulary, and counting, bigram keys and the column lookup are numpy array operations.
+Small inputs (serving: a request's few texts) are split by the ``regex`` package instead, which follows
+the same Unicode word definition (UTS #18) without polars' per-query set-up and thread pool (about 2.5 ms
+a request under load, against 0.01 ms); both paths give the same tokens (tested on many scripts).
 
 Weights follow scikit-learn's ``TfidfVectorizer(sublinear_tf=True)``: ``(1 + log tf) * idf`` with the
 smoothed ``idf = log((1 + n) / (1 + df)) + 1``, then each row scaled to unit L2 norm. Bigrams seen in
@@ -17,11 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import regex
 import scipy.sparse as sp
 
 __all__ = ["TfidfWords"]
 
 _TOKEN_PATTERN = r"\w+|[^\w\s]+"
+_TOKEN_RE = regex.compile(_TOKEN_PATTERN)
+SMALL_INPUT_CHARS = 20_000  # up to this many characters, tokenise in Python (see the module docstring)
 
 
 def _tokens(texts: list[str]) -> pl.DataFrame:
@@ -29,6 +35,17 @@ def _tokens(texts: list[str]) -> pl.DataFrame:
     frame = pl.DataFrame({"t": texts}, schema={"t": pl.String}).with_row_index("doc")
     words = pl.col("t").fill_null("").str.to_lowercase().str.extract_all(_TOKEN_PATTERN).alias("w")
     return frame.select("doc", words).explode("w").drop_nulls("w")
+
+
+def _small_tokens(texts: list[str]) -> tuple[np.ndarray, list[str]]:
+    """The tokens of a few short texts: (row index of each token, the lower-cased tokens), in text order."""
+    words: list[str] = []
+    doc: list[int] = []
+    for row, text in enumerate(texts):
+        found = _TOKEN_RE.findall(text.lower()) if text else []
+        words.extend(found)
+        doc.extend([row] * len(found))
+    return np.asarray(doc, dtype=np.int64), words
 
 
 def _unique_inverse(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +128,12 @@ class TfidfWords:
 
     def transform(self, texts: list[str]) -> sp.csr_matrix:
         """TF-IDF rows of ``texts`` in the fitted feature space (unseen terms are ignored)."""
-        doc, ids = self._word_ids(_tokens(texts))
+        if sum(len(t) for t in texts if t) <= SMALL_INPUT_CHARS:
+            doc, words = _small_tokens(texts)
+            index = self._index()
+            ids = np.fromiter((index.get(w, -1) for w in words), dtype=np.int64, count=len(words))
+        else:
+            doc, ids = self._word_ids(_tokens(texts))
         n_docs, n_words = len(texts), len(self._words)
         known = ids >= 0
         unigrams = _csr_counts(doc[known], ids[known], (n_docs, n_words))
