@@ -223,3 +223,34 @@ def test_tfidf_small_and_large_inputs_tokenise_alike(monkeypatch: pytest.MonkeyP
     np.testing.assert_array_equal(small, large)
     np.testing.assert_allclose(small, fitted, atol=1e-6)
     assert vectorizer.n_features > 40
+
+
+def _words_tell_embeddings_mislead(per_label: int, seed: int = 0) -> tuple[list[str], np.ndarray, list[str]]:
+    """Texts that give the label away; embeddings clustered in groups that have nothing to do with it."""
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for label in LABELS:
+        for _ in range(per_label):
+            texts.append(" ".join([*rng.choice(VOCAB[label], 3), *rng.choice(FILLER, 3)]))
+            labels.append(label)
+    centres, groups = rng.normal(size=(6, 32)), rng.integers(0, 6, len(texts))
+    emb = (centres[groups] + 0.3 * rng.normal(size=(len(texts), 32))).astype(np.float32)
+    return texts, emb / np.linalg.norm(emb, axis=1, keepdims=True), labels
+
+
+def test_tfidf_leads_only_with_enough_examples_per_label(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 8 examples per label the CV prefers TF-IDF alone here; below MIN_TEXT_ONLY_PER_LABEL it may not
+    win alone nor outweigh the embedding head in the ensemble, and it stays on the leaderboard."""
+    from loopml.automl import search
+
+    texts, emb, labels = _words_tell_embeddings_mislead(per_label=8)
+    assert 8 < search.MIN_TEXT_ONLY_PER_LABEL <= 24
+    guarded = run_automl(texts, emb, labels, LABELS, folds=4, seed=0)
+    assert guarded.winner.name != "tfidf_cnb"
+    assert guarded.model.embedding_weight >= 0.5
+    assert any(c.name == "tfidf_cnb" for c in guarded.leaderboard)
+    monkeypatch.setattr(search, "MIN_TEXT_ONLY_PER_LABEL", 8)  # enough examples: the CV's choice stands
+    assert run_automl(texts, emb, labels, LABELS, folds=4, seed=0).winner.name == "tfidf_cnb"
+    texts, emb, labels = _words_tell_embeddings_mislead(per_label=24)
+    monkeypatch.undo()
+    assert run_automl(texts, emb, labels, LABELS, folds=4, seed=0).winner.name == "tfidf_cnb"
