@@ -35,7 +35,7 @@ import polars as pl
 from sqlalchemy import Connection, func, insert, select
 
 from loopml.config import Settings
-from loopml.db import FeedbackRow, InvocationRow, get_engine, session_factory, utcnow
+from loopml.db import FeedbackRow, FunctionRow, InvocationRow, get_engine, session_factory, utcnow
 
 __all__ = [
     "FeedbackError",
@@ -354,7 +354,9 @@ class InvocationLog:
         """Record a caller's word on an invocation: flagged as wrong and/or its true label.
 
         Raises :class:`InvocationNotFound` for an unknown id and :class:`FeedbackError` when neither
-        ``flagged`` nor ``true_label`` is given or the label is not in the answering version's label set.
+        ``flagged`` nor ``true_label`` is given or the label is neither in the answering version's label set
+        nor in the function's current one (a label added after that version was trained is a valid answer:
+        it is exactly what the model could not say).
         """
         if not flagged and true_label is None:
             raise FeedbackError("give flagged=true and/or a true_label; empty feedback says nothing")
@@ -365,9 +367,12 @@ class InvocationLog:
                     f"no invocation {invocation_id!r}: use the invocation_id returned by the invoke call"
                 )
             allowed = list((row.labels or {}).get(row.answered_by) or [])
+            function = session.get(FunctionRow, row.function)
+            allowed += [label for label in (function.labels if function is not None else []) if label not in allowed]
             if true_label is not None and true_label not in allowed:
                 raise FeedbackError(
-                    f"true_label {true_label!r} is not a label of {row.answered_by} (allowed: {', '.join(allowed)})"
+                    f"true_label {true_label!r} is not a label of {row.answered_by} or of the function "
+                    f"{row.function!r} (allowed: {', '.join(allowed)})"
                 )
             feedback = FeedbackRow(
                 invocation_id=invocation_id,

@@ -19,6 +19,7 @@ import pytest
 
 from loopml.config import PROJECT_ROOT, Settings
 from loopml.db import utcnow
+from loopml.functions import FunctionRegistry, FunctionSpec
 from loopml.invocation_log import (
     FeedbackError,
     InvocationLog,
@@ -190,7 +191,7 @@ def test_embeddings_round_trip_as_float16() -> None:
     assert embedding_from_bytes(None) is None
 
 
-def test_feedback_is_validated_against_the_answering_versions_labels(settings: Settings) -> None:
+def test_feedback_is_validated_against_the_answering_versions_and_the_functions_labels(settings: Settings) -> None:
     log = InvocationLog(settings)
     invocation_id = log.log(
         record(
@@ -207,9 +208,17 @@ def test_feedback_is_validated_against_the_answering_versions_labels(settings: S
         log.record_feedback(invocation_id)
     with pytest.raises(InvocationNotFound, match="invocation_id"):
         log.record_feedback("no-such-id", flagged=True)
+    # a label added to the function after v1 was trained is a valid true label
+    with pytest.raises(FeedbackError, match="allowed: positive, negative"):
+        log.record_feedback(invocation_id, true_label="neutral")
+    labels = ["positive", "negative", "neutral"]
+    FunctionRegistry(settings).add(FunctionSpec("review-sentiment", "text", labels, "minilm"))
+    assert log.record_feedback(invocation_id, true_label="neutral").true_label == "neutral"
+    with pytest.raises(FeedbackError, match="allowed: positive, negative, neutral"):
+        log.record_feedback(invocation_id, true_label="c")
     frame = log.feedback("review-sentiment")
-    assert frame.height == 2 and frame["true_label"].to_list() == ["negative", None]
-    assert frame["flagged"].to_list() == [True, True]
+    assert frame.height == 3 and frame["true_label"].to_list() == ["negative", None, "neutral"]
+    assert frame["flagged"].to_list() == [True, True, False]
     log.close()
 
 
