@@ -133,22 +133,31 @@ def main() -> None:
         f"# Learning curve: holdout accuracy (fixed stratified 20 % holdout; mean over {seeds} seeds for "
         "the per-class sizes, 1 run for all)\n"
     )
-    print("| data set | train size | " + " | ".join(METHODS) + " | LoopML - best baseline | target met |")
-    print("|---|---|" + "---:|" * len(METHODS) + "---:|---|")
+    print(
+        "| data set | train size | "
+        + " | ".join(METHODS)
+        + " | LoopML - best baseline | paired SE | target met |"
+    )
+    print("|---|---|" + "---:|" * len(METHODS) + "---:|---:|---|")
     misses = 0
     for name, rows in results.items():
         for size, scores, _ in rows:
             means = {m: statistics.mean(s) for m, s in scores.items()}
             spread = {m: (max(s) - min(s)) / 2 for m, s in scores.items()}
-            best_baseline = max(v for m, v in means.items() if m != "LoopML")
-            delta = means["LoopML"] - best_baseline
+            best_name = max((m for m in means if m != "LoopML"), key=lambda m: means[m])
+            delta = means["LoopML"] - means[best_name]
+            paired = np.subtract(scores["LoopML"], scores[best_name])
+            se = f"{paired.std(ddof=1) / np.sqrt(len(paired)):.4f}" if len(paired) > 1 else "-"
             met = delta >= 0
             misses += not met
             cells = " | ".join(
                 f"{means[m]:.4f}" + (f" ±{spread[m]:.3f}" if len(scores[m]) > 1 else "") for m in METHODS
             )
-            print(f"| {name} | {size} | {cells} | {delta:+.4f} | {'yes' if met else 'NO'} |")
-    print("\n(± is half the range over seeds.)")
+            print(f"| {name} | {size} | {cells} | {delta:+.4f} | {se} | {'yes' if met else 'NO'} |")
+    print(
+        "\n(± is half the range over seeds; paired SE is the standard error of the mean per-seed difference "
+        "between LoopML and the better baseline.)"
+    )
     print("\n| data set | train size | " + " | ".join(f"{m} s (all seeds)" for m in METHODS) + " |")
     print("|---|---|" + "---:|" * len(METHODS))
     for name, rows in results.items():
