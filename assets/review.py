@@ -52,6 +52,14 @@ def _training_mistakes(oof_path, features: pl.DataFrame) -> np.ndarray:
     return np.asarray(rows["embedding"].to_list(), dtype=np.float32)
 
 
+def _training_embeddings(dataset: pl.DataFrame, features: pl.DataFrame) -> np.ndarray | None:
+    """Embeddings of the labelled items: what the model was taught, for the 'unfamiliar inputs' reason."""
+    rows = dataset.select("content_hash").unique().join(features, on="content_hash", how="inner")
+    if rows.height == 0:
+        return None
+    return np.asarray(rows["embedding"].to_list(), dtype=np.float32)
+
+
 @asset(
     partitions_def=functions_partitions,
     group_name="review",
@@ -63,7 +71,8 @@ def review_set(
     context: AssetExecutionContext, loopml: LoopMLResource, dataset: pl.DataFrame, features: pl.DataFrame, model: dict
 ) -> Output[pl.DataFrame]:
     """Calls from the invocation log that a human should look at, each with its reason: flagged by users,
-    primary/canary disagreement, near past mistakes (nearest neighbours of items the model got wrong),
+    primary/canary disagreement, unfamiliar inputs (far from every training example; while the model is
+    young, most of the budget), near past mistakes (nearest neighbours of items the model got wrong),
     low confidence, rare classes, and a small random slice. Budget per run, caps per reason, no duplicates of
     tasks already in Label Studio. Pushed as tasks with the model's answer pre-filled and the reason in the
     Data Manager (`review_reason` column); once annotated they join the dataset with source `review`."""
@@ -101,6 +110,7 @@ def review_set(
             training_label_counts=counts,
             mistake_embeddings=mistakes if mistakes.size else np.zeros((0, dim), dtype=np.float32),
             existing_hashes=frozenset(in_labelstudio | set(dataset["content_hash"].to_list())),
+            training_embeddings=_training_embeddings(dataset, features),
         ),
         policy,
     ).join(frame.select(pl.col("id").alias("invocation_id"), "answered_by"), on="invocation_id", how="left")

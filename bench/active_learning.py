@@ -7,8 +7,10 @@ from the pool (per seed, the same start for both methods) and then, round after 
 
 * LoopML: ``loopml.review.select_for_review`` on the unlabelled pool scored by the current model
   (``pool_candidates``: its answer, confidence and top-1 minus top-2 margin), with the review strategies that
-  need no live traffic: near past mistakes (pool items close to labelled items whose out-of-fold prediction was
-  wrong), low confidence (smallest margins), rare predicted classes, and a small random slice;
+  need no live traffic: unfamiliar items (far from every labelled item; the most central of each k-means
+  cluster) while some label has fewer than 10 examples (the cold start: the whole round), then near past
+  mistakes (pool items close to labelled items whose out-of-fold prediction was wrong), low confidence
+  (smallest margins), rare predicted classes, and a small random slice;
 * random: 20 pool items drawn uniformly.
 
 A run stops once holdout accuracy reaches 95 % of the full-data accuracy (``run_automl`` on the whole pool), or
@@ -40,6 +42,7 @@ from loopml.review import (  # noqa: E402
     LOW_CONFIDENCE,
     NEAR_MISTAKE,
     RARE_CLASS,
+    UNFAMILIAR,
     ReviewContext,
     ReviewPolicy,
     pool_candidates,
@@ -52,11 +55,12 @@ if TYPE_CHECKING:
 ROUND = 20  # items labelled per round
 START_PER_CLASS = 2
 TARGET_SHARE = 0.95  # of full-data accuracy
-# the review strategies on an unlabelled pool: margin-based uncertainty dominates, near mistakes and rare
-# predicted classes add a few items, and 10 % of each round stays random
+# the review strategies on an unlabelled pool: during the cold start, unfamiliar items (coverage); after it,
+# margin-based uncertainty dominates, near mistakes and rare predicted classes add a few items, and 10 % of
+# each round stays random
 POLICY = ReviewPolicy(
     budget=ROUND,
-    caps={NEAR_MISTAKE: 4, LOW_CONFIDENCE: 12, RARE_CLASS: 2},
+    caps={UNFAMILIAR: 0, NEAR_MISTAKE: 4, LOW_CONFIDENCE: 12, RARE_CLASS: 2},
     random_share=0.1,
 )
 METHODS = ("LoopML", "random")
@@ -124,6 +128,7 @@ def loopml_batch(
         training_label_counts=dict(Counter(data.y[labelled].tolist())),
         mistake_embeddings=data.emb[labelled][wrong],
         existing_hashes=frozenset(data.hashes[labelled].tolist()),
+        training_embeddings=data.emb[labelled],
     )
     candidates = pool_candidates(
         [data.texts[i] for i in unlabelled], proba, data.label_set, ids=[str(i) for i in unlabelled]

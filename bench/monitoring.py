@@ -260,6 +260,7 @@ def measure(db: Path, reference_file: Path, current_days: float, html_path: Path
         training_label_counts=label_counts,
         mistake_embeddings=ref["embeddings"][confident_mistakes],
         existing_hashes=frozenset(content_hash(str(text)) for text in ref["texts"]),
+        training_embeddings=ref["embeddings"],
     )
     stage(
         "reference: training data + review context",

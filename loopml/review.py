@@ -5,6 +5,14 @@ Every strategy scores every candidate call with a :class:`Signal` (the calls it 
 
 * ``flagged``: a user flagged the answer, or feedback gave a true label other than the answer;
 * ``disagreement``: the primary and the canary answered differently (only where the canary scored the call);
+* ``unfamiliar``: the call's input is among the ``unfamiliar_share`` of calls farthest (cosine distance to the
+  nearest training example) from the training data: the model answers from the edge of what it was taught.
+  Chosen for coverage: the applicable calls are clustered
+  into as many k-means clusters as items wanted and the most central call of each cluster is taken, so the
+  picks are typical of the unfamiliar traffic rather than its oddest outliers. **Cold start:** while some label
+  has fewer than ``cold_start_per_label`` training examples, the model's confidence says little and this reason
+  may fill everything the user-driven reasons leave, the random slice's reserve included (what is left over
+  still goes to the random slice);
 * ``near_mistake``: at least ``near_mistake_k`` items the model got wrong or was unsure of lie within cosine
   distance ``near_mistake_distance`` (scikit-learn's exact nearest-neighbour search: the small mistakes set is
   the index, candidates are queried in chunks);
@@ -18,7 +26,8 @@ Allocation (:func:`select_for_review`): calls are de-duplicated by text (the new
 the text carries the reasons of all its calls); texts already in Label Studio (``existing_hashes``) are dropped.
 ``budget x random_share`` items (rounded half up) are kept for the random slice. The rest of the budget is filled
 reason by reason in :data:`REASONS` order, each reason taking its highest-priority texts (newest first on ties) up
-to its cap; a text chosen by one reason is not chosen again. With ``diversity > 1`` the model-driven reasons
+to its cap (``unfamiliar`` takes the most central text of each k-means cluster instead, and in cold start all the
+room left); a text chosen by one reason is not chosen again. With ``diversity > 1`` the model-driven reasons
 (:data:`DIVERSE_REASONS`) keep one text per k-means cluster of their best ``diversity x cap`` texts, so a batch
 does not spend the budget on near-identical texts. The random slice then takes its reserve plus whatever budget
 the other reasons left unused. Each selected item names the reason that chose it (``reason``, with that reason's
@@ -39,8 +48,16 @@ import polars as pl
 
 from loopml.dataset import content_hash
 
-REASONS: tuple[str, ...] = ("flagged", "disagreement", "near_mistake", "low_confidence", "rare_class", "random")
-FLAGGED, DISAGREEMENT, NEAR_MISTAKE, LOW_CONFIDENCE, RARE_CLASS, RANDOM = REASONS
+REASONS: tuple[str, ...] = (
+    "flagged",
+    "disagreement",
+    "unfamiliar",
+    "near_mistake",
+    "low_confidence",
+    "rare_class",
+    "random",
+)
+FLAGGED, DISAGREEMENT, UNFAMILIAR, NEAR_MISTAKE, LOW_CONFIDENCE, RARE_CLASS, RANDOM = REASONS
 DIVERSE_REASONS: tuple[str, ...] = (NEAR_MISTAKE, LOW_CONFIDENCE, RARE_CLASS)  # model-driven: spread when asked
 
 CANDIDATE_COLUMNS: tuple[str, ...] = (
@@ -69,12 +86,14 @@ REVIEW_SCHEMA: dict[str, pl.DataType] = {
     "created_at": pl.Datetime("us", "UTC"),
 }
 
+COVER_SAMPLE = 4_096  # unfamiliar calls clustered at most (a random sample of them when there are more)
+UNFAMILIAR_SAMPLE = 16_384  # calls (and training examples) measured for unfamiliarity at most (a uniform sample)
 QUERY_CHUNK_ROWS = 16_384  # candidates per nearest-neighbour query: [chunk, mistakes] distances at a time
 _FIRST_BLOCK = 64  # rows ranked at once when filling a reason (grows when hashes reject many)
 
 
 def _default_caps() -> dict[str, int]:
-    return {FLAGGED: 20, DISAGREEMENT: 10, NEAR_MISTAKE: 10, LOW_CONFIDENCE: 15, RARE_CLASS: 10}
+    return {FLAGGED: 20, DISAGREEMENT: 10, UNFAMILIAR: 5, NEAR_MISTAKE: 10, LOW_CONFIDENCE: 15, RARE_CLASS: 10}
 
 
 @dataclass(frozen=True)
@@ -93,6 +112,8 @@ class ReviewPolicy:
     near_mistake_k: int = 1
     near_mistake_distance: float = 0.35  # cosine distance to a past mistake (embeddings are L2-normalised)
     diversity: int = 1  # > 1: DIVERSE_REASONS keep one text per k-means cluster of their best diversity x cap texts
+    unfamiliar_share: float = 0.5  # share of the calls, farthest from the training data first, that are unfamiliar
+    cold_start_per_label: int = 10  # below this many training examples of some label, unfamiliar may take the room
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.caps) - set(REASONS))
@@ -106,10 +127,16 @@ class ReviewPolicy:
             raise ValueError("low_margin must be >= 0, near_mistake_distance in [0, 2] and near_mistake_k >= 1")
         if self.diversity < 1:
             raise ValueError(f"diversity must be >= 1, got {self.diversity}")
+        if not 0.0 <= self.unfamiliar_share <= 1.0 or self.cold_start_per_label < 0:
+            raise ValueError("unfamiliar_share must be in [0, 1] and cold_start_per_label >= 0")
 
     def cap(self, reason: str) -> int:
         """Most items ``reason`` may take in one run."""
         return min(self.caps.get(reason, self.budget), self.budget)
+
+    def cold_start(self, training_label_counts: dict[str, int]) -> bool:
+        """Whether some label of the training data has fewer than ``cold_start_per_label`` examples."""
+        return not training_label_counts or min(training_label_counts.values()) < self.cold_start_per_label
 
     @property
     def random_reserve(self) -> int:
@@ -124,6 +151,7 @@ class ReviewContext:
     training_label_counts: dict[str, int]
     mistake_embeddings: np.ndarray  # [m, d] items the model got wrong or was unsure of (may be empty [0, d])
     existing_hashes: frozenset[str]  # content hashes (loopml.dataset.content_hash) of texts already in Label Studio
+    training_embeddings: np.ndarray | None = None  # [t, d] the training examples (None: unfamiliar never applies)
 
 
 @dataclass(frozen=True)
@@ -182,6 +210,38 @@ def near_mistake_signal(
     applies = distance < max_distance
     priority = np.where(applies, 1.0 - distance / max(max_distance, 1e-12), 0.0)
     return Signal(applies, np.clip(priority, 0.0, 1.0))
+
+
+def unfamiliar_signal(
+    embeddings: np.ndarray,
+    training: np.ndarray | None,
+    share: float = 0.5,
+    rows: np.ndarray | None = None,
+    chunk_rows: int = QUERY_CHUNK_ROWS,
+    sample: int = UNFAMILIAR_SAMPLE,
+    seed: int = 0,
+) -> Signal:
+    """The ``share`` of rows (of ``embeddings``, or only ``rows``) farthest from their nearest training example
+    (cosine distance); priority: that distance (at most 1). Never applies without training embeddings.
+
+    Coverage needs a faithful picture of the traffic, not every call: beyond ``sample`` rows, a uniform random
+    sample of ``sample`` rows is measured (against at most ``sample`` training examples, also sampled) and the
+    signal applies within it only, which keeps a review run over a million calls within seconds.
+    """
+    n = len(embeddings) if rows is None else len(rows)
+    applies, priority = np.zeros(n, dtype=bool), np.zeros(n)
+    if training is None or len(training) == 0 or n == 0 or share <= 0:
+        return Signal(applies, priority)
+    rng = np.random.default_rng(seed)
+    if len(training) > sample:
+        training = training[np.sort(rng.choice(len(training), sample, replace=False))]
+    measured = np.sort(rng.choice(n, sample, replace=False)) if n > sample else np.arange(n)
+    source = measured if rows is None else rows[measured]
+    distance = kth_nearest_distance(embeddings, training, 1, source, chunk_rows)
+    far = distance >= np.quantile(distance, 1.0 - share)
+    applies[measured] = far
+    priority[measured] = np.where(far, np.minimum(distance, 1.0), 0.0)
+    return Signal(applies, priority)
 
 
 def kth_nearest_distance(
@@ -287,7 +347,8 @@ def select_for_review(
         vectors=lambda rows: embeddings[rep[rows]],
         seed=seed,
     )
-    return _review_frame(reps, _allocate(signals, picker, policy), signals)
+    cold = policy.cold_start(context.training_label_counts)
+    return _review_frame(reps, _allocate(signals, picker, policy, cold), signals)
 
 
 def empty_review_set() -> pl.DataFrame:
@@ -357,6 +418,13 @@ def _text_signals(
         policy.near_mistake_distance,
         rows=None if len(rep) == len(embeddings) else rep,  # every row its own text: query slices, no copies
     )
+    signals[UNFAMILIAR] = unfamiliar_signal(
+        embeddings,
+        context.training_embeddings,
+        policy.unfamiliar_share,
+        rows=None if len(rep) == len(embeddings) else rep,
+        seed=seed,
+    )
     signals[RANDOM] = random_signal(len(rep), seed)
     return rep, {r: signals[r] for r in REASONS}
 
@@ -409,6 +477,20 @@ class _Picker:
             self.chosen[row] = True
         return rows[:want].tolist()
 
+    def cover(self, signal: Signal, want: int) -> list[int]:
+        """Up to ``want`` unchosen rows where ``signal`` applies that cover them: k-means into ``want`` clusters
+        over (a random sample of at most :data:`COVER_SAMPLE` of) them, the most central row of each cluster."""
+        if want <= 0 or not signal.applies.any():
+            return []
+        shuffled = Signal(signal.applies, np.random.default_rng(self.seed).random(len(signal.applies)))
+        rows = self._acceptable(shuffled, COVER_SAMPLE)
+        if len(rows) > want:
+            rows = central(rows, self.vectors(rows), want, self.seed)
+        for row in rows.tolist():
+            self.taken.add(self.hashes[row])
+            self.chosen[row] = True
+        return rows.tolist()
+
     def _acceptable(self, signal: Signal, limit: int) -> np.ndarray:
         """Up to ``limit`` unchosen rows where ``signal`` applies, best first, whose text is new to the review."""
         found: list[int] = []
@@ -441,6 +523,16 @@ def spread(rows: np.ndarray, vectors: np.ndarray, want: int, seed: int = 0) -> n
     return rows[np.sort(first)]
 
 
+def central(rows: np.ndarray, vectors: np.ndarray, want: int, seed: int = 0) -> np.ndarray:
+    """``want`` of ``rows`` typical of ``vectors``: k-means into ``want`` clusters, the row nearest each centre."""
+    from sklearn.cluster import KMeans
+
+    vectors = np.asarray(vectors, np.float32)
+    kmeans = KMeans(n_clusters=want, n_init=1, random_state=seed).fit(vectors)
+    nearest = np.unique(kmeans.transform(vectors).argmin(axis=0))
+    return rows[nearest]
+
+
 def _best_rows(rows: np.ndarray, priority: np.ndarray, recency: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` best of ``rows`` (all rows tied with the ``k``-th too) in order, and the rest unordered.
 
@@ -457,13 +549,20 @@ def _best_rows(rows: np.ndarray, priority: np.ndarray, recency: np.ndarray, k: i
     return top[order], rest
 
 
-def _allocate(signals: dict[str, Signal], picker: _Picker, policy: ReviewPolicy) -> list[tuple[int, str, str]]:
+def _allocate(
+    signals: dict[str, Signal], picker: _Picker, policy: ReviewPolicy, cold_start: bool = False
+) -> list[tuple[int, str, str]]:
     """``(row, reason, content hash)`` of each chosen text, in selection order."""
     picks: list[tuple[int, str]] = []
+    reserve = 0 if cold_start else policy.random_reserve  # while young, coverage stands in for the random slice
     for reason in REASONS[:-1]:
-        room = policy.budget - policy.random_reserve - len(picks)
+        room = policy.budget - reserve - len(picks)
         if room <= 0:
             break
+        if reason == UNFAMILIAR:
+            want = room if cold_start else min(policy.cap(reason), room)
+            picks += [(row, reason) for row in picker.cover(signals[reason], want)]
+            continue
         diversity = policy.diversity if reason in DIVERSE_REASONS else 1
         picks += [(row, reason) for row in picker.take(signals[reason], min(policy.cap(reason), room), diversity)]
     want = min(policy.cap(RANDOM), policy.budget - len(picks))
@@ -558,6 +657,7 @@ def pool_scores(
         ),
         LOW_CONFIDENCE: low_confidence_signal(margin, policy.low_margin),
         RARE_CLASS: rare_class_signal(frame["label"], context.training_label_counts, policy.rare_share),
+        UNFAMILIAR: unfamiliar_signal(embeddings, context.training_embeddings, policy.unfamiliar_share, seed=seed),
         RANDOM: random_signal(frame.height, seed),
     }
     columns = {r: pl.Series(r, np.where(s.applies, s.priority, np.nan)).fill_nan(None) for r, s in signals.items()}

@@ -100,13 +100,15 @@ def test_low_confidence_and_flagged_calls_become_review_tasks_that_train_as_revi
     selected = result.output_for_node("review_set")
     reasons = dict(zip(selected["invocation_id"].to_list(), selected["reason"].to_list(), strict=True))
     assert reasons[sure[3]] == "flagged"
-    assert reasons[unsure[0]] == reasons[unsure[1]] == "low_confidence"
+    # a young model (a few examples per label): unfamiliar calls take the room first, low confidence applies too
+    every = dict(zip(selected["invocation_id"].to_list(), selected["reasons"].to_list(), strict=True))
+    assert all("low_confidence" in every[i] for i in unsure)
     meta = result.asset_materializations_for_node("review_set")[0].metadata
     assert meta["sent_to_labelstudio"].value == selected.height
 
     pushed = {fake.tasks[t].data["text"]: fake.tasks[t] for t in fake.projects[project]}
     task = pushed["an odd, uneven picture"]
-    assert task.meta["loopml_source"] == "review" and task.data["review_reason"] == "low_confidence"
+    assert task.meta["loopml_source"] == "review" and task.data["review_reason"] == reasons[unsure[0]]
 
     again = _materialize(env, review_set)  # the window moved on: nothing is sent twice
     assert again.asset_materializations_for_node("review_set")[0].metadata["sent_to_labelstudio"].value == 0

@@ -21,6 +21,7 @@ from loopml.review import (
     pool_candidates,
     pool_scores,
     select_for_review,
+    unfamiliar_signal,
 )
 
 DIM = 16
@@ -59,12 +60,16 @@ def unit_vectors(n: int, seed: int = 0) -> np.ndarray:
 
 
 def context(
-    mistakes: np.ndarray | None = None, counts: dict[str, int] | None = None, existing: frozenset[str] = frozenset()
+    mistakes: np.ndarray | None = None,
+    counts: dict[str, int] | None = None,
+    existing: frozenset[str] = frozenset(),
+    training: np.ndarray | None = None,
 ) -> ReviewContext:
     return ReviewContext(
         training_label_counts=counts if counts is not None else {"a": 50, "b": 50},
         mistake_embeddings=mistakes if mistakes is not None else np.zeros((0, DIM), dtype=np.float32),
         existing_hashes=frozenset(existing),
+        training_embeddings=training,
     )
 
 
@@ -255,7 +260,17 @@ def test_pool_helpers_apply_the_same_strategies() -> None:
     assert chosen(result) == {"5": "near_mistake", "3": "low_confidence", "1": "low_confidence"}
 
     scores = pool_scores(texts, proba, ["a", "b"], emb, ctx)
-    assert scores.columns == ["row", "label", "margin", "near_mistake", "low_confidence", "rare_class", "random"]
+    assert scores.columns == [
+        "row",
+        "label",
+        "margin",
+        "near_mistake",
+        "low_confidence",
+        "rare_class",
+        "unfamiliar",
+        "random",
+    ]
+    assert scores["unfamiliar"].null_count() == 6  # no training embeddings: never applies
     assert scores["near_mistake"].is_not_null().to_list() == [False] * 5 + [True]
     assert scores["low_confidence"].is_not_null().to_list() == [False, True, False, True, False, False]
     assert scores["rare_class"].null_count() == 6
@@ -273,3 +288,61 @@ def test_diversity_keeps_one_text_per_cluster_of_the_best_candidates() -> None:
     flagged = [call(i, flagged=True) for i in range(6)]  # feedback is evidence: never thinned out
     diverse_flags = ReviewPolicy(budget=3, caps={**NOTHING, "flagged": 3}, random_share=0.0, diversity=2)
     assert select_for_review(frame(flagged), twins, context(), diverse_flags).height == 3
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+
+
+def _familiar_and_two_far_clusters() -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Training data around direction 0; 10 calls near it, then two far clusters of 5 calls (around directions 5
+    and 10), each made of its centre and four symmetric neighbours. Returns (training, calls, centre rows)."""
+    eye = np.eye(DIM, dtype=np.float32)
+    training = _unit(eye[0] + 0.05 * unit_vectors(20, seed=1))
+    near = _unit(eye[0] + 0.05 * unit_vectors(10, seed=2))
+    clusters, centres = [], []
+    for axis, nudge in ((5, (6, 7)), (10, (11, 12))):
+        centres.append(10 + len(clusters) * 5)
+        a, b = eye[nudge[0]], eye[nudge[1]]
+        centre = eye[axis]
+        clusters.append(_unit([centre, centre + 0.2 * a, centre - 0.2 * a, centre + 0.2 * b, centre - 0.2 * b]))
+    return training, np.vstack([near, *clusters]), centres
+
+
+def test_unfamiliar_takes_the_central_call_of_each_far_cluster() -> None:
+    training, vectors, centres = _familiar_and_two_far_clusters()
+    rows = [call(i) for i in range(len(vectors))]
+    ctx = context(training=training)
+    result = select_for_review(frame(rows), vectors, ctx, policy(budget=10, unfamiliar=2))
+    assert chosen(result) == {f"inv-{centres[0]}": "unfamiliar", f"inv-{centres[1]}": "unfamiliar"}
+    assert result["reasons"].to_list() == [["unfamiliar"]] * 2
+    assert 0.9 < result["priority"].min() <= 1.0  # the cosine distance to the nearest training example
+    # the calls near the training data are never unfamiliar; without training data nothing is
+    assert select_for_review(frame(rows[:10]), vectors[:10], ctx, policy(budget=10, unfamiliar=10)).height <= 5
+    assert select_for_review(frame(rows), vectors, context(), policy(budget=10, unfamiliar=2)).height == 0
+
+
+def test_cold_start_lets_unfamiliar_calls_fill_the_round() -> None:
+    training, vectors, _ = _familiar_and_two_far_clusters()
+    rows = [call(i, margin=0.01) for i in range(len(vectors))]  # every call is low-confidence too
+    caps = {**NOTHING, "unfamiliar": 1, "low_confidence": 6, "random": 6}
+    mixed = ReviewPolicy(budget=6, caps=caps, random_share=0.5)
+    young = select_for_review(frame(rows), vectors, context(training=training, counts={"a": 3, "b": 40}), mixed)
+    assert young["reason"].to_list() == ["unfamiliar"] * 6  # fewer than 10 examples of "a": coverage first
+    assert mixed.cold_start({"a": 3, "b": 40}) and not mixed.cold_start({"a": 10, "b": 40})
+    grown = select_for_review(frame(rows), vectors, context(training=training, counts={"a": 10, "b": 40}), mixed)
+    assert grown["reason"].to_list() == ["unfamiliar"] + ["low_confidence"] * 2 + ["random"] * 3
+
+
+def test_unfamiliar_is_measured_on_a_uniform_sample_of_a_large_stream() -> None:
+    calls, training = unit_vectors(5000, seed=5), unit_vectors(300, seed=6)
+    full = unfamiliar_signal(calls, training, share=0.5)
+    assert full.applies.sum() == 2500  # the farther half of every call
+    distance = kth_nearest_distance(calls, training)
+    assert distance[full.applies].min() >= distance[~full.applies].max()
+    sampled = unfamiliar_signal(calls, training, share=0.5, sample=400, seed=1)
+    assert sampled.applies.sum() == 200  # the farther half of a 400-call sample, nothing outside it
+    np.testing.assert_allclose(sampled.priority[sampled.applies], np.minimum(distance[sampled.applies], 1.0), atol=1e-5)
+    again = unfamiliar_signal(calls, training, share=0.5, sample=400, seed=1)
+    assert np.array_equal(again.applies, sampled.applies)
