@@ -22,16 +22,17 @@ Every strategy scores every candidate call with a :class:`Signal` (the calls it 
 * ``random``: every call, in a random order (an unbiased slice: what reviewers find there estimates the live
   accuracy without the other strategies' skew).
 
-Allocation (:func:`select_for_review`): calls are de-duplicated by text (the newest call represents the text and
-the text carries the reasons of all its calls); texts already in Label Studio (``existing_hashes``) are dropped.
+Allocation (:func:`select_for_review`): calls are de-duplicated by text (the newest call represents the text and the
+text carries the reasons of all its calls); texts already in Label Studio (``existing_hashes``) are dropped.
 ``budget x random_share`` items (rounded half up) are kept for the random slice. The rest of the budget is filled
 reason by reason in :data:`REASONS` order, each reason taking its highest-priority texts (newest first on ties) up
-to its cap (``unfamiliar`` takes the most central text of each k-means cluster instead, and in cold start all the
-room left); a text chosen by one reason is not chosen again. With ``diversity > 1`` the model-driven reasons
-(:data:`DIVERSE_REASONS`) keep one text per k-means cluster of their best ``diversity x cap`` texts, so a batch
-does not spend the budget on near-identical texts. The random slice then takes its reserve plus whatever budget
-the other reasons left unused. Each selected item names the reason that chose it (``reason``, with that reason's
-``priority``) and every reason that applied to it (``reasons``, in :data:`REASONS` order).
+to its cap (``unfamiliar`` takes the most central text of each k-means cluster instead, and in a cold start comes
+right after ``disagreement`` and takes all the room left); a text chosen by one reason is not chosen again. With
+``diversity > 1`` the model-driven reasons (:data:`DIVERSE_REASONS`) keep one text per k-means cluster of their best
+``diversity x cap`` texts, so a batch does not spend the budget on near-identical texts. The random slice then takes
+its reserve plus whatever budget the other reasons left unused. Each selected item names the reason that chose it
+(``reason``, with that reason's ``priority``) and every reason that applied to it (``reasons``, in :data:`REASONS`
+order).
 
 :func:`pool_candidates` and :func:`pool_scores` apply the same strategies to an unlabelled pool scored by a
 model (the active-learning setting of ``bench/active_learning.py``).
@@ -51,13 +52,23 @@ from loopml.dataset import content_hash
 REASONS: tuple[str, ...] = (
     "flagged",
     "disagreement",
-    "unfamiliar",
     "near_mistake",
     "low_confidence",
+    "unfamiliar",
     "rare_class",
     "random",
 )
-FLAGGED, DISAGREEMENT, UNFAMILIAR, NEAR_MISTAKE, LOW_CONFIDENCE, RARE_CLASS, RANDOM = REASONS
+FLAGGED, DISAGREEMENT, NEAR_MISTAKE, LOW_CONFIDENCE, UNFAMILIAR, RARE_CLASS, RANDOM = REASONS
+# during a cold start the model's confidence says little: unfamiliar calls come right after the users' reasons
+COLD_START_ORDER: tuple[str, ...] = (
+    FLAGGED,
+    DISAGREEMENT,
+    UNFAMILIAR,
+    NEAR_MISTAKE,
+    LOW_CONFIDENCE,
+    RARE_CLASS,
+    RANDOM,
+)
 DIVERSE_REASONS: tuple[str, ...] = (NEAR_MISTAKE, LOW_CONFIDENCE, RARE_CLASS)  # model-driven: spread when asked
 
 CANDIDATE_COLUMNS: tuple[str, ...] = (
@@ -555,7 +566,7 @@ def _allocate(
     """``(row, reason, content hash)`` of each chosen text, in selection order."""
     picks: list[tuple[int, str]] = []
     reserve = 0 if cold_start else policy.random_reserve  # while young, coverage stands in for the random slice
-    for reason in REASONS[:-1]:
+    for reason in (COLD_START_ORDER if cold_start else REASONS)[:-1]:
         room = policy.budget - reserve - len(picks)
         if room <= 0:
             break

@@ -326,13 +326,13 @@ def test_unfamiliar_takes_the_central_call_of_each_far_cluster() -> None:
 def test_cold_start_lets_unfamiliar_calls_fill_the_round() -> None:
     training, vectors, _ = _familiar_and_two_far_clusters()
     rows = [call(i, margin=0.01) for i in range(len(vectors))]  # every call is low-confidence too
-    caps = {**NOTHING, "unfamiliar": 1, "low_confidence": 6, "random": 6}
+    caps = {**NOTHING, "unfamiliar": 1, "low_confidence": 2, "random": 6}
     mixed = ReviewPolicy(budget=6, caps=caps, random_share=0.5)
     young = select_for_review(frame(rows), vectors, context(training=training, counts={"a": 3, "b": 40}), mixed)
     assert young["reason"].to_list() == ["unfamiliar"] * 6  # fewer than 10 examples of "a": coverage first
     assert mixed.cold_start({"a": 3, "b": 40}) and not mixed.cold_start({"a": 10, "b": 40})
     grown = select_for_review(frame(rows), vectors, context(training=training, counts={"a": 10, "b": 40}), mixed)
-    assert grown["reason"].to_list() == ["unfamiliar"] + ["low_confidence"] * 2 + ["random"] * 3
+    assert grown["reason"].to_list() == ["low_confidence"] * 2 + ["unfamiliar"] + ["random"] * 3
 
 
 def test_unfamiliar_is_measured_on_a_uniform_sample_of_a_large_stream() -> None:
