@@ -41,6 +41,10 @@ def start_platform(settings: Settings) -> None:
     from loopml.labelstudio_server import ensure_credentials
 
     settings.ensure_dirs()
+    try:
+        services.check_ports(settings)
+    except services.ServiceError as error:
+        raise click.ClickException(str(error)) from None
     _step(f"Label Studio on {settings.labelstudio_url} (data in {settings.labelstudio_data_dir})")
     ensure_credentials(settings)
     services.start_labelstudio_service(settings)
@@ -71,9 +75,15 @@ def start_platform(settings: Settings) -> None:
     services.start_dagster_daemon(settings)
     _step(f"BentoML serving API on {settings.serving_url} (model store {settings.bentoml_home})")
     services.start_serving(settings)
+    serving_log = str(services.log_file(settings, "serving"))
     _wait(
-        "the serving API", lambda: services.serving_healthy(settings), 120, str(services.log_file(settings, "serving"))
+        "the serving API",
+        lambda: services.serving_healthy(settings) or not services.service_running(settings, "serving"),
+        120,
+        serving_log,
     )
+    if not services.serving_healthy(settings):
+        raise click.ClickException(f"the serving API stopped while starting; see {serving_log}")
     if not services.daemon_running(settings):
         raise click.ClickException(
             f"the Dagster daemon stopped; see {services.log_file(settings, 'dagster-daemon')} and run `loopml up` again"

@@ -257,7 +257,53 @@ def start_serving(settings: Settings) -> None:
 
 
 def serving_healthy(settings: Settings) -> bool:
-    return http_ok(f"{settings.serving_url}/readyz")
+    """LoopML's serving API answers ready (its own health document, so another program on the port does not
+    pass for it)."""
+    try:
+        response = requests.get(f"{settings.serving_url}/v1/health", timeout=2)
+        return response.status_code == 200 and response.json().get("ready") is True
+    except (requests.RequestException, ValueError, AttributeError):
+        return False
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``host:port`` can be bound now (nothing listens on it)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+PORTS: dict[str, tuple[str, str]] = {  # service -> (settings attribute, environment variable)
+    "labelstudio": ("labelstudio_port", "LOOPML_LABELSTUDIO_PORT"),
+    "dagster-webserver": ("dagster_port", "LOOPML_DAGSTER_PORT"),
+    "serving": ("serving_port", "LOOPML_SERVING_PORT"),
+}
+
+
+def check_ports(settings: Settings) -> None:
+    """Raise :class:`ServiceError` when two services are given one port, or when the port of a service that is
+    not running yet is taken by another program (which would otherwise answer in its place)."""
+    ports = {name: int(getattr(settings, attribute)) for name, (attribute, _) in PORTS.items()}
+    seen: dict[int, str] = {}
+    for name, port in ports.items():
+        if port in seen:
+            first = seen[port]
+            raise ServiceError(
+                f"{PORTS[first][1]} and {PORTS[name][1]} are both {port}: give each service its own port"
+            )
+        seen[port] = name
+    for name, port in ports.items():
+        if not pid_alive(read_pid(settings, name)) and not port_free(port):
+            raise ServiceError(
+                f"port {port} ({PORTS[name][1]}) is already in use by another program: stop it, or start LoopML "
+                f"with another port, e.g. {PORTS[name][1]}={port + 1} loopml up"
+            )
 
 
 def labelstudio_healthy(settings: Settings) -> bool:

@@ -40,6 +40,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports nobody listens on right now (all held while choosing, so none repeats)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def stop_process_group(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
     """SIGTERM the process group led by ``proc``; SIGKILL it if it is still there after ``timeout_s``."""
     if proc.poll() is not None:

@@ -49,6 +49,26 @@ def test_label_studio_not_running_says_to_run_up(monkeypatch, capsys) -> None:
     assert code == 0 and "no functions yet" in out
 
 
+def test_up_refuses_shared_or_taken_ports_before_starting_anything(monkeypatch, capsys, home) -> None:
+    import socket
+
+    from tests.conftest import free_ports
+
+    label_studio, dagster, serving = free_ports(3)
+    monkeypatch.setenv("LOOPML_LABELSTUDIO_PORT", str(label_studio))
+    monkeypatch.setenv("LOOPML_DAGSTER_PORT", str(dagster))
+    monkeypatch.setenv("LOOPML_SERVING_PORT", str(dagster))
+    code, out = loopml(monkeypatch, capsys, "up")
+    assert code == 1 and "LOOPML_DAGSTER_PORT and LOOPML_SERVING_PORT are both" in out
+    monkeypatch.setenv("LOOPML_SERVING_PORT", str(serving))
+    with socket.socket() as other_program:
+        other_program.bind(("127.0.0.1", serving))
+        other_program.listen()
+        code, out = loopml(monkeypatch, capsys, "up")
+    assert code == 1 and f"port {serving} (LOOPML_SERVING_PORT) is already in use by another program" in out
+    assert not list((home / "run").glob("*.pid"))  # nothing was started
+
+
 def test_status_with_nothing_running(monkeypatch, capsys) -> None:
     code, out = loopml(monkeypatch, capsys, "status")
     assert code == 0 and "labelstudio" in out and "stopped" in out and "functions: none" in out

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import free_port
+from tests.conftest import free_ports
 from tests.test_pipeline import NEGATIVE, POSITIVE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -31,11 +31,12 @@ STATE: dict[str, object] = {}  # what the first test built, for the browser test
 @pytest.fixture(scope="module")
 def platform_env(tmp_path_factory):
     env = dict(os.environ)
+    label_studio, dagster, serving = free_ports(3)
     env.update(
         LOOPML_HOME=str(tmp_path_factory.mktemp("platform") / "home"),
-        LOOPML_LABELSTUDIO_PORT=str(free_port()),
-        LOOPML_DAGSTER_PORT=str(free_port()),
-        LOOPML_SERVING_PORT=str(free_port()),
+        LOOPML_LABELSTUDIO_PORT=str(label_studio),
+        LOOPML_DAGSTER_PORT=str(dagster),
+        LOOPML_SERVING_PORT=str(serving),
         LOOPML_ANNOTATION_POLL_SECONDS="1",
     )
     yield env
