@@ -97,6 +97,14 @@ class Settings:
         os.chmod(self.secrets_dir, 0o700)
 
 
+def usable_cores() -> int:
+    """The number of CPU cores this process may run on (its affinity mask on Linux)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def get_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from the environment (``LOOPML_*`` variables), or from ``environ`` if given."""
     env = os.environ if environ is None else environ

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
+from loopml.config import usable_cores
 from loopml.packages import package_dir
 
 if TYPE_CHECKING:
@@ -56,14 +57,6 @@ class Encoder(Protocol):
 def _package_dir(package: str) -> Path:
     """The folder of an installed package, found without importing it."""
     return package_dir(package)
-
-
-def _cpu_threads() -> int:
-    """The number of cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class MiniLMOnnxEncoder:
@@ -103,7 +96,7 @@ class MiniLMOnnxEncoder:
 
     @property
     def _session(self) -> onnxruntime.InferenceSession:
-        return self._session_with(_cpu_threads())
+        return self._session_with(usable_cores())
 
     @classmethod
     def _load_tokenizer(cls, path: Path) -> tokenizers.Tokenizer:

@@ -483,10 +483,7 @@ class _Picker:
         rows = self._acceptable(signal, want * diversity)
         if diversity > 1 and len(rows) > want:
             rows = spread(rows, self.vectors(rows), want, self.seed)
-        for row in rows[:want].tolist():
-            self.taken.add(self.hashes[row])
-            self.chosen[row] = True
-        return rows[:want].tolist()
+        return self._choose(rows[:want])
 
     def cover(self, signal: Signal, want: int) -> list[int]:
         """Up to ``want`` unchosen rows where ``signal`` applies that cover them: k-means into ``want`` clusters
@@ -497,6 +494,10 @@ class _Picker:
         rows = self._acceptable(shuffled, COVER_SAMPLE)
         if len(rows) > want:
             rows = central(rows, self.vectors(rows), want, self.seed)
+        return self._choose(rows)
+
+    def _choose(self, rows: np.ndarray) -> list[int]:
+        """Mark ``rows`` chosen (and their texts taken); returns them as a list."""
         for row in rows.tolist():
             self.taken.add(self.hashes[row])
             self.chosen[row] = True

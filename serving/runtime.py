@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from loopml.config import Settings
+from loopml.config import Settings, usable_cores
 from loopml.deployments import DeploymentState, DeploymentStore
 from loopml.encoders import DEFAULT_TEXT_ENCODER, Encoder, get_encoder
 from loopml.functions import FunctionRegistry, FunctionSpec
@@ -251,11 +251,7 @@ def default_lanes() -> int:
             return max(1, int(configured))
         except ValueError:
             raise ValueError(f"LOOPML_SCORING_LANES must be a whole number, not {configured!r}") from None
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores))
+    return min(4, usable_cores())
 
 
 class ModelRuntime:

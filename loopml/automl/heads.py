@@ -19,7 +19,6 @@ doubled to match a single logistic-regression vector).
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +30,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+
+from loopml.config import usable_cores
 
 __all__ = ["HeadSpec", "TrainedHeads", "default_threads", "torch_threads", "train_heads"]
 
@@ -236,11 +237,7 @@ def default_threads() -> int:
     wait for a busy core make a step many times slower; on a 2-core machine one thread trains the heads
     while the other core builds the TF-IDF models (see :func:`loopml.automl.search.run_automl`).
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores // 2))
+    return max(1, min(4, usable_cores() // 2))
 
 
 @contextmanager

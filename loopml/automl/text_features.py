@@ -88,14 +88,18 @@ class TfidfWords:
     def _word_ids(self, tokens: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Row index and word id (-1: unknown) of every token."""
         words = tokens.get_column("w")
-        if words.len() <= SMALL_INPUT_TOKENS:  # serving: a dict lookup beats polars' set-up cost (~1 ms)
-            index = self._index()
-            ids = np.fromiter((index.get(w, -1) for w in words.to_list()), dtype=np.int64, count=words.len())
+        if words.len() <= SMALL_INPUT_TOKENS:  # a dict lookup beats polars' set-up cost (~1 ms)
+            ids = self._lookup(words.to_list())
         else:
             ids = words.replace_strict(
                 self._words, range(len(self._words)), default=-1, return_dtype=pl.Int64
             ).to_numpy()
         return tokens.get_column("doc").to_numpy().astype(np.int64), ids
+
+    def _lookup(self, words: list[str]) -> np.ndarray:
+        """The word id of each of ``words`` (-1: not in the vocabulary), by a dict lookup."""
+        index = self._index()
+        return np.fromiter((index.get(w, -1) for w in words), dtype=np.int64, count=len(words))
 
     def _index(self) -> dict[str, int]:
         index = getattr(self, "_word_index", None)
@@ -130,8 +134,7 @@ class TfidfWords:
         """TF-IDF rows of ``texts`` in the fitted feature space (unseen terms are ignored)."""
         if sum(len(t) for t in texts if t) <= SMALL_INPUT_CHARS:
             doc, words = _small_tokens(texts)
-            index = self._index()
-            ids = np.fromiter((index.get(w, -1) for w in words), dtype=np.int64, count=len(words))
+            ids = self._lookup(words)
         else:
             doc, ids = self._word_ids(_tokens(texts))
         n_docs, n_words = len(texts), len(self._words)
