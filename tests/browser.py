@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 
@@ -40,7 +41,13 @@ def chromium(width: int = 1600, height: int = 1000) -> Iterator[webdriver.Chrome
         driver.quit()
 
 
-def page_text(driver: webdriver.Chrome) -> str:
+def page_text(driver: webdriver.Chrome, attempts: int = 5) -> str:
+    """The page's visible text; re-read when a re-render replaces the body while it is being read."""
+    for _ in range(attempts - 1):
+        try:
+            return driver.find_element("tag name", "body").text
+        except StaleElementReferenceException:
+            time.sleep(0.2)
     return driver.find_element("tag name", "body").text
 
 
@@ -58,7 +65,10 @@ def wait_for_text(driver: webdriver.Chrome, check: Callable[[str], bool], timeou
 
 def dismiss(driver: webdriver.Chrome, button: str) -> None:
     for element in driver.find_elements("xpath", f"//button[normalize-space()='{button}']"):
-        element.click()
+        try:
+            element.click()
+        except StaleElementReferenceException:  # re-rendered (or gone) since it was found
+            pass
 
 
 def screenshot(driver: webdriver.Chrome, name: str) -> Path:
