@@ -254,3 +254,18 @@ def test_tfidf_leads_only_with_enough_examples_per_label(monkeypatch: pytest.Mon
     texts, emb, labels = _words_tell_embeddings_mislead(per_label=24)
     monkeypatch.undo()
     assert run_automl(texts, emb, labels, LABELS, folds=4, seed=0).winner.name == "tfidf_cnb"
+
+
+def test_tfidf_cv_gives_no_weight_to_words_no_training_row_of_the_fold_has() -> None:
+    """Texts that share no word carry no information for Complement NB, so every out-of-fold prediction is
+    uniform, however the stratified folds split the labels (unseen words used to vote for the class the
+    fold's training rows had least of, which is the one its held-out rows had most of)."""
+    from loopml.automl import search
+
+    texts = [f"word{i}a word{i}b word{i}c" for i in range(16)]
+    y = np.array([0, 1] * 8)
+    fold_of = search._fold_ids(y, 5, seed=0)
+    assert len(set(np.bincount(fold_of[y == 0]) - np.bincount(fold_of[y == 1]))) > 1  # unbalanced folds
+    candidates, _, _ = search._tfidf_branch(texts, y, 2, fold_of, 5)
+    for candidate in candidates:
+        np.testing.assert_allclose(candidate.oof_proba, 0.5, atol=1e-6)
