@@ -14,7 +14,9 @@ from the pool (per seed, the same start for both methods) and then, round after 
 * random: 20 pool items drawn uniformly.
 
 A run stops once holdout accuracy reaches 95 % of the full-data accuracy (``run_automl`` on the whole pool), or
-at the label cap (reported as ``>cap``). Reported: labels needed per seed, their mean, and LoopML / random.
+at the label cap (reported as ``>cap``). The loop retrains on every saved annotation, so labels are counted per
+item: in the round that reaches the target, the model is retrained after each of its items (in the order they
+were queued) and the first count that reaches the target is the labels needed. Reported: labels needed per seed, their mean, and LoopML / random.
 Embeddings are cached under ``$LOOPML_HOME/bench`` (shared with ``bench/automl_speed.py``).
 
     .venv/bin/python bench/active_learning.py [--quick] [--seeds N] [--max-labels 3000] [--data NAME]
@@ -148,12 +150,13 @@ def simulate(data: Data, method: str, seed: int, target: float, max_labels: int)
     in_pool[data.pool] = True
     rng = np.random.default_rng(seed)
     run = Run()
+    batch = labelled[:0]
     for round_no in range(10**6):
         result = data.fit(labelled)
         run.labels.append(len(labelled))
         run.accuracy.append(data.accuracy(result))
         if run.accuracy[-1] >= target:
-            run.reached = len(labelled)
+            run.reached = len(labelled) - len(batch) + first_reaching_prefix(data, labelled, batch, target)
             break
         unlabelled_mask = in_pool.copy()
         unlabelled_mask[labelled] = False
@@ -164,8 +167,21 @@ def simulate(data: Data, method: str, seed: int, target: float, max_labels: int)
             batch = loopml_batch(data, labelled, unlabelled, result, seed=seed * 10_000 + round_no)
         else:
             batch = random_batch(data, unlabelled, rng)
-        labelled = np.concatenate([labelled, batch[: max_labels - len(labelled)]])
+        batch = batch[: max_labels - len(labelled)]
+        labelled = np.concatenate([labelled, batch])
     return run
+
+
+def first_reaching_prefix(data: Data, labelled: np.ndarray, batch: np.ndarray, target: float) -> int:
+    """How many items of the round ``batch`` (the last ``len(batch)`` of ``labelled``, in the order they were
+    queued) the annotator had labelled when the retrained model first reached ``target``; the whole round
+    does. The loop retrains on every saved annotation, so the labels needed are counted per item, not per
+    round."""
+    before = len(labelled) - len(batch)
+    for k in range(1, len(batch)):
+        if data.accuracy(data.fit(labelled[: before + k])) >= target:
+            return k
+    return len(batch)
 
 
 def full_accuracy(data: Data) -> float:

@@ -536,13 +536,17 @@ def spread(rows: np.ndarray, vectors: np.ndarray, want: int, seed: int = 0) -> n
 
 
 def central(rows: np.ndarray, vectors: np.ndarray, want: int, seed: int = 0) -> np.ndarray:
-    """``want`` of ``rows`` typical of ``vectors``: k-means into ``want`` clusters, the row nearest each centre."""
+    """``want`` of ``rows`` typical of ``vectors``: k-means into ``want`` clusters, the row nearest each centre,
+    largest cluster first (an annotator who labels only the first few covers the most of ``rows``)."""
     from sklearn.cluster import KMeans
 
     vectors = np.asarray(vectors, np.float32)
     kmeans = KMeans(n_clusters=want, n_init=1, random_state=seed).fit(vectors)
-    nearest = np.unique(kmeans.transform(vectors).argmin(axis=0))
-    return rows[nearest]
+    sizes = np.bincount(kmeans.labels_, minlength=want)
+    nearest = kmeans.transform(vectors).argmin(axis=0)
+    order = np.argsort(-sizes, kind="stable")
+    _, first = np.unique(nearest[order], return_index=True)  # one row per cluster even if two centres share it
+    return rows[nearest[order][np.sort(first)]]
 
 
 def _best_rows(rows: np.ndarray, priority: np.ndarray, recency: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

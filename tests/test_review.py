@@ -19,6 +19,7 @@ from loopml.review import (
     kth_nearest_distance,
     label_shares,
     pool_candidates,
+    central,
     pool_scores,
     select_for_review,
     unfamiliar_signal,
@@ -321,6 +322,22 @@ def test_unfamiliar_takes_the_central_call_of_each_far_cluster() -> None:
     # the calls near the training data are never unfamiliar; without training data nothing is
     assert select_for_review(frame(rows[:10]), vectors[:10], ctx, policy(budget=10, unfamiliar=10)).height <= 5
     assert select_for_review(frame(rows), vectors, context(), policy(budget=10, unfamiliar=2)).height == 0
+
+
+def test_central_puts_the_largest_cluster_first() -> None:
+    """An annotator who labels only the first picks covers the most: the centre of the biggest cluster comes
+    first, then the next biggest, each the row nearest its cluster's centre."""
+    eye = np.eye(DIM, dtype=np.float32)
+    sizes = {3: 4, 7: 12, 11: 7}  # axis -> cluster size
+    vectors, centre_rows = [], {}
+    for axis, size in sizes.items():
+        centre_rows[axis] = len(vectors)
+        vectors.append(eye[axis])
+        nudges = 0.15 * unit_vectors(size - 1, seed=axis)
+        vectors += list(_unit(eye[axis] + nudges - nudges.mean(axis=0)))
+    rows = np.arange(100, 100 + len(vectors))
+    picked = central(rows, np.asarray(vectors, np.float32), 3, seed=0)
+    assert picked.tolist() == [100 + centre_rows[axis] for axis in (7, 11, 3)]
 
 
 def test_cold_start_lets_unfamiliar_calls_fill_the_round() -> None:
