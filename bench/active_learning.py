@@ -16,8 +16,9 @@ from the pool (per seed, the same start for both methods) and then, round after 
 A run stops once holdout accuracy reaches 95 % of the full-data accuracy (``run_automl`` on the whole pool), or
 at the label cap (reported as ``>cap``). The loop retrains on every saved annotation, so labels are counted per
 item: in the round that reaches the target, the model is retrained after each of its items (in the order they
-were queued) and the first count that reaches the target is the labels needed. Reported: labels needed per seed, their mean, and LoopML / random.
-Embeddings are cached under ``$LOOPML_HOME/bench`` (shared with ``bench/automl_speed.py``).
+were queued) and the first count that reaches the target is the labels needed. Reported: labels needed per
+seed, their mean, and LoopML / random. Embeddings are cached under ``$LOOPML_HOME/bench`` (shared with
+``bench/automl_speed.py``).
 
     .venv/bin/python bench/active_learning.py [--quick] [--seeds N] [--max-labels 3000] [--data NAME]
 """
