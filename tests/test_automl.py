@@ -269,3 +269,59 @@ def test_tfidf_cv_gives_no_weight_to_words_no_training_row_of_the_fold_has() -> 
     candidates, _, _ = search._tfidf_branch(texts, y, 2, fold_of, 5)
     for candidate in candidates:
         np.testing.assert_allclose(candidate.oof_proba, 0.5, atol=1e-6)
+
+
+def _xor_embeddings_uninformative_words(per_label: int, seed: int = 0) -> tuple[list[str], np.ndarray, list[str]]:
+    """Two labels whose embeddings form an XOR pattern (no linear head separates them, an MLP does) and whose
+    texts are random words shared by both labels (the bag of words is at chance)."""
+    rng = np.random.default_rng(seed)
+    words = [w for vocab in VOCAB.values() for w in vocab]
+    corners = np.array([[1, 1], [-1, -1], [1, -1], [-1, 1]], dtype=np.float32)
+    texts, vectors, labels = [], [], []
+    for i in range(2 * per_label):
+        label = LABELS[i % 2]
+        corner = corners[2 * (i % 2) + rng.integers(2)]
+        vector = 0.05 * rng.normal(size=16).astype(np.float32)
+        vector[:2] += corner
+        texts.append(" ".join(rng.choice(words, 6)))
+        vectors.append(vector)
+        labels.append(label)
+    emb = np.asarray(vectors, dtype=np.float32)
+    return texts, emb / np.linalg.norm(emb, axis=1, keepdims=True), labels
+
+
+def test_small_data_keeps_the_default_head_and_a_tfidf_model_at_chance_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below MIN_TUNED_PER_LABEL examples of a label only the default linear head may win among the embedding
+    heads; a TF-IDF model no better than the label prior neither wins nor joins the ensemble. Both stay on the
+    leaderboard."""
+    from loopml.automl import search
+
+    texts, emb, labels = _xor_embeddings_uninformative_words(per_label=30)
+    assert 30 < search.MIN_TUNED_PER_LABEL
+    small = run_automl(texts, emb, labels, LABELS[:2], folds=5, seed=0)
+    assert (small.winner.name, small.winner.params["C"]) == ("linear", search.DEFAULT_LINEAR_C)
+    assert {"mlp", "tfidf_cnb", "ensemble"} <= {c.name for c in small.leaderboard}
+    mlp = next(c for c in small.leaderboard if c.name == "mlp")
+    assert mlp.cv_accuracy > small.winner.cv_accuracy + 0.2  # the MLP was clearly better and still not taken
+    monkeypatch.setattr(search, "MIN_TUNED_PER_LABEL", 20)  # enough examples: the CV's choice stands
+    tuned = run_automl(texts, emb, labels, LABELS[:2], folds=5, seed=0)
+    assert tuned.winner.name == "mlp"
+
+
+def test_tfidf_evidence_is_measured_against_the_label_prior() -> None:
+    """A model passes only when its out-of-fold log loss beats predicting the label frequencies by
+    TFIDF_EVIDENCE_SE standard errors."""
+    from loopml.automl import search
+
+    y = np.array([0, 0, 0, 1] * 25)
+    prior = np.tile([0.75, 0.25], (len(y), 1))
+
+    def candidate(proba: np.ndarray) -> search._Candidate:
+        return search._Candidate("tfidf_cnb", {}, proba, 1.0, 0.0)
+
+    assert not search._beats_prior(candidate(prior), y)  # the prior itself
+    informative = np.where(y[:, None] == np.arange(2), 0.9, 0.1)
+    assert search._beats_prior(candidate(informative), y)
+    noisy = informative.copy()
+    noisy[::3] = noisy[::3, ::-1]  # a third of the rows confidently wrong: worse than the prior on average
+    assert not search._beats_prior(candidate(noisy), y)
