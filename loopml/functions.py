@@ -148,15 +148,23 @@ class FunctionRegistry:
             row.labels = list(labels)
 
 
-def create_function(settings: Settings, name: str, input_type: str, labels: str | list[str]) -> int:
-    """Validate, create the Label Studio project, register the function and its Dagster partition."""
+def create_function(
+    settings: Settings, name: str, input_type: str, labels: str | list[str], encoder_id: str | None = None
+) -> int:
+    """Validate, create the Label Studio project, register the function and its Dagster partition.
+
+    ``encoder_id`` is one of :func:`loopml.encoders.list_encoders` (default: the default text encoder).
+    """
     from loopml.dagster_api import add_function_partition
-    from loopml.encoders import DEFAULT_TEXT_ENCODER
+    from loopml.encoders import DEFAULT_TEXT_ENCODER, list_encoders
     from loopml.labelstudio import LabelStudioClient
 
     validate_name(name)
     validate_input_type(input_type)
     label_set = parse_labels(labels)
+    encoder_id = encoder_id or DEFAULT_TEXT_ENCODER
+    if encoder_id not in list_encoders():
+        raise FunctionError(f"unknown encoder {encoder_id!r}; known encoders: {', '.join(list_encoders())}")
     registry = FunctionRegistry(settings)
     if name in registry.names():
         raise FunctionError(f"function {name!r} already exists; pick another name")
@@ -167,6 +175,6 @@ def create_function(settings: Settings, name: str, input_type: str, labels: str 
         label_config=render_label_config(input_type, label_set),
         description=f"LoopML function {name}: {input_type} -> {', '.join(label_set)}",
     )
-    registry.add(FunctionSpec(name, input_type, label_set, DEFAULT_TEXT_ENCODER, project_id))
+    registry.add(FunctionSpec(name, input_type, label_set, encoder_id, project_id))
     add_function_partition(settings.dagster_url, name)
     return project_id

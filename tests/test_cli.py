@@ -42,6 +42,11 @@ def test_unknown_input_type(monkeypatch, capsys) -> None:
     assert code == 2 and "unknown input type 'video'" in out
 
 
+def test_unknown_encoder_is_refused_before_anything_is_created(monkeypatch, capsys) -> None:
+    code, out = loopml(monkeypatch, capsys, "functions", "create", "ok-name", "--labels", "a,b", "--encoder", "bert")
+    assert code == 2 and "unknown encoder 'bert'" in out and "e5-small-q4" in out and "minilm-l6-int8" in out
+
+
 def test_label_studio_not_running_says_to_run_up(monkeypatch, capsys) -> None:
     code, out = loopml(monkeypatch, capsys, "functions", "create", "ok-name", "--labels", "a,b")
     assert code == 2 and "loopml up" in out

@@ -41,8 +41,9 @@ ASSETS = [annotations, dataset, features, model, deployment]
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    """A fresh LOOPML_HOME, a registered function whose project lives in a fake Label Studio."""
+def env(request, tmp_path, monkeypatch):
+    """A fresh LOOPML_HOME, a registered function whose project lives in a fake Label Studio (on the default
+    encoder unless the test passes another encoder id as the fixture's parameter)."""
     monkeypatch.setenv("LOOPML_HOME", str(tmp_path))
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
     settings = get_settings()
@@ -51,9 +52,8 @@ def env(tmp_path, monkeypatch):
     fake = FAKES.setdefault(key, FakeLabelStudio())
     project = fake.create_project("sentiment", "<View/>")
     fake.import_tasks(project, [{"data": {"text": t}} for t in POSITIVE + NEGATIVE + ["unlabelled one"]])
-    FunctionRegistry(settings).add(
-        FunctionSpec("sentiment", "text", ["positive", "negative"], "minilm-l6-int8", project)
-    )
+    encoder_id = getattr(request, "param", "minilm-l6-int8")
+    FunctionRegistry(settings).add(FunctionSpec("sentiment", "text", ["positive", "negative"], encoder_id, project))
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("functions", ["sentiment"])
     resources = {"loopml": FakeLoopMLResource(fake_key=key), "loopml_io": LoopMLIOManager()}
@@ -117,6 +117,22 @@ def test_annotations_to_registered_model(env) -> None:
         assert (state.primary_tag, state.canary_tag, state.canary_weight) == ("sentiment:v1", "sentiment:v2", 0.1)
     else:
         assert decided["decision"] == "rejected" and state.canary_tag is None
+
+
+@pytest.mark.parametrize("env", ["e5-small-q4"], indirect=True)
+def test_a_function_on_the_e5_encoder_trains_and_scores_with_it(env) -> None:
+    """``functions create --encoder e5-small-q4``: features, model and the registered version use e5."""
+    from loopml.encoders import E5_SMALL_ENCODER, get_encoder
+
+    assert FunctionRegistry(env["settings"]).get("sentiment").encoder_id == E5_SMALL_ENCODER
+    annotate_all(env["fake"], env["project"])
+    result = run(env)
+    assert result.asset_materializations_for_node("features")[0].metadata["encoder"].value == E5_SMALL_ENCODER
+    classifier = load_classifier(env["settings"], result.output_for_node("model")["tag"])
+    assert classifier.encoder_id == E5_SMALL_ENCODER
+    texts = ["an absolutely wonderful, moving film", "dull, boring and badly acted"]
+    probs = classifier.predict_proba(texts, get_encoder(E5_SMALL_ENCODER).encode(texts))
+    assert probs[0].argmax() == 0 and probs[1].argmax() == 1
 
 
 def candidate_with_flipped_labels(env) -> str:

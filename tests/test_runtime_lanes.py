@@ -97,3 +97,29 @@ def test_prefetched_tfidf_rows_are_kept_per_batch() -> None:
     for i in range(_PrefetchedVectorizer.KEEP + 5):  # never asked for: the oldest are dropped
         vectorizer.prefetch([str(i)])
     assert len(vectorizer._ahead) == _PrefetchedVectorizer.KEEP
+
+
+def test_functions_on_different_encoders_are_served_side_by_side(settings: Settings) -> None:
+    """A function created with ``--encoder e5-small-q4`` is scored through e5, next to a MiniLM function."""
+    from loopml.automl import run_automl
+    from loopml.encoders import E5_SMALL_ENCODER
+    from serving.model_store import save_model
+    from serving.runtime import ModelRuntime
+    from tests.serving_support import NEGATIVE, POSITIVE
+
+    texts = POSITIVE + NEGATIVE
+    labels = ["positive"] * len(POSITIVE) + ["negative"] * len(NEGATIVE)
+    embeddings = get_encoder(E5_SMALL_ENCODER).encode(texts)
+    model = run_automl(texts, embeddings, labels, list(LABELS), folds=3, encoder_id=E5_SMALL_ENCODER).model
+    FunctionRegistry(settings).add(FunctionSpec("e5-sentiment", "text", list(LABELS), E5_SMALL_ENCODER))
+    tag = save_model(settings, "e5-sentiment", model, {"note": "test"}).tag
+    DeploymentStore(settings).set_primary("e5-sentiment", tag, "test")
+    runtime = ModelRuntime(settings, lanes=2, warm_encoders=False)
+    runtime.start(wait=True, timeout=60)
+    try:
+        assert runtime.resolve("e5-sentiment").encoder_id == E5_SMALL_ENCODER
+        answers = runtime.predict("e5-sentiment", ["what a lovely, touching film", "awful, boring rubbish"])
+        assert [a.label for a in answers] == ["positive", "negative"]
+        assert runtime.predict(FUNCTION, ["I enjoyed every minute"])[0].label == "positive"
+    finally:
+        runtime.stop()
