@@ -49,27 +49,23 @@ class Split:
     other_emb: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # encoder -> (train, test)
 
 
-def loopml(split: Split) -> list[str]:
+def _automl(split: Split, train_emb: np.ndarray, test_emb: np.ndarray, encoder_id: str | None = None) -> list[str]:
+    """``run_automl`` on the training rows with ``train_emb``; the refit winner's predictions for the test rows."""
     from loopml.automl import run_automl
 
-    result = run_automl(
-        split.train_texts, split.train_emb, split.train_labels, sorted(set(split.train_labels))
-    )
-    return result.model.predict(split.test_texts, split.test_emb)
+    labels = split.train_labels
+    extra = {"encoder_id": encoder_id} if encoder_id else {}
+    result = run_automl(split.train_texts, train_emb, labels, sorted(set(labels)), **extra)
+    return result.model.predict(split.test_texts, test_emb)
+
+
+def loopml(split: Split) -> list[str]:
+    return _automl(split, split.train_emb, split.test_emb)
 
 
 def loopml_on(encoder_id: str) -> Callable[[Split], list[str]]:
     """LoopML's AutoML on the embeddings of ``encoder_id`` instead of the default encoder's."""
-
-    def fit_predict(split: Split) -> list[str]:
-        from loopml.automl import run_automl
-
-        train_emb, test_emb = split.other_emb[encoder_id]
-        labels = split.train_labels
-        result = run_automl(split.train_texts, train_emb, labels, sorted(set(labels)), encoder_id=encoder_id)
-        return result.model.predict(split.test_texts, test_emb)
-
-    return fit_predict
+    return lambda split: _automl(split, *split.other_emb[encoder_id], encoder_id=encoder_id)
 
 
 def tfidf_lr(split: Split) -> list[str]:
