@@ -323,3 +323,35 @@ def test_tfidf_evidence_is_measured_against_the_label_prior() -> None:
     noisy = informative.copy()
     noisy[::3] = noisy[::3, ::-1]  # a third of the rows confidently wrong: worse than the prior on average
     assert not search._beats_prior(candidate(noisy), y)
+
+
+def test_selection_asks_more_evidence_of_a_variant_of_the_default_head() -> None:
+    """The winner is the lowest-log-loss candidate among the default linear head and those that beat it
+    clearly: by SELECTION_STANDARD_ERRORS (TF-IDF model, ensemble) or HEAD_VARIANT_STANDARD_ERRORS (another
+    C, the MLP) standard errors of the paired per-example log-loss difference."""
+    from loopml.automl import search
+
+    assert search.SELECTION_STANDARD_ERRORS < 2.0 < search.HEAD_VARIANT_STANDARD_ERRORS <= 5.0
+    n = 100
+    y = np.zeros(n, dtype=np.int64)
+    wobble = 0.1 * np.where(np.arange(n) % 2 == 0, 1.0, -1.0)  # standard error of a mean difference: 0.01
+
+    def candidate(name: str, params: dict, z: float, emb_index: int | None) -> search._Candidate:
+        p = 0.5 * np.exp(0.01 * z + wobble if z else np.zeros(n))  # z standard errors better than the default
+        made = search._Candidate(name, params, np.column_stack([p, 1.0 - p]), 1.0, 0.0)
+        made.emb_index = emb_index
+        search._score(made, y)
+        return made
+
+    def winner(*others: search._Candidate) -> search._Candidate:
+        default = candidate("linear", {"C": search.DEFAULT_LINEAR_C}, 0.0, 0)
+        return search._select(sorted([default, *others], key=lambda c: c.rank_key()), y)
+
+    variant_2se = candidate("linear", {"C": 4.0}, 2.0, 1)
+    ensemble_1_5se = candidate("ensemble", {}, 1.5, None)
+    assert winner(variant_2se).params == {"C": search.DEFAULT_LINEAR_C}  # 2 SE: not enough for a variant
+    assert winner(variant_2se, ensemble_1_5se) is ensemble_1_5se  # the best of the clearly better ones
+    assert winner(candidate("mlp", {"C": 4.0}, 2.0, 3), ensemble_1_5se) is ensemble_1_5se
+    assert winner(candidate("ensemble", {}, 0.5, None)).params == {"C": search.DEFAULT_LINEAR_C}
+    variant_5se = candidate("linear", {"C": 16.0}, 5.0, 2)
+    assert winner(variant_5se, ensemble_1_5se) is variant_5se
