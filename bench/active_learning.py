@@ -8,9 +8,9 @@ from the pool (per seed, the same start for both methods) and then, round after 
 * LoopML: ``loopml.review.select_for_review`` on the unlabelled pool scored by the current model
   (``pool_candidates``: its answer, confidence and top-1 minus top-2 margin), with the review strategies that
   need no live traffic: unfamiliar items (far from every labelled item; the most central of each k-means
-  cluster) while some label has fewer than 10 examples (the cold start: the whole round), then near past
-  mistakes (pool items close to labelled items whose out-of-fold prediction was wrong), low confidence
-  (smallest margins), rare predicted classes, and a small random slice;
+  cluster, shared evenly between the model's answers) while some label has fewer than 10 examples (the cold
+  start: the whole round), then near past mistakes (pool items close to labelled items whose out-of-fold
+  prediction was wrong), low confidence (smallest margins), rare predicted classes, and a small random slice;
 * random: 20 pool items drawn uniformly.
 
 A run stops once holdout accuracy reaches 95 % of the full-data accuracy (``run_automl`` on the whole pool), or

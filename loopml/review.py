@@ -12,7 +12,8 @@ Every strategy scores every candidate call with a :class:`Signal` (the calls it 
   picks are typical of the unfamiliar traffic rather than its oddest outliers. **Cold start:** while some label
   has fewer than ``cold_start_per_label`` training examples, the model's confidence says little and this reason
   may fill everything the user-driven reasons leave, the random slice's reserve included (what is left over
-  still goes to the random slice);
+  still goes to the random slice); its picks are then shared evenly between the model's answers and alternate
+  between them, so that the first annotations teach every label alike;
 * ``near_mistake``: at least ``near_mistake_k`` items the model got wrong or was unsure of lie within cosine
   distance ``near_mistake_distance`` (scikit-learn's exact nearest-neighbour search: the small mistakes set is
   the index, candidates are queried in chunks);
@@ -357,6 +358,7 @@ def select_for_review(
         chosen=np.zeros(len(rep), dtype=bool),
         vectors=lambda rows: embeddings[rep[rows]],
         seed=seed,
+        answers=reps["label"].fill_null("").to_numpy(),
     )
     cold = policy.cold_start(context.training_label_counts)
     return _review_frame(reps, _allocate(signals, picker, policy, cold), signals)
@@ -471,6 +473,7 @@ class _Picker:
     chosen: np.ndarray
     vectors: Callable[[np.ndarray], np.ndarray]  # embeddings of rows
     seed: int = 0
+    answers: np.ndarray | None = None  # the model's answer (label) of each row; cold-start coverage balances them
     taken: set[str] = field(default_factory=set)
     hashes: dict[int, str] = field(default_factory=dict)
 
@@ -485,16 +488,31 @@ class _Picker:
             rows = spread(rows, self.vectors(rows), want, self.seed)
         return self._choose(rows[:want])
 
-    def cover(self, signal: Signal, want: int) -> list[int]:
+    def cover(self, signal: Signal, want: int, by_answer: bool = False) -> list[int]:
         """Up to ``want`` unchosen rows where ``signal`` applies that cover them: k-means into ``want`` clusters
-        over (a random sample of at most :data:`COVER_SAMPLE` of) them, the most central row of each cluster."""
+        over (a random sample of at most :data:`COVER_SAMPLE` of) them, the most central row of each cluster.
+
+        With ``by_answer`` the rows are covered per answer of the model, ``want`` shared evenly between the
+        answers (the most frequent answer first when it does not divide), and the picks alternate between
+        answers: the labels a cold start's annotations teach stay balanced even where one label's texts are
+        far more varied than another's (k-means over all rows would give that label most of the clusters).
+        """
         if want <= 0 or not signal.applies.any():
             return []
         shuffled = Signal(signal.applies, np.random.default_rng(self.seed).random(len(signal.applies)))
         rows = self._acceptable(shuffled, COVER_SAMPLE)
-        if len(rows) > want:
-            rows = central(rows, self.vectors(rows), want, self.seed)
-        return self._choose(rows)
+        if not by_answer or self.answers is None:
+            return self._choose(central(rows, self.vectors(rows), want, self.seed) if len(rows) > want else rows)
+        answers, counts = np.unique(self.answers[rows], return_counts=True)
+        groups = [rows[self.answers[rows] == a] for a in answers[np.argsort(-counts, kind="stable")]]
+        quotas = _share(want, [len(g) for g in groups])
+        picks = [
+            central(g, self.vectors(g), q, self.seed) if len(g) > q else g
+            for g, q in zip(groups, quotas, strict=True)
+            if q > 0
+        ]
+        interleaved = [int(p[i]) for i in range(max(map(len, picks), default=0)) for p in picks if i < len(p)]
+        return self._choose(np.array(interleaved, dtype=np.int64))
 
     def _choose(self, rows: np.ndarray) -> list[int]:
         """Mark ``rows`` chosen (and their texts taken); returns them as a list."""
@@ -549,6 +567,21 @@ def central(rows: np.ndarray, vectors: np.ndarray, want: int, seed: int = 0) -> 
     return rows[nearest[order][np.sort(first)]]
 
 
+def _share(total: int, sizes: list[int]) -> list[int]:
+    """``total`` items shared as evenly as possible between groups of ``sizes``: none gets more than its size,
+    what a small group cannot take goes evenly to the others, and a remainder to the earlier groups."""
+    quotas = [0] * len(sizes)
+    left = min(total, sum(sizes))
+    while left > 0:
+        open_groups = [i for i, size in enumerate(sizes) if quotas[i] < size]
+        each = left // len(open_groups)
+        for i in open_groups[:left] if each == 0 else open_groups:
+            give = min(sizes[i] - quotas[i], max(each, 1))
+            quotas[i] += give
+            left -= give
+    return quotas
+
+
 def _best_rows(rows: np.ndarray, priority: np.ndarray, recency: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` best of ``rows`` (all rows tied with the ``k``-th too) in order, and the rest unordered.
 
@@ -577,7 +610,7 @@ def _allocate(
             break
         if reason == UNFAMILIAR:
             want = room if cold_start else min(policy.cap(reason), room)
-            picks += [(row, reason) for row in picker.cover(signals[reason], want)]
+            picks += [(row, reason) for row in picker.cover(signals[reason], want, by_answer=cold_start)]
             continue
         diversity = policy.diversity if reason in DIVERSE_REASONS else 1
         picks += [(row, reason) for row in picker.take(signals[reason], min(policy.cap(reason), room), diversity)]

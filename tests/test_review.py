@@ -352,6 +352,28 @@ def test_cold_start_lets_unfamiliar_calls_fill_the_round() -> None:
     assert grown["reason"].to_list() == ["low_confidence"] * 2 + ["unfamiliar"] + ["random"] * 3
 
 
+def test_cold_start_coverage_alternates_between_the_answers() -> None:
+    """In a cold start the unfamiliar picks are shared evenly between the model's answers and alternate between
+    them, the most frequent answer first: answer ``a`` has four distinct far clusters and ``b`` one, so k-means
+    over all calls (as after the cold start) gives ``a`` most of the picks."""
+    from loopml.review import _share
+
+    eye = np.eye(DIM, dtype=np.float32)
+    training = _unit(eye[0] + 0.05 * unit_vectors(20, seed=1))
+    varied = [_unit(eye[axis] + 0.1 * unit_vectors(5, seed=axis)) for axis in (3, 5, 7, 9)]
+    alike = _unit(eye[12] + 0.1 * unit_vectors(10, seed=12))
+    vectors = np.vstack([*varied, alike])
+    rows = [call(i, label="a" if i < 20 else "b") for i in range(len(vectors))]
+    coverage = ReviewPolicy(budget=6, caps={**NOTHING, "unfamiliar": 6}, random_share=0.0, unfamiliar_share=1.0)
+    young = select_for_review(frame(rows), vectors, context(training=training, counts={"a": 3, "b": 3}), coverage)
+    assert young["reason"].to_list() == ["unfamiliar"] * 6
+    assert young["label"].to_list() == ["a", "b"] * 3
+    assert len({int(i.split("-")[1]) // 5 for i in young.filter(pl.col("label") == "a")["invocation_id"]}) == 3
+    grown = select_for_review(frame(rows), vectors, context(training=training, counts={"a": 30, "b": 30}), coverage)
+    assert grown["label"].to_list().count("a") >= 4
+    assert _share(7, [10, 1, 10]) == [3, 1, 3] and _share(5, [2, 2]) == [2, 2] and _share(2, [4, 4, 4]) == [1, 1, 0]
+
+
 def test_unfamiliar_is_measured_on_a_uniform_sample_of_a_large_stream() -> None:
     calls, training = unit_vectors(5000, seed=5), unit_vectors(300, seed=6)
     full = unfamiliar_signal(calls, training, share=0.5)
