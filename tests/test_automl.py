@@ -355,3 +355,31 @@ def test_selection_asks_more_evidence_of_a_variant_of_the_default_head() -> None
     assert winner(candidate("ensemble", {}, 0.5, None)).params == {"C": search.DEFAULT_LINEAR_C}
     variant_5se = candidate("linear", {"C": 16.0}, 5.0, 2)
     assert winner(variant_5se, ensemble_1_5se) is variant_5se
+
+
+def test_a_few_unbalanced_examples_do_not_set_the_answers_prior(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heads learn label frequencies smoothed by PRIOR_PSEUDO_COUNT pseudo-examples per label: trained on
+    12 "sport" items and 2 of each other label, the model still answers every label on balanced new data
+    (learning the raw frequencies, the regularised head answers "sport" for nearly everything)."""
+    from loopml.automl import search
+
+    y = np.array([0] * 5 + [1] * 2 + [2] * 2)
+    np.testing.assert_allclose(search.label_prior(y, 3), np.array([15, 12, 12]) / 39)
+    large = np.array([0] * 6000 + [1] * 3000 + [2] * 1000)
+    np.testing.assert_allclose(search.label_prior(large, 3), [0.6, 0.3, 0.1], atol=0.002)
+    weights = search._fold_weights(y, np.ones(len(y), dtype=bool), search.label_prior(y, 3))
+    np.testing.assert_allclose(np.bincount(y, weights=weights) / weights.sum(), search.label_prior(y, 3))
+
+    def fit_and_score(seed: int) -> tuple[float, set[str]]:
+        texts, emb, labels = make_dataset(per_label=12, seed=seed)
+        keep = [i for i, label in enumerate(labels) if label == "sport" or i % 12 < 2]
+        new_texts, new_emb, truth = make_dataset(per_label=50, seed=100 + seed)
+        result = run_automl([texts[i] for i in keep], emb[keep], [labels[i] for i in keep], LABELS, seed=0)
+        predicted = result.model.predict(new_texts, new_emb)
+        return float(np.mean(np.array(predicted) == np.array(truth))), set(predicted)
+
+    smoothed = [fit_and_score(seed) for seed in (1, 2, 3)]
+    assert all(len(answers) >= 2 for _, answers in smoothed)
+    monkeypatch.setattr(search, "PRIOR_PSEUDO_COUNT", 0.0)
+    raw = [fit_and_score(seed) for seed in (1, 2, 3)]
+    assert np.mean([a for a, _ in smoothed]) > np.mean([a for a, _ in raw]) + 0.1
