@@ -117,6 +117,38 @@ def test_fit_temperature_recovers_scale_and_never_hurts() -> None:
     assert fit_temperature(np.zeros((5, 3)), np.array([0, 1, 2, 0, 1])) == 1.0
 
 
+def test_smoothed_temperature_targets_stop_short_of_certainty() -> None:
+    """Rows all ranked right push an unsmoothed temperature to its lower bound (certainty); with smoothing ``e``
+    the fitted probability of identical rows' label is ``1 - e (C - 1) / C``."""
+    logits, y = np.tile([4.0, 0.0], (10, 1)), np.zeros(10, dtype=np.int64)
+    assert fit_temperature(logits, y) == pytest.approx(0.05)
+    tempered = fit_temperature(logits, y, smoothing=0.1)
+    assert softmax(logits, tempered)[0, 0] == pytest.approx(0.95, abs=1e-4)
+
+
+def test_a_model_trained_on_a_few_separable_examples_is_not_certain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every out-of-fold answer right on 2 examples per label: the deployed model's confidence stays short of
+    certainty (the winner's temperature is fitted to targets smoothed by CALIBRATION_PSEUDO_ROWS), and its
+    out-of-fold probabilities follow the same temperature."""
+    from loopml.automl import search
+
+    texts, emb, labels = make_dataset(per_label=2, seed=3)
+    emb = np.repeat(np.eye(3, 32, dtype=np.float32), 2, axis=0) + 0.01 * emb  # well apart: the CV is all right
+    new_texts, new_emb, _ = make_dataset(per_label=5, seed=4)
+    new_emb = np.repeat(np.eye(3, 32, dtype=np.float32), 5, axis=0) + 0.01 * new_emb
+
+    def fit() -> tuple[AutoMLResult, np.ndarray]:
+        result = run_automl(texts, emb, labels, LABELS, folds=2, seed=0)
+        return result, result.model.predict_proba(new_texts, new_emb)
+
+    result, proba = fit()
+    assert result.cv_accuracy == 1.0 and np.mean(proba.argmax(axis=1) == np.repeat([0, 1, 2], 5)) == 1.0
+    assert proba.max() < 0.99 and result.oof_proba.max() < 0.99
+    monkeypatch.setattr(search, "CALIBRATION_PSEUDO_ROWS", 0.0)
+    certain, proba = fit()
+    assert proba.max() > 0.999 and certain.oof_proba.max() > 0.999
+
+
 def test_save_load_round_trip_is_exact(result: AutoMLResult, data: tuple, tmp_path: Path) -> None:
     texts, emb, _ = data
     result.model.save(tmp_path / "model")

@@ -31,15 +31,26 @@ def log_loss(proba: np.ndarray, y: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(picked, _EPS, 1.0))))
 
 
-def _nll_at(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
+def _nll_at(logits: np.ndarray, y: np.ndarray, temperature: float, smoothing: float = 0.0) -> float:
     z = logits / temperature
     z = z - z.max(axis=1, keepdims=True)
     log_norm = np.log(np.exp(z).sum(axis=1))
-    return float(np.mean(log_norm - z[np.arange(len(y)), y]))
+    return float(np.mean(log_norm - _target_logit(z, y, smoothing)))
 
 
-def fit_temperature(logits: np.ndarray, y: np.ndarray, lo: float = 0.05, hi: float = 20.0) -> float:
+def _target_logit(z: np.ndarray, y: np.ndarray, smoothing: float) -> np.ndarray:
+    """Per row, the logits weighted by the smoothed target ``(1 - smoothing) * one_hot(y) + smoothing / C``."""
+    return (1.0 - smoothing) * z[np.arange(len(y)), y] + smoothing * z.mean(axis=1)
+
+
+def fit_temperature(
+    logits: np.ndarray, y: np.ndarray, lo: float = 0.05, hi: float = 20.0, smoothing: float = 0.0
+) -> float:
     """The temperature ``T`` in ``[lo, hi]`` minimising the NLL of ``softmax(logits / T)``.
+
+    With ``smoothing`` the targets are ``(1 - smoothing) * one_hot(y) + smoothing / C`` rather than ``y``
+    itself: out-of-fold logits that rank every row right would otherwise push ``T`` to ``lo`` however few the
+    rows are (a model trained on four examples would then answer with certainty).
 
     The NLL is convex in ``b = 1 / T`` (its second derivative is the variance of the logits under the
     predicted distribution), so a safeguarded Newton iteration on ``b`` converges in a few steps. ``T = 1``
@@ -47,7 +58,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, lo: float = 0.05, hi: flo
     """
     z = np.asarray(logits, dtype=np.float64)
     z = z - z.max(axis=1, keepdims=True)
-    true = z[np.arange(len(y)), y]
+    true = _target_logit(z, y, smoothing)
     b_lo, b_hi = 1.0 / hi, 1.0 / lo
     b = 1.0
     for _ in range(30):
@@ -65,7 +76,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, lo: float = 0.05, hi: flo
             break
         b = step_b
     best = 1.0 / b
-    return best if _nll_at(logits, y, best) < _nll_at(logits, y, 1.0) else 1.0
+    return best if _nll_at(logits, y, best, smoothing) < _nll_at(logits, y, 1.0, smoothing) else 1.0
 
 
 def accuracy(proba: np.ndarray, y: np.ndarray) -> float:

@@ -88,6 +88,7 @@ DEFAULT_LINEAR_C = 1.0  # the fallback winner when no candidate is clearly bette
 SELECTION_STANDARD_ERRORS = 1.0  # how clearly (in standard errors) a candidate must beat the default
 HEAD_VARIANT_STANDARD_ERRORS = 3.0  # ... and another embedding head (see the module docstring)
 PRIOR_PSEUDO_COUNT = 10.0  # pseudo-examples of every label in the label frequencies heads learn (label_prior)
+CALIBRATION_PSEUDO_ROWS = 1.0  # uniform mass in the winner's temperature targets, in rows (_temper)
 MLP_HIDDEN = 64
 MLP_CS: tuple[float, ...] = (4.0,)
 MLP_EPOCHS = 5
@@ -279,6 +280,22 @@ def _lbfgs_iterations(n: int) -> int:
     ratio = max(n, 1) / 2000
     factor = min(3.0, np.sqrt(ratio)) if ratio >= 1 else min(4.0, 1 / np.sqrt(ratio))
     return int(LBFGS_ITERATIONS * factor)
+
+
+def _temper(winner: _Candidate, y: np.ndarray) -> None:
+    """Refit the winner's final temperature (for the ensemble: the mixture's) to targets smoothed by
+    :data:`CALIBRATION_PSEUDO_ROWS` rows' worth of uniform mass (see :func:`fit_temperature`), and its
+    out-of-fold probabilities and scores with it.
+
+    Selection compares candidates calibrated on the labels themselves; the deployed model should not be certain
+    because a few rows were all ranked right in the CV (with two labels, the target of a row is
+    ``1 - 1 / (2 (n + 1))`` for ``n`` rows; with thousands of rows the change is nil).
+    """
+    logits = winner.temperature * np.log(np.clip(winner.oof_proba, 1e-300, None))  # before the temperature
+    smoothing = CALIBRATION_PSEUDO_ROWS / (len(y) + CALIBRATION_PSEUDO_ROWS)
+    winner.temperature = fit_temperature(logits, y, smoothing=smoothing)
+    winner.oof_proba = softmax(logits, winner.temperature)
+    _score(winner, y)
 
 
 def _oof_logits(logits: np.ndarray, config: int, fold_of: np.ndarray, n_folds: int) -> np.ndarray:
@@ -547,6 +564,7 @@ def run_automl(
         eligible = eligible + [ensemble] + (tfidf_candidates if text_led else [])
     ranked = sorted(emb_candidates + tfidf_candidates + [ensemble], key=lambda c: c.rank_key())
     winner = _select([c for c in ranked if any(c is e for e in eligible)], y)
+    _temper(winner, y)
     ranked = [winner] + [c for c in ranked if c is not winner]
     model = _build_model(
         winner, trained, n_folds, (center, scale), vectorizer, class_totals, label_set, encoder_id
