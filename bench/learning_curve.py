@@ -52,10 +52,11 @@ class Split:
 def _automl(split: Split, train_emb: np.ndarray, test_emb: np.ndarray, encoder_id: str | None = None) -> list[str]:
     """``run_automl`` on the training rows with ``train_emb``; the refit winner's predictions for the test rows."""
     from loopml.automl import run_automl
+    from loopml.encoders import DEFAULT_TEXT_ENCODER
 
     labels = split.train_labels
-    extra = {"encoder_id": encoder_id} if encoder_id else {}
-    result = run_automl(split.train_texts, train_emb, labels, sorted(set(labels)), **extra)
+    encoder = encoder_id or DEFAULT_TEXT_ENCODER
+    result = run_automl(split.train_texts, train_emb, labels, sorted(set(labels)), encoder_id=encoder)
     return result.model.predict(split.test_texts, test_emb)
 
 

@@ -357,8 +357,8 @@ def select_for_review(
         existing=context.existing_hashes,
         chosen=np.zeros(len(rep), dtype=bool),
         vectors=lambda rows: embeddings[rep[rows]],
-        seed=seed,
         answers=reps["label"].fill_null("").to_numpy(),
+        seed=seed,
     )
     cold = policy.cold_start(context.training_label_counts)
     return _review_frame(reps, _allocate(signals, picker, policy, cold), signals)
@@ -472,8 +472,8 @@ class _Picker:
     existing: frozenset[str]
     chosen: np.ndarray
     vectors: Callable[[np.ndarray], np.ndarray]  # embeddings of rows
+    answers: np.ndarray  # the model's answer (label) of each row; cold-start coverage balances them
     seed: int = 0
-    answers: np.ndarray | None = None  # the model's answer (label) of each row; cold-start coverage balances them
     taken: set[str] = field(default_factory=set)
     hashes: dict[int, str] = field(default_factory=dict)
 
@@ -501,10 +501,10 @@ class _Picker:
             return []
         shuffled = Signal(signal.applies, np.random.default_rng(self.seed).random(len(signal.applies)))
         rows = self._acceptable(shuffled, COVER_SAMPLE)
-        if not by_answer or self.answers is None:
-            return self._choose(central(rows, self.vectors(rows), want, self.seed) if len(rows) > want else rows)
-        answers, counts = np.unique(self.answers[rows], return_counts=True)
-        groups = [rows[self.answers[rows] == a] for a in answers[np.argsort(-counts, kind="stable")]]
+        groups = [rows]
+        if by_answer:
+            answers, counts = np.unique(self.answers[rows], return_counts=True)
+            groups = [rows[self.answers[rows] == a] for a in answers[np.argsort(-counts, kind="stable")]]
         quotas = _share(want, [len(g) for g in groups])
         picks = [
             central(g, self.vectors(g), q, self.seed) if len(g) > q else g
