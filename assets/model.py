@@ -8,8 +8,10 @@ import polars as pl
 from dagster import AssetExecutionContext, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
 
 from assets.partitions import functions_partitions
+from assets.preannotations import unlabelled_items_path
 from assets.resources import LoopMLResource
 from loopml.dataset import training_rows
+from loopml.features import FeatureCache, unlabelled_embeddings
 
 MIN_TRAIN_EXAMPLES = 2  # per label in the training split, for cross-validation
 
@@ -65,9 +67,12 @@ def model(
 ) -> Output[dict[str, Any]]:
     """AutoML: linear and MLP heads (Lightning) on embeddings, TF-IDF linear model, and their ensemble.
 
-    Stratified k-fold cross-validation picks the winner, temperature scaling calibrates it, and it is refit
-    on the training split and registered in the BentoML model store as the function's next version. The
-    holdout split is never trained on; it is scored here and kept for the deployment gate.
+    The embedding heads train in the principal directions of all the function's items: the dataset's and
+    the unlabelled tasks' embeddings recorded by ``preannotations`` (with few labels the minor directions are
+    noise; see ``loopml.automl.basis``). Stratified k-fold cross-validation picks the winner, temperature
+    scaling calibrates it, and it is refit on the training split and registered in the BentoML model store
+    as the function's next version. The holdout split is never trained on; it is scored here and kept for the
+    deployment gate.
     """
     from loopml.automl import run_automl
     from serving.model_store import save_model
@@ -95,7 +100,18 @@ def model(
         )
         train = train.filter(pl.col("label").is_in(label_set))
     embeddings = np.asarray(train["embedding"].to_list(), dtype=np.float32)
-    result = run_automl(train["text"].to_list(), embeddings, train["label"].to_list(), label_set)
+    unlabelled = unlabelled_embeddings(
+        unlabelled_items_path(settings.data_dir, spec.name),
+        FeatureCache(settings.features_dir, spec.encoder_id),
+        exclude=set(dataset["content_hash"].to_list()),
+    )
+    result = run_automl(
+        train["text"].to_list(),
+        embeddings,
+        train["label"].to_list(),
+        label_set,
+        unlabelled_embeddings=unlabelled,
+    )
     result.model.encoder_id = spec.encoder_id
     train_seconds = time.perf_counter() - started
 
@@ -119,6 +135,9 @@ def model(
         "label_set": result.label_set,
         "labels_left_out": left_out,
         "encoder": spec.encoder_id,
+        "unlabelled_items": 0 if unlabelled is None else len(unlabelled),
+        # the dimensions the embedding heads trained on: a principal basis (see loopml.automl.basis) or all
+        "feature_dims": result.basis_size or int(embeddings.shape[1]),
         "per_label": result.per_label,
         "train_seconds": round(train_seconds, 3),
         "dagster_run_id": context.run_id,
@@ -147,6 +166,11 @@ def model(
             "confusion_matrix": _confusion_markdown(result.label_set, result.confusion),
             "label_set": MetadataValue.json(result.label_set),
             "encoder": spec.encoder_id,
+            "feature_basis": (
+                f"{result.basis_size} principal directions of {train.height + len(unlabelled)} items"
+                if result.basis_size is not None and unlabelled is not None
+                else "all dimensions"
+            ),
             "temperature": float(result.temperature),
             "train_rows": train.height,
             "train_seconds": round(train_seconds, 3),

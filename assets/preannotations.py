@@ -1,16 +1,24 @@
 """preannotations: the primary model's answer on every unlabelled Label Studio task."""
 
 import time
+from pathlib import Path
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
+from assets.io_manager import asset_path
 from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource
+from loopml.dataset import content_hash
 from loopml.deployments import DeploymentStore
-from loopml.features import FeatureCache
+from loopml.features import FeatureCache, write_unlabelled_items
 from loopml.preannotate import predict_tasks
 
 MAX_TASKS = 100_000  # per run; a larger backlog is covered by the next promotion or the nightly run
+
+
+def unlabelled_items_path(data_dir: Path, function: str) -> Path:
+    """Where the hashes of the function's unlabelled tasks (as last pre-annotated) are recorded."""
+    return asset_path(data_dir, "unlabelled_items", function, ".parquet")
 
 
 @asset(
@@ -22,7 +30,10 @@ MAX_TASKS = 100_000  # per run; a larger backlog is covered by the next promotio
 def preannotations(context: AssetExecutionContext, loopml: LoopMLResource) -> MaterializeResult:
     """Every unlabelled task gets the serving primary's prediction (label, calibrated score, model version) as
     a pre-annotation; the project shows that version's predictions, so annotators confirm instead of typing and
-    can sort the Data Manager by prediction score. Re-run whenever a new primary is promoted."""
+    can sort the Data Manager by prediction score. Re-run whenever a new primary is promoted.
+
+    The unlabelled tasks' embeddings stay in the feature cache and their hashes are recorded for the
+    ``model`` asset, whose embedding heads train in the principal directions of all the function's items."""
     from loopml.encoders import get_encoder
     from serving.model_store import load_classifier
 
@@ -47,6 +58,10 @@ def preannotations(context: AssetExecutionContext, loopml: LoopMLResource) -> Ma
         state.primary_tag,
         FeatureCache(settings.features_dir, spec.encoder_id),
         lambda texts: encoder.encode(texts, progress=len(texts) > 256),
+    )
+    write_unlabelled_items(
+        unlabelled_items_path(settings.data_dir, function),
+        [content_hash(str(t.data["text"])) for t in tasks if str(t.data.get("text") or "").strip()],
     )
     created = client.import_predictions(spec.labelstudio_project_id, result.predictions)
     client.set_model_version(spec.labelstudio_project_id, state.primary_tag)

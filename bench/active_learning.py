@@ -3,7 +3,9 @@
 The annotation loop, simulated with the ground truth as the annotator. A fixed stratified 20 % holdout (seed 0)
 is the test set; the other 80 % is the unlabelled pool. Each run starts from 2 labelled items per class drawn
 from the pool (per seed, the same start for both methods) and then, round after round, retrains with
-``run_automl`` on the labelled items, measures holdout accuracy and labels 20 more pool items chosen by
+``run_automl`` on the labelled items (the pool's other items passed as unlabelled, as the product passes a
+function's unlabelled tasks: they shape the feature basis), measures holdout accuracy and labels 20 more pool
+items chosen by
 
 * LoopML: ``loopml.review.select_for_review`` on the unlabelled pool scored by the current model
   (``pool_candidates``: its answer, confidence and top-1 minus top-2 margin), with the review strategies that
@@ -83,9 +85,17 @@ class Data:
     test: np.ndarray
 
     def fit(self, rows: np.ndarray) -> AutoMLResult:
+        """``run_automl`` on ``rows``; the rest of the pool are the function's unlabelled items."""
         from loopml.automl import run_automl
 
-        return run_automl([self.texts[i] for i in rows], self.emb[rows], list(self.y[rows]), self.label_set)
+        rest = np.setdiff1d(self.pool, rows)
+        return run_automl(
+            [self.texts[i] for i in rows],
+            self.emb[rows],
+            list(self.y[rows]),
+            self.label_set,
+            unlabelled_embeddings=self.emb[rest] if len(rest) else None,
+        )
 
     def accuracy(self, result: AutoMLResult) -> float:
         predicted = result.model.predict([self.texts[i] for i in self.test], self.emb[self.test])

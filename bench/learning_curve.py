@@ -4,7 +4,9 @@ A fixed stratified 20 % holdout (seed 0) is the test set. From the remaining 80 
 and 128 labelled examples per class are drawn (several seeds; the mean is reported) and the whole pool is
 used once ("all"). Methods:
 
-* LoopML: ``run_automl`` on texts + cached MiniLM embeddings; the refit winner predicts the holdout;
+* LoopML: ``run_automl`` on texts + cached MiniLM embeddings, with the embeddings of the rest of the training
+  pool as the function's unlabelled items (in the product: the unlabelled Label Studio tasks; they shape the
+  feature basis, ``loopml.automl.basis``; no label of theirs is used); the refit winner predicts the holdout;
 * TF-IDF(1-2)+LR: scikit-learn ``TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)`` and
   ``LogisticRegression(C=10)``;
 * MiniLM+LR: ``LogisticRegression()`` (C=1) on the same cached embeddings.
@@ -46,22 +48,39 @@ class Split:
     train_labels: list[str]
     test_texts: list[str]
     test_emb: np.ndarray
-    other_emb: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # encoder -> (train, test)
+    unlabelled_emb: np.ndarray | None = None  # the rest of the training pool, for LoopML
+    other_emb: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = field(
+        default_factory=dict
+    )  # encoder -> (train, test, unlabelled)
 
 
-def _automl(split: Split, train_emb: np.ndarray, test_emb: np.ndarray, encoder_id: str | None = None) -> list[str]:
-    """``run_automl`` on the training rows with ``train_emb``; the refit winner's predictions for the test rows."""
+def _automl(
+    split: Split,
+    train_emb: np.ndarray,
+    test_emb: np.ndarray,
+    unlabelled_emb: np.ndarray | None,
+    encoder_id: str | None = None,
+) -> list[str]:
+    """``run_automl`` on the training rows with ``train_emb`` (and the pool's other rows unlabelled); the refit
+    winner's predictions for the test rows."""
     from loopml.automl import run_automl
     from loopml.encoders import DEFAULT_TEXT_ENCODER
 
     labels = split.train_labels
     encoder = encoder_id or DEFAULT_TEXT_ENCODER
-    result = run_automl(split.train_texts, train_emb, labels, sorted(set(labels)), encoder_id=encoder)
+    result = run_automl(
+        split.train_texts,
+        train_emb,
+        labels,
+        sorted(set(labels)),
+        encoder_id=encoder,
+        unlabelled_embeddings=unlabelled_emb,
+    )
     return result.model.predict(split.test_texts, test_emb)
 
 
 def loopml(split: Split) -> list[str]:
-    return _automl(split, split.train_emb, split.test_emb)
+    return _automl(split, split.train_emb, split.test_emb, split.unlabelled_emb)
 
 
 def loopml_on(encoder_id: str) -> Callable[[Split], list[str]]:
@@ -123,8 +142,13 @@ def evaluate(name: str, seeds: int, also: list[str]) -> list[tuple[str, dict[str
         for seed in range(seeds if per_class is not None else 1):
             rows_idx = draw(pool, label_array, per_class, seed)
             train_texts, train_labels = [texts[i] for i in rows_idx], list(label_array[rows_idx])
-            split = Split(train_texts, emb[rows_idx], train_labels, test_texts, emb[test])
-            split.other_emb = {e: (vectors[rows_idx], vectors[test]) for e, vectors in other.items()}
+            rest = np.setdiff1d(pool, rows_idx)
+            unlabelled = emb[rest] if len(rest) else None
+            split = Split(train_texts, emb[rows_idx], train_labels, test_texts, emb[test], unlabelled)
+            split.other_emb = {
+                e: (vectors[rows_idx], vectors[test], vectors[rest] if len(rest) else None)
+                for e, vectors in other.items()
+            }
             for method, fit_predict in METHODS.items():
                 started = time.perf_counter()
                 predicted = np.array(fit_predict(split))

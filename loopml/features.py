@@ -86,3 +86,23 @@ class FeatureCache:
         if not hashes:
             return np.zeros((0, 0), dtype=np.float32), 0
         return np.stack([cached[h] for h in hashes]).astype(np.float32), len(missing)
+
+
+def write_unlabelled_items(path: Path, hashes: list[str]) -> None:
+    """Record the content hashes of a function's unlabelled items (their embeddings are in the cache)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}.parquet")
+    pl.DataFrame({"content_hash": list(dict.fromkeys(hashes))}, schema={"content_hash": pl.String}).write_parquet(
+        tmp
+    )
+    tmp.replace(path)
+
+
+def unlabelled_embeddings(path: Path, cache: FeatureCache, exclude: set[str]) -> np.ndarray | None:
+    """The cached embeddings of the unlabelled items recorded at ``path``, less those in ``exclude`` (items
+    labelled since); ``None`` when none were recorded."""
+    if not path.exists():
+        return None
+    hashes = [h for h in pl.read_parquet(path)["content_hash"].to_list() if h not in exclude]
+    found = cache.lookup(hashes)
+    return np.stack(list(found.values())) if found else None

@@ -158,3 +158,21 @@ def test_a_removed_label_is_excluded_with_a_warning(env) -> None:
     assert checks["labels_in_label_set"].passed  # removed, not unknown
     dataset_meta = result.asset_materializations_for_node("dataset")[0].metadata
     assert dataset_meta["excluded_removed_labels"].value == {"neutral": len(NEUTRAL)}
+
+
+def test_the_next_model_trains_in_the_directions_of_the_unlabelled_tasks(env) -> None:
+    fake, project = env["fake"], env["project"]
+    fake.import_tasks(project, [{"data": {"text": f"{NEUTRAL[i % 6]}, scene {i}"}} for i in range(300)])
+    annotate_all(fake, project)
+    first = run(env)
+    assert first.output_for_node("model")["unlabelled_items"] == 0  # nothing pre-annotated yet
+    assert first.output_for_node("model")["feature_dims"] == 384  # all of MiniLM's dimensions
+
+    _materialize(env, preannotations)  # embeds and records the 301 unlabelled tasks
+    fake.create_annotation(fake.projects[project][0], "positive")  # an edit: the sensor would retrain
+    again = run(env)
+    second = again.output_for_node("model")
+    assert second["unlabelled_items"] == 301
+    assert second["feature_dims"] == 16  # a dozen labelled rows: the 16 leading directions
+    meta = again.asset_materializations_for_node("model")[0].metadata
+    assert meta["feature_basis"].value == f"16 principal directions of {second['train_rows'] + 301} items"

@@ -57,6 +57,7 @@ import torch
 
 from loopml.encoders import DEFAULT_TEXT_ENCODER
 
+from .basis import Basis, fit_basis
 from .classifier import EmbeddingHead, TextClassifier, TfidfHead, sharpen
 from .heads import HeadSpec, TrainedHeads, torch_threads, train_heads
 from .metrics import (
@@ -146,6 +147,7 @@ class AutoMLResult:
     per_label: dict[str, dict[str, float]]
     confusion: list[list[int]]  # [true][predicted]
     train_seconds: float
+    basis_size: int | None = None  # principal components the embedding heads saw (None: all dimensions)
 
 
 @dataclass
@@ -331,22 +333,30 @@ def _embedding_candidates(
 
 
 def _embedding_head(
-    trained: TrainedHeads, index: int, n_folds: int, standardise: tuple[np.ndarray, float], temperature: float
+    trained: TrainedHeads,
+    index: int,
+    n_folds: int,
+    standardise: tuple[np.ndarray, float],
+    temperature: float,
+    basis: Basis | None,
 ) -> EmbeddingHead:
-    """The refit (all rows) head of config ``index``."""
+    """The refit (all rows) head of config ``index``, on raw embeddings (a basis is folded into its first
+    layer)."""
     n_linear = len(LINEAR_CS)
     head = index * (n_folds + 1) + n_folds
     center, scale = standardise
-    tensors = {"center": torch.from_numpy(center.astype(np.float32))}
     if index < n_linear:
-        tensors |= {
-            "weight": trained.linear["weight"][head].clone(),
-            "bias": trained.linear["bias"][head].clone(),
-        }
-        return EmbeddingHead("linear", tensors, scale, temperature)
-    head -= n_linear * (n_folds + 1)
-    tensors |= {k: trained.mlp[k][head].clone() for k in ("w1", "b1", "w2", "b2")}
-    return EmbeddingHead("mlp", tensors, scale, temperature)
+        kind, first = "linear", "weight"
+        tensors = {"weight": trained.linear["weight"][head].clone(), "bias": trained.linear["bias"][head].clone()}
+    else:
+        head -= n_linear * (n_folds + 1)
+        kind, first = "mlp", "w1"
+        tensors = {k: trained.mlp[k][head].clone() for k in ("w1", "b1", "w2", "b2")}
+    if basis is not None:
+        center, weight = basis.fold(center, tensors[first].detach().cpu().double().numpy())
+        tensors[first] = torch.from_numpy(weight.astype(np.float32))
+    tensors["center"] = torch.from_numpy(np.asarray(center, dtype=np.float32))
+    return EmbeddingHead(kind, tensors, scale, temperature)
 
 
 # --- TF-IDF models ------------------------------------------------------------------------------
@@ -478,6 +488,7 @@ def _build_model(
     trained: TrainedHeads,
     n_folds: int,
     standardise: tuple[np.ndarray, float],
+    basis: Basis | None,
     vectorizer: TfidfWords,
     class_totals: np.ndarray,
     label_set: list[str],
@@ -486,7 +497,9 @@ def _build_model(
     emb, tfidf = winner.members if winner.members else (winner, winner)
     embedding_head = tfidf_head = None
     if emb.emb_index is not None:
-        embedding_head = _embedding_head(trained, emb.emb_index, n_folds, standardise, emb.temperature)
+        embedding_head = _embedding_head(
+            trained, emb.emb_index, n_folds, standardise, emb.temperature, basis
+        )
     if tfidf.cnb_alpha is not None:
         tfidf_head = TfidfHead(vectorizer, cnb_weights(class_totals, tfidf.cnb_alpha), tfidf.temperature)
     return TextClassifier(
@@ -523,6 +536,7 @@ def run_automl(
     folds: int = 5,
     seed: int = 0,
     encoder_id: str | None = DEFAULT_TEXT_ENCODER,
+    unlabelled_embeddings: np.ndarray | None = None,
 ) -> AutoMLResult:
     """Cross-validate all candidates, pick the winner by calibrated log loss and refit it on all data.
 
@@ -530,17 +544,24 @@ def run_automl(
     the candidates that beat it clearly (see the module docstring); it is refit on all rows.
 
     ``embeddings[i]`` is the vector of ``texts[i]`` from encoder ``encoder_id``; ``labels[i]`` is one of
-    ``label_set`` (whose order fixes the probability columns). Folds are stratified; their number drops to
-    the size of the smallest class when that is below ``folds``. Raises :class:`ValueError` for fewer than
-    two distinct labels, a label with fewer than two examples, or mismatched lengths.
+    ``label_set`` (whose order fixes the probability columns). ``unlabelled_embeddings`` (the function's other
+    items, same encoder) only shape the feature basis the embedding heads train in (:mod:`.basis`). Folds are
+    stratified; their number drops to the size of the smallest class when that is below ``folds``. Raises
+    :class:`ValueError` for fewer than two distinct labels, a label with fewer than two examples, or mismatched
+    lengths (also of the unlabelled embeddings' width).
     """
     started = time.perf_counter()
     emb = np.asarray(embeddings, dtype=np.float32)
     y, n_folds = _check_inputs(texts, emb, labels, label_set, folds)
     n_classes = len(label_set)
     fold_of = _fold_ids(y, n_folds, seed)
-    center, scale = _standardisation(emb)
-    standardised = ((emb - center) / scale).astype(np.float32)
+    unlabelled = None if unlabelled_embeddings is None else np.asarray(unlabelled_embeddings, dtype=np.float32)
+    if unlabelled is not None and (unlabelled.ndim != 2 or unlabelled.shape[1] != emb.shape[1]):
+        raise ValueError(f"unlabelled embeddings of shape {unlabelled.shape}, expected (n, {emb.shape[1]})")
+    basis = fit_basis(emb, unlabelled)
+    head_input = basis.project(emb) if basis is not None else emb
+    center, scale = _standardisation(head_input)
+    standardised = ((head_input - center) / scale).astype(np.float32)
     # the TF-IDF branch (polars, scipy, numpy: mostly outside the GIL) runs beside the torch heads
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopml-tfidf") as pool:
         tfidf_future = pool.submit(_tfidf_branch, list(texts), y, n_classes, fold_of, n_folds)
@@ -567,7 +588,7 @@ def run_automl(
     _temper(winner, y)
     ranked = [winner] + [c for c in ranked if c is not winner]
     model = _build_model(
-        winner, trained, n_folds, (center, scale), vectorizer, class_totals, label_set, encoder_id
+        winner, trained, n_folds, (center, scale), basis, vectorizer, class_totals, label_set, encoder_id
     )
     matrix = confusion_matrix(y, winner.oof_proba.argmax(axis=1), n_classes)
     return AutoMLResult(
@@ -582,4 +603,5 @@ def run_automl(
         per_label=per_label_report(matrix, list(label_set)),
         confusion=matrix.tolist(),
         train_seconds=time.perf_counter() - started,
+        basis_size=basis.size if basis is not None else None,
     )
