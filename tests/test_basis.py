@@ -15,9 +15,8 @@ def test_basis_size_grows_with_the_labels_then_is_the_whole_space() -> None:
     assert basis_size(10, 384) == 16
     assert basis_size(64, 384) == 16
     assert basis_size(128, 384) == 32
-    assert basis_size(256, 384) == 64
-    assert basis_size(640, 384) == 128
-    assert basis_size(1024, 384) is None  # 256 of 384 dimensions: little to drop
+    assert basis_size(255, 384) == 32
+    assert basis_size(256, 384) is None  # from 256 labels on: the whole space
     assert basis_size(16, 24) is None  # a small space is used whole
 
 
