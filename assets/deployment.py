@@ -19,7 +19,8 @@ from dagster import (
 from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource
 from loopml.dataset import training_rows
-from loopml.deployments import CANARY_STEPS, DeploymentStore
+from loopml.db import utcnow
+from loopml.deployments import CANARY_STEPS, ROLLOUT_PATIENCE_SECONDS, WAIT_ACTION, DeploymentState, DeploymentStore
 from loopml.gate import DEFAULT_TOLERANCE, evaluate_gate
 
 
@@ -32,6 +33,17 @@ def _probs(classifier: Any, texts: list[str], embeddings: np.ndarray, encoder_id
 
         embeddings = get_encoder(classifier.encoder_id).encode(texts)
     return classifier.predict_proba(texts, embeddings)
+
+
+def rollout_age_seconds(state: DeploymentState) -> float | None:
+    """Seconds since the function's canary started rolling out; ``None`` without a canary."""
+    if not state.canary_tag or state.canary_started_at is None:
+        return None
+    started = state.canary_started_at
+    now = utcnow()
+    if started.tzinfo is None:
+        now = now.replace(tzinfo=None)
+    return (now - started).total_seconds()
 
 
 @asset(
@@ -62,6 +74,11 @@ def deployment(
     canary at the initial weight (``LOOPML_CANARY_INITIAL_WEIGHT``, default 10 %) and the canary controller
     ramps, promotes or rolls it back from live traffic. A rejected candidate keeps the primary serving and
     fails the `gate` check with the reason.
+
+    One rollout at a time: while a canary has been rolling out for less than ``LOOPML_ROLLOUT_PATIENCE_SECONDS``
+    (default 300), a candidate that passes the gate *waits* (decision ``waiting``); when the rollout ends the
+    canary controller requests a ``deploy_function`` run, which gates the newest version against the primary
+    of that moment. A rollout older than that (too little traffic to decide) is replaced.
     """
     from serving.model_store import load_classifier
 
@@ -72,6 +89,7 @@ def deployment(
     state = store.get(function)
     candidate_tag = str(model["tag"])
     tolerance = float(os.environ.get("LOOPML_GATE_TOLERANCE", DEFAULT_TOLERANCE))
+    patience = float(os.environ.get("LOOPML_ROLLOUT_PATIENCE_SECONDS", ROLLOUT_PATIENCE_SECONDS))
     initial_weight = float(os.environ.get("LOOPML_CANARY_INITIAL_WEIGHT", CANARY_STEPS[0]))
 
     rows = training_rows(dataset, spec.labels).join(features, on="content_hash", how="left")
@@ -113,6 +131,15 @@ def deployment(
             state = store.set_primary(function, candidate_tag, "first version of the function", details=details)
     elif candidate_tag in (state.primary_tag, state.canary_tag):
         decision = "unchanged"
+    elif result.passed and (age := rollout_age_seconds(state)) is not None and age < patience:
+        decision = "waiting"
+        store.record(
+            function,
+            WAIT_ACTION,
+            f"gate passed: {result.reason}; waits for the rollout of canary {state.canary_tag} "
+            f"({age:.0f} s so far) to end",
+            details=details,
+        )
     elif result.passed:
         decision = "canary"
         replaced = f" (replaces canary {state.canary_tag})" if state.canary_tag else ""

@@ -15,6 +15,11 @@ from loopml.config import Settings
 from loopml.db import DeploymentEventRow, DeploymentRow, session_factory, utcnow
 
 CANARY_STEPS = (0.10, 0.25, 0.50, 1.00)
+# A canary rolling out for less than this is not replaced by a newer version: the newer one waits and is gated
+# when the rollout ends (otherwise, with annotations arriving every few seconds, every rollout is cut short and
+# the first primary serves for ever). A rollout older than this (too little traffic to decide) is replaced.
+ROLLOUT_PATIENCE_SECONDS = 300.0
+WAIT_ACTION = "wait"  # the history action of a candidate that passed the gate and waits for a rollout to end
 
 
 class DeploymentError(ValueError):
@@ -198,6 +203,17 @@ class DeploymentStore:
             row.canary_tag, row.canary_weight, row.canary_started_at = None, 0.0, None
 
         return self._change(function, "rollback", reason, actor, details, mutate)
+
+    def waiting_since_rollout(self, function: str, canary_tag: str) -> list[str]:
+        """Candidates that passed the gate and waited (:data:`WAIT_ACTION`) since ``canary_tag`` became canary,
+        oldest first."""
+        waiting: list[str] = []
+        for event in reversed(self.history(function, limit=200)):  # newest first
+            if event.action == "canary" and event.canary_tag == canary_tag:
+                break
+            if event.action == WAIT_ACTION:
+                waiting.append(str(event.details.get("candidate", "")))
+        return [tag for tag in reversed(waiting) if tag]
 
     def record(
         self, function: str, action: str, reason: str, actor: str = "loopml", details: dict[str, Any] | None = None

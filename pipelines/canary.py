@@ -5,6 +5,7 @@ from datetime import datetime
 from dagster import (
     AssetObservation,
     DefaultSensorStatus,
+    RunRequest,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -14,6 +15,7 @@ from dagster import (
 from assets.resources import LoopMLResource
 from loopml.canary import CanaryPolicy, canary_stats, decide
 from loopml.deployments import DeploymentState, DeploymentStore
+from pipelines.jobs import deploy_function
 
 STEP_ACTIONS = ("canary", "ramp")
 ACTOR = "canary_controller"
@@ -35,16 +37,20 @@ def step_started(store: DeploymentStore, state: DeploymentState) -> tuple[dateti
     return started or state.canary_started_at or state.updated_at, expected
 
 
-@sensor(minimum_interval_seconds=10, default_status=DefaultSensorStatus.RUNNING)
+@sensor(job=deploy_function, minimum_interval_seconds=10, default_status=DefaultSensorStatus.RUNNING)
 def canary_controller(context: SensorEvaluationContext, loopml: LoopMLResource) -> SensorResult | SkipReason:
     """Compares canary and primary on shadow-scored traffic and feedback; each decision is recorded with its
     reason in the deployment history (`loopml deployments NAME`) and as an observation of `deployment`.
+
+    When a rollout ends (promotion or rollback) and newer versions passed the gate meanwhile and waited, a
+    ``deploy_function`` run gates the newest one against the primary of that moment.
     """
     settings = loopml.settings()
     store = DeploymentStore(settings)
     policy = CanaryPolicy.from_env()
     summaries: list[str] = []
     observations: list[AssetObservation] = []
+    run_requests: list[RunRequest] = []
     for state in store.all():
         if not state.canary_tag or not state.primary_tag:
             continue
@@ -58,6 +64,15 @@ def canary_controller(context: SensorEvaluationContext, loopml: LoopMLResource) 
             store.promote(state.function, decision.reason, ACTOR, details)
         elif decision.action == "rollback":
             store.rollback(state.function, decision.reason, ACTOR, details)
+        if decision.action in ("promote", "rollback"):
+            waiting = store.waiting_since_rollout(state.function, state.canary_tag)
+            if waiting:
+                run_requests.append(
+                    RunRequest(
+                        partition_key=state.function,
+                        tags={"loopml/trigger": f"rollout-ended ({decision.action})", "loopml/waiting": waiting[-1]},
+                    )
+                )
         summaries.append(f"{state.function}: {decision.action} ({decision.reason})")
         if decision.action != "hold":
             observations.append(
@@ -72,4 +87,4 @@ def canary_controller(context: SensorEvaluationContext, loopml: LoopMLResource) 
     context.log.info("; ".join(summaries))
     if not observations:
         return SkipReason("; ".join(summaries))
-    return SensorResult(asset_events=observations)
+    return SensorResult(asset_events=observations, run_requests=run_requests)

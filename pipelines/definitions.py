@@ -17,6 +17,7 @@ from pipelines.canary import canary_controller
 from pipelines.drift import drift_sensor
 from pipelines.follow_ups import inspect_after_training, preannotation_sensor
 from pipelines.jobs import (
+    deploy_function,
     inspect_function,
     monitor_function,
     preannotate_function,
@@ -49,7 +50,14 @@ defs = Definitions(
         review_set,
         drift_report,
     ],
-    jobs=[train_function, inspect_function, preannotate_function, monitor_function, review_function],
+    jobs=[
+        train_function,
+        deploy_function,
+        inspect_function,
+        preannotate_function,
+        monitor_function,
+        review_function,
+    ],
     sensors=[
         function_discovery_sensor,
         annotation_sensor,

@@ -24,6 +24,12 @@ train_function = function_job(
     # a run whose process crashed is retried once; a run that failed on data (a failed check) is not
     **{"dagster/max_retries": 1, "dagster/retry_on_asset_or_op_failure": "false"},
 )
+deploy_function = function_job(
+    "deploy_function",
+    ("deployment",),
+    "Gate one function's newest version against its primary and roll it out (requested when a rollout ends "
+    "with a newer version waiting).",
+)
 inspect_function = function_job(
     "inspect_function",
     ("label_issues",),

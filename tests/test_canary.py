@@ -133,3 +133,33 @@ def test_requests_before_the_service_loaded_the_canary_are_not_failures(store) -
     tick()
     state = store.get("fn")
     assert state.canary_tag == C and state.canary_weight == 0.25
+
+
+def test_a_rollout_that_ends_with_a_version_waiting_requests_its_gate(store) -> None:
+    store.record("fn", "wait", "gate passed; waits for the rollout", details={"candidate": "fn:v3"})
+    store.record("fn", "wait", "gate passed; waits for the rollout", details={"candidate": "fn:v4"})
+    assert store.waiting_since_rollout("fn", C) == ["fn:v3", "fn:v4"]
+    for _ in range(2):  # 10 % -> 25 % -> 50 %: still rolling out, nothing requested
+        traffic(60)
+        assert not tick().run_requests
+    traffic(60)
+    result = tick()  # promoted
+    assert store.get("fn").primary_tag == C
+    (request,) = result.run_requests
+    assert request.partition_key == "fn" and request.tags["loopml/waiting"] == "fn:v4"
+    assert request.tags["loopml/trigger"] == "rollout-ended (promote)"
+
+
+def test_a_rollback_with_a_version_waiting_requests_its_gate(store) -> None:
+    store.record("fn", "wait", "gate passed; waits for the rollout", details={"candidate": "fn:v3"})
+    traffic(60, agree=False)
+    (request,) = tick().run_requests
+    assert store.get("fn").canary_tag is None and request.tags["loopml/waiting"] == "fn:v3"
+
+
+def test_a_rollout_without_a_version_waiting_requests_nothing(store) -> None:
+    for _ in range(3):
+        traffic(60)
+        assert not tick().run_requests
+    assert store.get("fn").primary_tag == C
+    assert store.waiting_since_rollout("fn", C) == []

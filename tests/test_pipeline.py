@@ -301,8 +301,41 @@ def test_definitions_load() -> None:
 
     job = defs.resolve_job_def("train_function")
     assert {n.name for n in job.graph.node_defs} >= {"annotations", "dataset", "features", "model"}
+    assert {n.name for n in defs.resolve_job_def("deploy_function").graph.node_defs} == {"deployment"}
     assert defs.resolve_sensor_def("annotation_sensor").minimum_interval_seconds <= 5
     assert defs.resolve_schedule_def("nightly_retraining").cron_schedule == "0 3 * * *"
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys >= {"annotations", "dataset", "features", "model", "deployment", "preannotations", "label_issues"}
+
+
+def test_a_new_version_waits_for_the_rollout_in_progress(env, monkeypatch) -> None:
+    monkeypatch.setenv("LOOPML_GATE_TOLERANCE", "1.0")  # this test is about the rollout, not the gate
+    fake, project = env["fake"], env["project"]
+    annotate_all(fake, project)
+    assert run(env).success  # v1: primary
+    store = DeploymentStore(env["settings"])
+    store.start_canary("sentiment", "sentiment:v0-canary", 0.1, "a rollout in progress")
+    fake.create_annotation(fake.projects[project][-1], "positive")
+    decided = run(env).output_for_node("deployment")  # v2 passes the gate and waits
+    assert decided["decision"] == "waiting" and decided["canary"] == "sentiment:v0-canary"
+    assert store.waiting_since_rollout("sentiment", "sentiment:v0-canary") == ["sentiment:v2"]
+    assert "waits for the rollout of canary sentiment:v0-canary" in store.history("sentiment")[-1].reason
+
+    store.rollback("sentiment", "the canary controller ended the rollout")
+    again = run(env, [deployment]).output_for_node("deployment")  # the deploy_function job
+    assert again["decision"] == "canary" and store.get("sentiment").canary_tag == "sentiment:v2"
+
+
+def test_a_rollout_that_cannot_decide_is_replaced_after_the_patience(env, monkeypatch) -> None:
+    monkeypatch.setenv("LOOPML_GATE_TOLERANCE", "1.0")
+    monkeypatch.setenv("LOOPML_ROLLOUT_PATIENCE_SECONDS", "0")
+    fake, project = env["fake"], env["project"]
+    annotate_all(fake, project)
+    assert run(env).success
+    store = DeploymentStore(env["settings"])
+    store.start_canary("sentiment", "sentiment:v0-canary", 0.1, "a rollout with too little traffic")
+    fake.create_annotation(fake.projects[project][-1], "positive")
+    decided = run(env).output_for_node("deployment")
+    assert decided["decision"] == "canary" and store.get("sentiment").canary_tag == "sentiment:v2"
+    assert "replaces canary sentiment:v0-canary" in store.history("sentiment")[-1].reason
