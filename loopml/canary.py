@@ -44,14 +44,22 @@ class CanaryPolicy:
 class CanaryStats:
     requests: int  # invocations since the current step began
     shadow_scored: int  # of those, scored by both versions
-    disagreement_rate: float
-    label_shift: float
+    disagreement_rate: float  # over the compared calls
+    label_shift: float  # over the compared calls
     confidence_shift: float  # canary mean confidence minus primary's
     error_rate: float  # invocations where the canary failed to score
     latency_ratio: float  # canary-answered mean latency / primary-answered
     feedback: int
     primary_feedback_accuracy: float | None
     canary_feedback_accuracy: float | None
+    # shadow-scored calls where each version's answer is a label the other version has; disagreement and label
+    # shift are measured on these (a label added or removed changes answers by design: "per shared label")
+    compared: int = -1  # -1: all shadow-scored calls
+    other_label_share: float = 0.0  # share of shadow-scored calls answered with a label the other lacks
+
+    @property
+    def comparable(self) -> int:
+        return self.shadow_scored if self.compared < 0 else self.compared
 
     def as_metadata(self) -> dict[str, Any]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -115,6 +123,7 @@ def stats_from_rows(
     ]
     prim_pred: dict[str, str] = {}
     can_pred: dict[str, str] = {}
+    comparable: set[str] = set()  # each answer is a label the other version has
     prim_conf, can_conf, errors = [], [], 0
     latency = {primary_tag: [], canary_tag: []}
     for row in rows:
@@ -129,14 +138,16 @@ def stats_from_rows(
         p, c = np.asarray(scores[primary_tag]), np.asarray(scores[canary_tag])
         prim_pred[row.id] = labels[primary_tag][int(p.argmax())]
         can_pred[row.id] = labels[canary_tag][int(c.argmax())]
+        if prim_pred[row.id] in labels[canary_tag] and can_pred[row.id] in labels[primary_tag]:
+            comparable.add(row.id)
         prim_conf.append(float(p.max()))
         can_conf.append(float(c.max()))
-    n = len(prim_pred)
-    disagreement = sum(prim_pred[i] != can_pred[i] for i in prim_pred) / n if n else 0.0
-    names = sorted(set(prim_pred.values()) | set(can_pred.values()))
-    dist_p = np.array([list(prim_pred.values()).count(x) for x in names], dtype=float)
-    dist_c = np.array([list(can_pred.values()).count(x) for x in names], dtype=float)
-    shift = float(0.5 * np.abs(dist_p / max(n, 1) - dist_c / max(n, 1)).sum()) if n else 0.0
+    n, m = len(prim_pred), len(comparable)
+    disagreement = sum(prim_pred[i] != can_pred[i] for i in comparable) / m if m else 0.0
+    names = sorted({prim_pred[i] for i in comparable} | {can_pred[i] for i in comparable})
+    dist_p = np.array([sum(prim_pred[i] == x for i in comparable) for x in names], dtype=float)
+    dist_c = np.array([sum(can_pred[i] == x for i in comparable) for x in names], dtype=float)
+    shift = float(0.5 * np.abs(dist_p / max(m, 1) - dist_c / max(m, 1)).sum()) if m else 0.0
     mean = lambda xs: float(np.mean(xs)) if xs else 0.0  # noqa: E731
     p_lat, c_lat = mean(latency[primary_tag]), mean(latency[canary_tag])
     truths = {f.invocation_id: f.true_label for f in feedback if f.true_label and f.invocation_id in prim_pred}
@@ -151,6 +162,8 @@ def stats_from_rows(
         feedback=len(truths),
         primary_feedback_accuracy=(sum(prim_pred[i] == t for i, t in truths.items()) / len(truths)) if truths else None,
         canary_feedback_accuracy=(sum(can_pred[i] == t for i, t in truths.items()) / len(truths)) if truths else None,
+        compared=m,
+        other_label_share=(n - m) / n if n else 0.0,
     )
 
 
@@ -160,7 +173,9 @@ def decide(
     """Roll back on any breach; hold until enough traffic; else ramp to the next step, promote after the last.
 
     ``expected_disagreement`` is what the gate saw on the holdout: a better model is expected to disagree with
-    the primary that often, so live disagreement (and label shift) breach only beyond it plus a margin.
+    the primary that often, so live disagreement (and label shift) breach only beyond it plus a margin. Both are
+    measured on the calls where each version answered a label the other has (``stats.compared``): a version
+    with a new label answers it where the primary could not, by design.
     """
     expected = (expected_disagreement or 0.0) + policy.disagreement_margin
     max_disagreement = max(policy.max_disagreement, expected)
@@ -168,14 +183,15 @@ def decide(
     breaches = []
     if stats.error_rate > policy.max_error_rate:
         breaches.append(f"canary failed to score {stats.error_rate:.1%} of requests")
-    if stats.shadow_scored >= policy.min_requests_per_step:
+    if stats.comparable >= policy.min_requests_per_step:
         if stats.disagreement_rate > max_disagreement:
             breaches.append(
-                f"disagrees with the primary on {stats.disagreement_rate:.1%} of requests "
+                f"disagrees with the primary on {stats.disagreement_rate:.1%} of comparable requests "
                 f"(at most {max_disagreement:.1%} expected)"
             )
         if stats.label_shift > max_label_shift:
             breaches.append(f"label distribution moved by {stats.label_shift:.2f} (total variation)")
+    if stats.shadow_scored >= policy.min_requests_per_step:
         if stats.confidence_shift < -policy.max_confidence_drop:
             breaches.append(f"mean confidence dropped by {-stats.confidence_shift:.2f}")
         if stats.latency_ratio > policy.max_latency_ratio:

@@ -163,3 +163,33 @@ def test_a_rollout_without_a_version_waiting_requests_nothing(store) -> None:
         assert not tick().run_requests
     assert store.get("fn").primary_tag == C
     assert store.waiting_since_rollout("fn", C) == []
+
+
+def test_a_canary_with_a_new_label_is_compared_on_the_shared_labels(store) -> None:
+    """The canary knows a third label and answers it on a third of the calls (the primary cannot): that is the
+    point of the new version, not a breach; on the other calls both agree."""
+    sessions = session_factory(get_settings().database_url)
+    with sessions.begin() as session:
+        for i in range(90):
+            primary = [0.8, 0.2] if i % 2 else [0.3, 0.7]
+            canary = [0.1, 0.1, 0.8] if i % 3 == 0 else [*primary, 0.0]
+            session.add(
+                InvocationRow(
+                    id=str(uuid.uuid4()),
+                    function="fn",
+                    created_at=utcnow() + timedelta(milliseconds=5),
+                    input_text=f"x{i}",
+                    scores={P: primary, C: canary},
+                    labels={P: LABELS, C: [*LABELS, "new"]},
+                    answered_by=P,
+                    label="pos",
+                    confidence=max(primary),
+                    latency_ms=3.0,
+                )
+            )
+    result = tick()
+    assert isinstance(result, SensorResult)
+    metadata = result.asset_events[0].metadata
+    assert metadata["action"].value == "ramp" and store.get("fn").canary_weight == 0.25
+    assert metadata["compared"].value == 60 and metadata["disagreement_rate"].value == 0.0
+    assert abs(metadata["other_label_share"].value - 1 / 3) < 1e-3
