@@ -38,6 +38,9 @@ def main() -> None:
         LOOPML_DAGSTER_PORT="18430",
         LOOPML_SERVING_PORT="18490",
         LOOPML_ANNOTATION_POLL_SECONDS="1",
+        # no traffic here, so a canary never finishes its rollout: each new version replaces it at once (what is
+        # measured is annotation -> answering as canary, not the one-rollout-at-a-time policy)
+        LOOPML_ROLLOUT_PATIENCE_SECONDS="0",
         DAGSTER_HOME=str(home / "dagster"),
         BENTOML_HOME=str(home / "bentoml"),
     )
