@@ -11,9 +11,13 @@ from assets.resources import LoopMLResource
 from loopml.dataset import content_hash
 from loopml.deployments import DeploymentStore
 from loopml.features import FeatureCache, write_unlabelled_items
-from loopml.preannotate import predict_tasks
+from loopml.labelstudio import Prediction
+from loopml.preannotate import PreannotationResult, predict_tasks
 
 MAX_TASKS = 100_000  # per run; a larger backlog is covered by the next promotion or the nightly run
+# tasks embedded, scored and imported at a time: on a large project, predictions appear in Label Studio and the
+# next model can use the tasks as the run goes (2,000 long articles take minutes to embed)
+CHUNK_TASKS = 256
 
 
 def unlabelled_items_path(data_dir: Path, function: str) -> Path:
@@ -30,7 +34,8 @@ def unlabelled_items_path(data_dir: Path, function: str) -> Path:
 def preannotations(context: AssetExecutionContext, loopml: LoopMLResource) -> MaterializeResult:
     """Every unlabelled task gets the serving primary's prediction (label, calibrated score, model version) as
     a pre-annotation; the project shows that version's predictions, so annotators confirm instead of typing and
-    can sort the Data Manager by prediction score. Re-run whenever a new primary is promoted.
+    can sort the Data Manager by prediction score. Re-run whenever a new primary is promoted. Works in chunks
+    of ``CHUNK_TASKS``.
 
     The unlabelled tasks' embeddings stay in the feature cache and their hashes are recorded for the
     ``model`` asset, whose embedding heads train in the principal directions of all the function's items."""
@@ -48,23 +53,35 @@ def preannotations(context: AssetExecutionContext, loopml: LoopMLResource) -> Ma
         raise ValueError(f"function {function!r} has no Label Studio project")
     started = time.perf_counter()
     client = loopml.labelstudio()
-    tasks = client.unlabeled_tasks(spec.labelstudio_project_id, limit=MAX_TASKS)
+    project = spec.labelstudio_project_id
+    tasks = client.unlabeled_tasks(project, limit=MAX_TASKS)
     classifier = load_classifier(settings, state.primary_tag)
     encoder = get_encoder(classifier.encoder_id or spec.encoder_id)
-    result = predict_tasks(
-        tasks,
-        classifier.predict_proba,
-        classifier.label_set,
-        state.primary_tag,
-        FeatureCache(settings.features_dir, spec.encoder_id),
-        lambda texts: encoder.encode(texts, progress=len(texts) > 256),
-    )
-    write_unlabelled_items(
-        unlabelled_items_path(settings.data_dir, function),
-        [content_hash(str(t.data["text"])) for t in tasks if str(t.data.get("text") or "").strip()],
-    )
-    created = client.import_predictions(spec.labelstudio_project_id, result.predictions)
-    client.set_model_version(spec.labelstudio_project_id, state.primary_tag)
+    cache = FeatureCache(settings.features_dir, spec.encoder_id)
+    record = unlabelled_items_path(settings.data_dir, function)
+    predictions: list[Prediction] = []
+    hashes: list[str] = []
+    created = newly_embedded = 0
+    for start in range(0, max(len(tasks), 1), CHUNK_TASKS):
+        chunk = tasks[start : start + CHUNK_TASKS]
+        part = predict_tasks(
+            chunk,
+            classifier.predict_proba,
+            classifier.label_set,
+            state.primary_tag,
+            cache,
+            encoder.encode,
+        )
+        created += client.import_predictions(project, part.predictions)
+        if start == 0:  # the project shows this version's predictions from the first chunk on
+            client.set_model_version(project, state.primary_tag)
+        predictions += part.predictions
+        newly_embedded += part.newly_embedded
+        hashes += [content_hash(str(t.data["text"])) for t in chunk if str(t.data.get("text") or "").strip()]
+        write_unlabelled_items(record, hashes)  # the next model can use the tasks embedded so far
+        if len(tasks) > CHUNK_TASKS:
+            context.log.info(f"{function}: pre-annotated {min(start + CHUNK_TASKS, len(tasks))}/{len(tasks)} tasks")
+    result = PreannotationResult(predictions, newly_embedded)
     scores = [p.score for p in result.predictions]
     return MaterializeResult(
         metadata={

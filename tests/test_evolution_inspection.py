@@ -176,3 +176,35 @@ def test_the_next_model_trains_in_the_directions_of_the_unlabelled_tasks(env) ->
     assert second["feature_dims"] == 16  # a dozen labelled rows: the 16 leading directions
     meta = again.asset_materializations_for_node("model")[0].metadata
     assert meta["feature_basis"].value == f"16 principal directions of {second['train_rows'] + 301} items"
+
+
+def test_preannotations_go_chunk_by_chunk_and_record_the_tasks_as_they_go(env, monkeypatch) -> None:
+    import polars as pl
+
+    import assets.preannotations as preannotations_module
+
+    fake, project = env["fake"], env["project"]
+    fake.import_tasks(project, [{"data": {"text": text}} for text in NEUTRAL[:4]])  # 5 unlabelled tasks in all
+    annotate_all(fake, project)
+    assert run(env).success
+    monkeypatch.setattr(preannotations_module, "CHUNK_TASKS", 2)
+    imports: list[int] = []
+    records: list[int] = []
+    original_import, original_write = fake.import_predictions, preannotations_module.write_unlabelled_items
+
+    def counting_import(project_id, predictions):  # noqa: ANN001, ANN202
+        imports.append(len(predictions))
+        return original_import(project_id, predictions)
+
+    def counting_write(path, hashes):  # noqa: ANN001, ANN202
+        records.append(len(hashes))
+        original_write(path, hashes)
+
+    monkeypatch.setattr(fake, "import_predictions", counting_import)
+    monkeypatch.setattr(preannotations_module, "write_unlabelled_items", counting_write)
+    meta = _materialize(env, preannotations).asset_materializations_for_node("preannotations")[0].metadata
+    assert meta["predictions"].value == 5 and imports == [2, 2, 1]
+    assert records == [2, 4, 5]  # the record grows with each chunk
+    path = preannotations_module.unlabelled_items_path(env["settings"].data_dir, "sentiment")
+    assert pl.read_parquet(path).height == 5
+    assert fake.model_versions[project] == "sentiment:v1"
