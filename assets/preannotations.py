@@ -10,7 +10,7 @@ from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource
 from loopml.dataset import content_hash
 from loopml.deployments import DeploymentStore
-from loopml.features import FeatureCache, write_unlabelled_items
+from loopml.features import FeatureCache, read_unlabelled_items, write_unlabelled_items
 from loopml.labelstudio import Prediction
 from loopml.preannotate import PreannotationResult, predict_tasks
 
@@ -59,6 +59,9 @@ def preannotations(context: AssetExecutionContext, loopml: LoopMLResource) -> Ma
     encoder = get_encoder(classifier.encoder_id or spec.encoder_id)
     cache = FeatureCache(settings.features_dir, spec.encoder_id)
     record = unlabelled_items_path(settings.data_dir, function)
+    # tasks an earlier run embedded and that are still unlabelled stay recorded while this run catches up
+    current = {content_hash(str(t.data["text"])) for t in tasks if str(t.data.get("text") or "").strip()}
+    earlier = [h for h in read_unlabelled_items(record) if h in current]
     predictions: list[Prediction] = []
     hashes: list[str] = []
     created = newly_embedded = 0
@@ -78,7 +81,8 @@ def preannotations(context: AssetExecutionContext, loopml: LoopMLResource) -> Ma
         predictions += part.predictions
         newly_embedded += part.newly_embedded
         hashes += [content_hash(str(t.data["text"])) for t in chunk if str(t.data.get("text") or "").strip()]
-        write_unlabelled_items(record, hashes)  # the next model can use the tasks embedded so far
+        # the next model can use the tasks embedded so far
+        write_unlabelled_items(record, list(dict.fromkeys(hashes + earlier)))
         if len(tasks) > CHUNK_TASKS:
             context.log.info(f"{function}: pre-annotated {min(start + CHUNK_TASKS, len(tasks))}/{len(tasks)} tasks")
     result = PreannotationResult(predictions, newly_embedded)

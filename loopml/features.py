@@ -98,11 +98,16 @@ def write_unlabelled_items(path: Path, hashes: list[str]) -> None:
     tmp.replace(path)
 
 
+def read_unlabelled_items(path: Path) -> list[str]:
+    """The content hashes recorded by :func:`write_unlabelled_items` (none when nothing was recorded)."""
+    return pl.read_parquet(path)["content_hash"].to_list() if path.exists() else []
+
+
 def unlabelled_embeddings(path: Path, cache: FeatureCache, exclude: set[str]) -> np.ndarray | None:
     """The cached embeddings of the unlabelled items recorded at ``path``, less those in ``exclude`` (items
     labelled since); ``None`` when none were recorded."""
     if not path.exists():
         return None
-    hashes = [h for h in pl.read_parquet(path)["content_hash"].to_list() if h not in exclude]
+    hashes = [h for h in read_unlabelled_items(path) if h not in exclude]
     found = cache.lookup(hashes)
     return np.stack(list(found.values())) if found else None

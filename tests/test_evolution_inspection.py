@@ -208,3 +208,8 @@ def test_preannotations_go_chunk_by_chunk_and_record_the_tasks_as_they_go(env, m
     path = preannotations_module.unlabelled_items_path(env["settings"].data_dir, "sentiment")
     assert pl.read_parquet(path).height == 5
     assert fake.model_versions[project] == "sentiment:v1"
+
+    records.clear()  # a later run (a new primary) keeps what is still unlabelled recorded while it catches up
+    fake.create_annotation(fake.projects[project][-1], "positive")  # one task labelled meanwhile
+    _materialize(env, preannotations)
+    assert records == [4, 4]
