@@ -19,7 +19,7 @@ from dagster import (
 from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource
 from loopml.dataset import training_rows
-from loopml.db import utcnow
+from loopml.db import as_utc, utcnow
 from loopml.deployments import CANARY_STEPS, ROLLOUT_PATIENCE_SECONDS, WAIT_ACTION, DeploymentState, DeploymentStore
 from loopml.gate import DEFAULT_TOLERANCE, evaluate_gate
 
@@ -39,11 +39,7 @@ def rollout_age_seconds(state: DeploymentState) -> float | None:
     """Seconds since the function's canary started rolling out; ``None`` without a canary."""
     if not state.canary_tag or state.canary_started_at is None:
         return None
-    started = state.canary_started_at
-    now = utcnow()
-    if started.tzinfo is None:
-        now = now.replace(tzinfo=None)
-    return (now - started).total_seconds()
+    return (utcnow() - as_utc(state.canary_started_at)).total_seconds()
 
 
 @asset(

@@ -59,8 +59,9 @@ def preannotations(context: AssetExecutionContext, loopml: LoopMLResource) -> Ma
     encoder = get_encoder(classifier.encoder_id or spec.encoder_id)
     cache = FeatureCache(settings.features_dir, spec.encoder_id)
     record = unlabelled_items_path(settings.data_dir, function)
+    text_hashes = [content_hash(str(t.data["text"])) if str(t.data.get("text") or "").strip() else "" for t in tasks]
     # tasks an earlier run embedded and that are still unlabelled stay recorded while this run catches up
-    current = {content_hash(str(t.data["text"])) for t in tasks if str(t.data.get("text") or "").strip()}
+    current = set(text_hashes)
     earlier = [h for h in read_unlabelled_items(record) if h in current]
     predictions: list[Prediction] = []
     hashes: list[str] = []
@@ -80,7 +81,7 @@ def preannotations(context: AssetExecutionContext, loopml: LoopMLResource) -> Ma
             client.set_model_version(project, state.primary_tag)
         predictions += part.predictions
         newly_embedded += part.newly_embedded
-        hashes += [content_hash(str(t.data["text"])) for t in chunk if str(t.data.get("text") or "").strip()]
+        hashes += [h for h in text_hashes[start : start + CHUNK_TASKS] if h]
         # the next model can use the tasks embedded so far
         write_unlabelled_items(record, list(dict.fromkeys(hashes + earlier)))
         if len(tasks) > CHUNK_TASKS:

@@ -19,12 +19,12 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import select
 
 from loopml.config import Settings
-from loopml.db import ApiKeyRow, session_factory, utcnow
+from loopml.db import ApiKeyRow, as_utc, session_factory, utcnow
 
 __all__ = [
     "KEY_PREFIX",
@@ -78,7 +78,7 @@ def _utc(moment: datetime | None) -> datetime | None:
     """SQLite gives datetimes back naive (stored in UTC): make them aware."""
     if moment is None:
         return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return as_utc(moment)
 
 
 def _info(row: ApiKeyRow) -> ApiKeyInfo:

@@ -7,15 +7,16 @@ traffic, not just the canary's share. ``decide`` turns the statistics into hold,
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 from sqlalchemy import select
 
 from loopml.config import Settings
-from loopml.db import FeedbackRow, InvocationRow, session_factory
+from loopml.db import FeedbackRow, InvocationRow, as_utc, session_factory
 from loopml.deployments import CANARY_STEPS
 
 LOAD_GRACE_SECONDS = 5.0
@@ -54,12 +55,8 @@ class CanaryStats:
     canary_feedback_accuracy: float | None
     # shadow-scored calls where each version's answer is a label the other version has; disagreement and label
     # shift are measured on these (a label added or removed changes answers by design: "per shared label")
-    compared: int = -1  # -1: all shadow-scored calls
-    other_label_share: float = 0.0  # share of shadow-scored calls answered with a label the other lacks
-
-    @property
-    def comparable(self) -> int:
-        return self.shadow_scored if self.compared < 0 else self.compared
+    compared: int
+    other_label_share: float  # share of shadow-scored calls answered with a label the other lacks
 
     def as_metadata(self) -> dict[str, Any]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -70,10 +67,6 @@ class CanaryDecision:
     action: str  # hold | ramp | promote | rollback
     weight: float | None
     reason: str
-
-
-def _as_utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def canary_stats(settings: Settings, function: str, primary_tag: str, canary_tag: str, since: datetime) -> CanaryStats:
@@ -89,7 +82,7 @@ def canary_stats(settings: Settings, function: str, primary_tag: str, canary_tag
                 InvocationRow.latency_ms,
                 InvocationRow.created_at,
             )
-            .where(InvocationRow.function == function, InvocationRow.created_at >= _as_utc(since))
+            .where(InvocationRow.function == function, InvocationRow.created_at >= as_utc(since))
             .order_by(InvocationRow.created_at)
         ).all()
         ids = [r.id for r in rows]
@@ -114,12 +107,12 @@ def stats_from_rows(
     The serving process hot-loads a new canary within about a second: rows from the first
     ``LOAD_GRACE_SECONDS`` of the window that precede its first canary score are not counted as failures.
     """
-    start = _as_utc(since)
+    start = as_utc(since)
     first = next((i for i, row in enumerate(rows) if canary_tag in (row.scores or {})), len(rows))
     rows = [
         row
         for i, row in enumerate(rows)
-        if i >= first or (_as_utc(row.created_at) - start).total_seconds() > LOAD_GRACE_SECONDS
+        if i >= first or (as_utc(row.created_at) - start).total_seconds() > LOAD_GRACE_SECONDS
     ]
     prim_pred: dict[str, str] = {}
     can_pred: dict[str, str] = {}
@@ -144,10 +137,8 @@ def stats_from_rows(
         can_conf.append(float(c.max()))
     n, m = len(prim_pred), len(comparable)
     disagreement = sum(prim_pred[i] != can_pred[i] for i in comparable) / m if m else 0.0
-    names = sorted({prim_pred[i] for i in comparable} | {can_pred[i] for i in comparable})
-    dist_p = np.array([sum(prim_pred[i] == x for i in comparable) for x in names], dtype=float)
-    dist_c = np.array([sum(can_pred[i] == x for i in comparable) for x in names], dtype=float)
-    shift = float(0.5 * np.abs(dist_p / max(m, 1) - dist_c / max(m, 1)).sum()) if m else 0.0
+    count_p, count_c = Counter(prim_pred[i] for i in comparable), Counter(can_pred[i] for i in comparable)
+    shift = 0.5 * sum(abs(count_p[x] - count_c[x]) for x in count_p | count_c) / m if m else 0.0
     mean = lambda xs: float(np.mean(xs)) if xs else 0.0  # noqa: E731
     p_lat, c_lat = mean(latency[primary_tag]), mean(latency[canary_tag])
     truths = {f.invocation_id: f.true_label for f in feedback if f.true_label and f.invocation_id in prim_pred}
@@ -183,7 +174,7 @@ def decide(
     breaches = []
     if stats.error_rate > policy.max_error_rate:
         breaches.append(f"canary failed to score {stats.error_rate:.1%} of requests")
-    if stats.comparable >= policy.min_requests_per_step:
+    if stats.compared >= policy.min_requests_per_step:
         if stats.disagreement_rate > max_disagreement:
             breaches.append(
                 f"disagrees with the primary on {stats.disagreement_rate:.1%} of comparable requests "

@@ -30,7 +30,7 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -39,7 +39,7 @@ from sqlalchemy import Connection, Text, cast, func, select, type_coerce
 from sqlalchemy.types import NullType
 
 from loopml.config import Settings
-from loopml.db import FeedbackRow, InvocationRow, get_engine
+from loopml.db import FeedbackRow, InvocationRow, as_utc, get_engine
 
 __all__ = ["FRAME_SCHEMA", "InvocationFrame", "load_invocations", "load_serving_invocations"]
 
@@ -109,7 +109,7 @@ def load_invocations(
     labels fill ``primary_label`` / ``canary_label``. See :class:`InvocationFrame`."""
     where = [InvocationRow.function == function]
     if since is not None:
-        where.append(InvocationRow.created_at >= _as_utc(since))
+        where.append(InvocationRow.created_at >= as_utc(since))
     columns = [
         InvocationRow.id,
         InvocationRow.created_at,
@@ -449,19 +449,15 @@ def _datetimes(values: Sequence[Any]) -> pl.Series:
     """Datetimes as the driver hands them back (SQLite: text in UTC; PostgreSQL: datetimes), in UTC."""
     sample = next((v for v in values if v is not None), None)
     if not isinstance(sample, str):
-        return pl.Series([None if v is None else _as_utc(v) for v in values], dtype=pl.Datetime("us", "UTC"))
+        return pl.Series([None if v is None else as_utc(v) for v in values], dtype=pl.Datetime("us", "UTC"))
     text = pl.Series(values, dtype=pl.String)
     parsed = text.str.to_datetime(_SQLITE_DATETIME, time_unit="us", time_zone="UTC", strict=False)
     if parsed.null_count() > text.null_count():  # no fraction of a second, or another layout
         parsed = text.str.to_datetime(_ANY_DATETIME, time_unit="us", time_zone="UTC", strict=False)
     if parsed.null_count() > text.null_count():  # yet another layout: row by row
         parsed = pl.Series(
-            [None if v is None else _as_utc(datetime.fromisoformat(v)) for v in values],
+            [None if v is None else as_utc(datetime.fromisoformat(v)) for v in values],
             dtype=pl.Datetime("us", "UTC"),
         )
     return parsed
 
-
-def _as_utc(moment: datetime) -> datetime:
-    """Naive datetimes are UTC (that is how they are stored); aware ones are converted to UTC."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ import polars as pl
 from sqlalchemy import Connection, func, insert, select
 
 from loopml.config import Settings
-from loopml.db import FeedbackRow, FunctionRow, InvocationRow, get_engine, session_factory, utcnow
+from loopml.db import FeedbackRow, FunctionRow, InvocationRow, as_utc, get_engine, session_factory, utcnow
 
 __all__ = [
     "FeedbackError",
@@ -431,7 +431,7 @@ class InvocationLog:
         """
         query = select(InvocationRow).where(InvocationRow.function == function)
         if since is not None:
-            query = query.where(InvocationRow.created_at >= _as_utc(since))
+            query = query.where(InvocationRow.created_at >= as_utc(since))
         query = query.order_by(InvocationRow.created_at, InvocationRow.id)
         if limit is not None:
             query = query.limit(limit)
@@ -448,7 +448,7 @@ class InvocationLog:
         comment, created_at, key_id``, oldest first."""
         query = select(FeedbackRow).where(FeedbackRow.function == function)
         if since is not None:
-            query = query.where(FeedbackRow.created_at >= _as_utc(since))
+            query = query.where(FeedbackRow.created_at >= as_utc(since))
         with self._sessions() as session:
             rows = [
                 {
@@ -458,7 +458,7 @@ class InvocationLog:
                     "flagged": r.flagged,
                     "true_label": r.true_label,
                     "comment": r.comment,
-                    "created_at": _as_utc(r.created_at),
+                    "created_at": as_utc(r.created_at),
                     "key_id": r.key_id,
                 }
                 for r in session.scalars(query.order_by(FeedbackRow.created_at, FeedbackRow.id))
@@ -497,10 +497,6 @@ _FEEDBACK_SCHEMA: dict[str, Any] = {
 }
 
 
-def _as_utc(moment: datetime) -> datetime:
-    """SQLite hands datetimes back naive (they were stored in UTC): make every datetime aware UTC."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
 
 def _row_dict(row: InvocationRow, raw_json: bool = False) -> dict[str, Any]:
     scores = dict(row.scores or {})
@@ -509,7 +505,7 @@ def _row_dict(row: InvocationRow, raw_json: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": row.id,
         "function": row.function,
-        "created_at": _as_utc(row.created_at),
+        "created_at": as_utc(row.created_at),
         "input_text": row.input_text,
         "embedding": embedding.tolist() if (raw_json and embedding is not None) else embedding,
         "answered_by": row.answered_by,

@@ -82,10 +82,10 @@ def fit_basis(labelled: np.ndarray, unlabelled: np.ndarray | None = None) -> Bas
     estimate ``k`` directions well (fewer than :data:`ROWS_PER_COMPONENT` per component; the labelled rows
     alone never are enough).
     """
-    n, dim = labelled.shape
-    k = basis_size(n, dim)
-    rows = labelled if unlabelled is None or not len(unlabelled) else np.vstack([labelled, unlabelled])
-    if k is None or len(rows) < ROWS_PER_COMPONENT * k:
+    k = basis_size(*labelled.shape)
+    n_rows = len(labelled) + (0 if unlabelled is None else len(unlabelled))
+    if k is None or n_rows < ROWS_PER_COMPONENT * k:
         return None
+    rows = labelled if unlabelled is None or not len(unlabelled) else np.vstack([labelled, unlabelled])
     pca = PCA(n_components=k, svd_solver="randomized", random_state=0).fit(np.asarray(rows, dtype=np.float64))
     return Basis(pca.mean_.astype(np.float64), pca.components_.astype(np.float64))
