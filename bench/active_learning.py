@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from automl_speed import DATASETS, load_with_embeddings  # noqa: E402
 
 from loopml.dataset import content_hash  # noqa: E402
+from loopml.encoders import DEFAULT_TEXT_ENCODER  # noqa: E402
 from loopml.review import (  # noqa: E402
     LOW_CONFIDENCE,
     NEAR_MISTAKE,
@@ -83,6 +84,7 @@ class Data:
     label_set: list[str]
     pool: np.ndarray
     test: np.ndarray
+    encoder_id: str
 
     def fit(self, rows: np.ndarray) -> AutoMLResult:
         """``run_automl`` on ``rows``; the rest of the pool are the function's unlabelled items."""
@@ -94,6 +96,7 @@ class Data:
             self.emb[rows],
             list(self.y[rows]),
             self.label_set,
+            encoder_id=self.encoder_id,
             unlabelled_embeddings=self.emb[rest] if len(rest) else None,
         )
 
@@ -111,14 +114,14 @@ class Run:
     reached: int | None = None  # labels at which the target was first met
 
 
-def load(name: str) -> Data:
+def load(name: str, encoder_id: str) -> Data:
     from sklearn.model_selection import train_test_split
 
-    texts, labels, emb = load_with_embeddings(name)
+    texts, labels, emb = load_with_embeddings(name, encoder_id)
     y = np.array(labels, dtype=object)
     pool, test = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=0)
     hashes = np.array([content_hash(t) for t in texts], dtype=object)
-    return Data(name, texts, emb, y, hashes, sorted(set(labels)), np.sort(pool), np.sort(test))
+    return Data(name, texts, emb, y, hashes, sorted(set(labels)), np.sort(pool), np.sort(test), encoder_id)
 
 
 def start_set(data: Data, seed: int) -> np.ndarray:
@@ -209,9 +212,11 @@ def mean_labels(runs: list[Run], max_labels: int) -> tuple[float, bool]:
     return statistics.mean(values), all(run.reached is not None for run in runs)
 
 
-def evaluate(name: str, seeds: int, max_labels: int) -> tuple[Data, float, dict[str, list[Run]], float]:
+def evaluate(
+    name: str, seeds: int, max_labels: int, encoder_id: str
+) -> tuple[Data, float, dict[str, list[Run]], float]:
     started = time.perf_counter()
-    data = load(name)
+    data = load(name, encoder_id)
     full = full_accuracy(data)
     target = TARGET_SHARE * full
     print(f"  {name}: full-data accuracy {full:.4f}, target {target:.4f}", file=sys.stderr, flush=True)
@@ -243,16 +248,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None, help="seeds per data set (default 2, quick 1)")
     parser.add_argument("--max-labels", type=int, default=None, help="label cap per run (default 3000)")
     parser.add_argument("--data", choices=list(DATASETS), action="append", help="only these data sets")
+    parser.add_argument("--encoder", default=DEFAULT_TEXT_ENCODER, help="text encoder of the embeddings")
     args = parser.parse_args()
     seeds = args.seeds or (1 if args.quick else 2)
     max_labels = args.max_labels or 3000
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
-    results = {name: evaluate(name, seeds, max_labels) for name in args.data or DATASETS}
+    results = {name: evaluate(name, seeds, max_labels, args.encoder) for name in args.data or DATASETS}
 
     print(
         f"# Active learning: labels to reach {TARGET_SHARE:.0%} of full-data holdout accuracy "
-        f"({ROUND} labels per round from {START_PER_CLASS} per class; {seeds} seed(s); cap {max_labels})\n"
+        f"({ROUND} labels per round from {START_PER_CLASS} per class; {seeds} seed(s); cap {max_labels}; "
+        f"encoder {args.encoder})\n"
     )
     print(
         "| data set | pool | full-data accuracy | target | LoopML labels (per seed) | random labels (per seed) "

@@ -57,9 +57,11 @@ def cached_embeddings(name: str, texts: list[str], encoder_id: str = DEFAULT_TEX
     return vectors
 
 
-def load_with_embeddings(name: str) -> tuple[list[str], list[str], np.ndarray]:
+def load_with_embeddings(
+    name: str, encoder_id: str = DEFAULT_TEXT_ENCODER
+) -> tuple[list[str], list[str], np.ndarray]:
     texts, labels = DATASETS[name]()
-    return texts, labels, cached_embeddings(name, texts)
+    return texts, labels, cached_embeddings(name, texts, encoder_id)
 
 
 def sample(n_total: int, size: int, seed: int = 0) -> np.ndarray:

@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from automl_speed import DATASETS, load_with_embeddings, markdown_row, sample  # noqa: E402
 
+from loopml.encoders import DEFAULT_TEXT_ENCODER  # noqa: E402
 from loopml.label_issues import BOTH, CONFIDENT_DISAGREEMENT, CONFIDENT_LEARNING, find_label_issues  # noqa: E402
 
 TARGET = 0.7
@@ -89,10 +90,12 @@ def alternatives(noisy: np.ndarray, proba: np.ndarray, is_flip: np.ndarray, k: i
     return out
 
 
-def evaluate(name: str, seeds: int, share: float, size: int | None, confidence: float) -> list[Run]:
+def evaluate(
+    name: str, seeds: int, share: float, size: int | None, confidence: float, encoder_id: str
+) -> list[Run]:
     from loopml.automl import run_automl
 
-    texts, labels, emb = load_with_embeddings(name)
+    texts, labels, emb = load_with_embeddings(name, encoder_id)
     if size is not None and size < len(texts):
         idx = sample(len(texts), size)
         texts, labels, emb = [texts[i] for i in idx], [labels[i] for i in idx], emb[idx]
@@ -107,7 +110,7 @@ def evaluate(name: str, seeds: int, share: float, size: int | None, confidence: 
         noisy_labels = [label_set[i] for i in noisy]
 
         started = time.perf_counter()
-        result = run_automl(texts, emb, noisy_labels, label_set, seed=seed)
+        result = run_automl(texts, emb, noisy_labels, label_set, seed=seed, encoder_id=encoder_id)
         automl_s = time.perf_counter() - started
         started = time.perf_counter()
         issues = find_label_issues(ids, noisy_labels, label_set, result.oof_proba, disagreement_confidence=confidence)
@@ -223,6 +226,8 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.05, help="share of labels flipped")
     parser.add_argument("--size", type=int, default=None, help="items per data set (default all, quick 2000)")
     parser.add_argument("--disagreement-confidence", type=float, default=0.9, help="find_label_issues' threshold")
+    parser.add_argument("--encoder", default=DEFAULT_TEXT_ENCODER, help="text encoder of the embeddings")
+    parser.add_argument("--data", choices=list(DATASETS), action="append", help="only these data sets")
     args = parser.parse_args()
     seeds = args.seeds or (2 if args.quick else 3)
     size = args.size or (2000 if args.quick else None)
@@ -238,10 +243,13 @@ def main() -> None:
 
     started = time.perf_counter()
     confidence = args.disagreement_confidence
-    results = {name: evaluate(name, seeds, args.noise, size, confidence) for name in DATASETS}
+    results = {
+        name: evaluate(name, seeds, args.noise, size, confidence, args.encoder) for name in args.data or DATASETS
+    }
     print(
         f"# LoopML label-issue detection ({os.cpu_count()} CPUs, cleanlab {cleanlab.__version__}, "
-        f"{'all items' if size is None else f'{size} items'} per data set, disagreement_confidence {confidence})\n"
+        f"{'all items' if size is None else f'{size} items'} per data set, encoder {args.encoder}, "
+        f"disagreement_confidence {confidence})\n"
     )
     misses = print_results(results, args.noise)
     print(f"\ntarget (precision@k and recall@k >= {TARGET}) missed on {misses} data set(s); ", end="")
