@@ -121,7 +121,7 @@ def deployment(
     if state is None or state.primary_tag is None:
         if result.must_pass_failures:
             decision = "rejected"
-            store.record(function, "reject", result.reason, details=details)
+            store.record(function, "reject", f"{candidate_tag} failed the gate: {result.reason}", details=details)
         else:
             decision = "primary"
             state = store.set_primary(function, candidate_tag, "first version of the function", details=details)
@@ -132,7 +132,7 @@ def deployment(
         store.record(
             function,
             WAIT_ACTION,
-            f"gate passed: {result.reason}; waits for the rollout of canary {state.canary_tag} "
+            f"{candidate_tag} passed the gate: {result.reason}; waits for the rollout of canary {state.canary_tag} "
             f"({age:.0f} s so far) to end",
             details=details,
         )
@@ -144,7 +144,7 @@ def deployment(
         )
     else:
         decision = "rejected"
-        store.record(function, "reject", f"gate failed: {result.reason}", details=details)
+        store.record(function, "reject", f"{candidate_tag} failed the gate: {result.reason}", details=details)
     state = store.get(function)
     context.log.info(f"{function}: {candidate_tag} -> {decision} ({result.reason})")
     yield Output(

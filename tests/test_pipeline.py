@@ -182,6 +182,7 @@ def test_the_gate_rejects_a_worse_candidate(env) -> None:
     store = DeploymentStore(env["settings"])
     assert store.get("sentiment").primary_tag == "sentiment:v1" and store.get("sentiment").canary_tag is None
     assert store.history("sentiment")[-1].action == "reject"
+    assert store.history("sentiment")[-1].reason.startswith(f"{bad} failed the gate: holdout accuracy")
 
 
 def test_a_failing_must_pass_example_blocks_rollout(env, monkeypatch) -> None:
@@ -320,6 +321,7 @@ def test_a_new_version_waits_for_the_rollout_in_progress(env, monkeypatch) -> No
     decided = run(env).output_for_node("deployment")  # v2 passes the gate and waits
     assert decided["decision"] == "waiting" and decided["canary"] == "sentiment:v0-canary"
     assert store.waiting_since_rollout("sentiment", "sentiment:v0-canary") == ["sentiment:v2"]
+    assert store.history("sentiment")[-1].reason.startswith("sentiment:v2 passed the gate")
     assert "waits for the rollout of canary sentiment:v0-canary" in store.history("sentiment")[-1].reason
 
     store.rollback("sentiment", "the canary controller ended the rollout")
