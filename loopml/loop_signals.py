@@ -21,3 +21,20 @@ def annotation_signature(source: AnnotationSource, project_id: int) -> str | Non
         return None
     latest, count = source.task_fingerprint(project_id)
     return f"{latest}|{count}"
+
+
+LABELS_MARK = "|labels="
+
+
+def training_signature(annotations: str | None, labels: list[str]) -> str | None:
+    """What a training run depends on: the annotation signature and the function's label set (added or
+    removed with ``loopml functions add-label``/``remove-label`` or in Label Studio). ``None`` while there is
+    nothing to train on."""
+    return None if annotations is None else f"{annotations}{LABELS_MARK}{','.join(labels)}"
+
+
+def labels_changed(previous: str | None, current: str) -> bool:
+    """Whether ``current`` differs from ``previous`` (both from :func:`training_signature`) in the label set."""
+    if previous is None:
+        return False
+    return previous.partition(LABELS_MARK)[2] != current.partition(LABELS_MARK)[2]

@@ -18,7 +18,7 @@ from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource
 from loopml.config import get_settings
 from loopml.labelstudio import LabelStudioUnavailable
-from loopml.loop_signals import annotation_signature
+from loopml.loop_signals import annotation_signature, labels_changed, training_signature
 from pipelines.jobs import train_function
 
 ACTIVE_STATUSES = [
@@ -29,12 +29,13 @@ ACTIVE_STATUSES = [
 ]
 
 
-@sensor(minimum_interval_seconds=5, default_status=DefaultSensorStatus.RUNNING, jobs=[train_function])
+@sensor(minimum_interval_seconds=5, default_status=DefaultSensorStatus.RUNNING)
 def function_discovery_sensor(
     context: SensorEvaluationContext, loopml: LoopMLResource
 ) -> SensorResult | SkipReason:
     """Adds a `functions` partition for every function registered with `loopml functions create`, and adopts
-    label sets edited in Label Studio's label config (a retraining run follows each change)."""
+    label sets edited in Label Studio's label config into the registry (the annotation sensor then requests the
+    retraining run, as it does after `loopml functions add-label`/`remove-label`)."""
     existing = set(context.instance.get_dynamic_partitions(functions_partitions.name))
     names = loopml.registry().names()
     new = [name for name in names if name not in existing]
@@ -43,17 +44,9 @@ def function_discovery_sensor(
         return SkipReason(f"no new functions ({len(existing)} known), no label set changes")
     if new:
         context.log.info(f"adding partitions for {new}")
-    return SensorResult(
-        dynamic_partitions_requests=[functions_partitions.build_add_request(new)] if new else [],
-        run_requests=[
-            RunRequest(
-                job_name=train_function.name,
-                partition_key=change.function,
-                tags={"loopml/trigger": "label-set", "loopml/labels": ",".join(change.labels)},
-            )
-            for change in changes
-        ],
-    )
+    if not new:
+        return SkipReason(f"label sets adopted from Label Studio: {'; '.join(c.describe() for c in changes)}")
+    return SensorResult(dynamic_partitions_requests=[functions_partitions.build_add_request(new)])
 
 
 def _sync_label_sets(context: SensorEvaluationContext, loopml: LoopMLResource, names: list[str]) -> list:
@@ -96,11 +89,12 @@ def has_active_run(context: SensorEvaluationContext, function: str) -> bool:
     default_status=DefaultSensorStatus.RUNNING,
 )
 def annotation_sensor(context: SensorEvaluationContext, loopml: LoopMLResource) -> SensorResult | SkipReason:
-    """Requests a training run for each function whose Label Studio annotations changed.
+    """Requests a training run for each function whose Label Studio annotations or label set changed.
 
-    The cursor holds, per function, the annotation signature last acted on. When Label Studio is down the
-    tick is skipped with the reason and the cursor stays put, so nothing is missed once it is back. A
-    function with a run already queued or running waits for the next tick (its changes are not lost).
+    The cursor holds, per function, the training signature (annotations and label set) last acted on. When
+    Label Studio is down the tick is skipped with the reason and the cursor stays put, so nothing is missed once
+    it is back. A function with a run already queued or running waits for the next tick (its changes are not
+    lost).
     """
     cursor: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     partitions = set(context.instance.get_dynamic_partitions(functions_partitions.name))
@@ -110,7 +104,10 @@ def annotation_sensor(context: SensorEvaluationContext, loopml: LoopMLResource) 
     try:
         client = loopml.labelstudio()
         client.ensure_reachable()
-        signatures = {f.name: annotation_signature(client, f.labelstudio_project_id) for f in functions}
+        signatures = {
+            f.name: training_signature(annotation_signature(client, f.labelstudio_project_id), f.labels)
+            for f in functions
+        }
     except LabelStudioUnavailable as error:
         return SkipReason(f"{error}; the cursor did not advance, changes will be picked up once it is back")
 
@@ -128,7 +125,10 @@ def annotation_sensor(context: SensorEvaluationContext, loopml: LoopMLResource) 
             RunRequest(
                 partition_key=name,
                 run_key=f"{name}:{signature}",
-                tags={"loopml/trigger": "annotations", "loopml/signature": signature},
+                tags={
+                    "loopml/trigger": "label-set" if labels_changed(cursor.get(name), signature) else "annotations",
+                    "loopml/signature": signature,
+                },
             )
         )
     if not requests:

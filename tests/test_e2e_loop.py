@@ -160,15 +160,28 @@ def test_add_and_remove_a_label_through_the_cli_path_updates_label_studio(labels
 
     settings, client = labelstudio.settings, labelstudio.client
     project = create_function(settings, "e2e-evolve", "text", "positive,negative")
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("functions", ["e2e-evolve"])
+    client.import_tasks(project, [{"data": {"text": t}} for t in POSITIVE[:2]])
+    client.create_annotation(client.unlabeled_tasks(project, limit=10)[0].task_id, "positive")
+    first = tick(instance, None)
+    assert isinstance(first, SensorResult) and first.run_requests[0].tags["loopml/trigger"] == "annotations"
+    assert isinstance(tick(instance, first.cursor), SkipReason)
+
     change = add_label(settings, "e2e-evolve", "neutral")
     assert change.added == ["neutral"] and not change.removed
     assert labels_from_label_config(client.get_label_config(project)) == ["positive", "negative", "neutral"]
     assert FunctionRegistry(settings).get("e2e-evolve").labels == ["positive", "negative", "neutral"]
     with pytest.raises(FunctionError, match="already has"):
         add_label(settings, "e2e-evolve", "neutral")
+    added = tick(instance, first.cursor)  # a new label set is something new to train on
+    assert isinstance(added, SensorResult) and added.run_requests[0].tags["loopml/trigger"] == "label-set"
+    assert isinstance(tick(instance, added.cursor), SkipReason)
 
     remove_label(settings, "e2e-evolve", "negative")
     assert labels_from_label_config(client.get_label_config(project)) == ["positive", "neutral"]
     assert removed_labels(settings, "e2e-evolve") == {"negative"}
+    removed = tick(instance, added.cursor)  # the next version leaves the removed label's annotations out
+    assert isinstance(removed, SensorResult) and removed.run_requests[0].tags["loopml/trigger"] == "label-set"
     with pytest.raises(FunctionError, match="at least 2 labels"):
         remove_label(settings, "e2e-evolve", "neutral")

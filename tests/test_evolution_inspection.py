@@ -11,7 +11,15 @@ from loopml.deployments import DeploymentStore
 from loopml.functions import FunctionRegistry, render_label_config
 from pipelines.follow_ups import preannotation_sensor
 from pipelines.sensors import function_discovery_sensor
-from tests.test_pipeline import ASSETS, NEGATIVE, POSITIVE, annotate_all, env, run  # noqa: F401 - env is a fixture
+from tests.test_pipeline import (  # noqa: F401 - env is a fixture
+    ASSETS,
+    NEGATIVE,
+    POSITIVE,
+    annotate_all,
+    env,
+    run,
+    sensor_tick,
+)
 
 NEUTRAL = [
     "the film opens on friday in most cities",
@@ -113,12 +121,16 @@ def test_a_label_added_in_labelstudio_enters_training_once_it_has_enough_example
     annotate_all(fake, project)
     assert run(env).output_for_node("model")["label_set"] == ["positive", "negative"]
 
+    before, _ = sensor_tick(env)
+    assert isinstance(before, SensorResult)
     _edit_labels_in_labelstudio(env, ["positive", "negative", "neutral"])
     tick = _discovery_tick(env)
-    assert isinstance(tick, SensorResult)
-    assert [r.partition_key for r in tick.run_requests] == ["sentiment"]
+    assert isinstance(tick, SkipReason) and "sentiment: added ['neutral']" in tick.skip_message
     assert FunctionRegistry(env["settings"]).get("sentiment").labels == ["positive", "negative", "neutral"]
-    assert isinstance(_discovery_tick(env), SkipReason)  # adopted once
+    assert "no label set changes" in _discovery_tick(env).skip_message  # adopted once
+    retrain, _ = sensor_tick(env, before.cursor)  # the annotation sensor requests the retraining run
+    assert isinstance(retrain, SensorResult) and [r.partition_key for r in retrain.run_requests] == ["sentiment"]
+    assert retrain.run_requests[0].tags["loopml/trigger"] == "label-set"
 
     fake.import_tasks(project, [{"data": {"text": t}} for t in NEUTRAL])
     neutral_tasks = [t for t in fake.projects[project] if fake.tasks[t].data["text"] in NEUTRAL]
@@ -146,9 +158,12 @@ def test_a_removed_label_is_excluded_with_a_warning(env) -> None:
         if fake.tasks[tid].data["text"] in NEUTRAL:
             fake.create_annotation(tid, "neutral")
     assert "neutral" in run(env).output_for_node("model")["label_set"]
+    trained, _ = sensor_tick(env)
 
     _edit_labels_in_labelstudio(env, ["positive", "negative"])
-    assert isinstance(_discovery_tick(env), SensorResult)
+    assert "removed ['neutral']" in _discovery_tick(env).skip_message
+    retrain, _ = sensor_tick(env, trained.cursor)
+    assert isinstance(retrain, SensorResult) and retrain.run_requests[0].tags["loopml/trigger"] == "label-set"
     result = run(env)
     assert result.success
     assert result.output_for_node("model")["label_set"] == ["positive", "negative"]
