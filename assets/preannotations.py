@@ -3,6 +3,7 @@
 import time
 from pathlib import Path
 
+import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from assets.io_manager import asset_path
@@ -11,7 +12,7 @@ from assets.resources import LoopMLResource
 from loopml.dataset import content_hash
 from loopml.deployments import DeploymentStore
 from loopml.features import FeatureCache, read_unlabelled_items, write_unlabelled_items
-from loopml.labelstudio import Prediction
+from loopml.labelstudio import PREFILLED_META, Prediction, TaskRecord
 from loopml.preannotate import PreannotationResult, predict_tasks
 
 MAX_TASKS = 100_000  # per run; a larger backlog is covered by the next promotion or the nightly run
@@ -25,6 +26,35 @@ def unlabelled_items_path(data_dir: Path, function: str) -> Path:
     return asset_path(data_dir, "unlabelled_items", function, ".parquet")
 
 
+def preannotated_tasks_path(data_dir: Path, function: str) -> Path:
+    """Where the ids of the tasks that carry the primary's pre-annotation are recorded (with that version)."""
+    return asset_path(data_dir, "preannotated_tasks", function, ".parquet")
+
+
+def read_preannotated(path: Path, model_version: str) -> set[int]:
+    """Ids of the tasks already pre-annotated by ``model_version`` (none when the record is of another one)."""
+    if not path.exists():
+        return set()
+    done = pl.read_parquet(path)
+    return set(done.filter(pl.col("model_version") == model_version)["task_id"].to_list())
+
+
+def write_preannotated(path: Path, model_version: str, task_ids: set[int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pl.DataFrame(
+        {"task_id": sorted(task_ids), "model_version": [model_version] * len(task_ids)},
+        schema={"task_id": pl.Int64, "model_version": pl.String},
+    )
+    tmp = path.with_name(path.name + ".tmp")
+    frame.write_parquet(tmp)
+    tmp.replace(path)
+
+
+def already_prefilled(task: TaskRecord, model_version: str) -> bool:
+    """A task imported with ``model_version``'s answer already on it (a call sent for review)."""
+    return str((task.meta or {}).get(PREFILLED_META) or "") == model_version
+
+
 @asset(
     partitions_def=functions_partitions,
     group_name="annotate",
@@ -34,8 +64,9 @@ def unlabelled_items_path(data_dir: Path, function: str) -> Path:
 def preannotations(context: AssetExecutionContext, loopml: LoopMLResource) -> MaterializeResult:
     """Every unlabelled task gets the serving primary's prediction (label, calibrated score, model version) as
     a pre-annotation; the project shows that version's predictions, so annotators confirm instead of typing and
-    can sort the Data Manager by prediction score. Re-run whenever a new primary is promoted. Works in chunks
-    of ``CHUNK_TASKS``.
+    can sort the Data Manager by prediction score. Re-run whenever a new primary is promoted (every task) and
+    whenever tasks are added to the project (only the tasks without that version's answer: imported tasks,
+    calls sent for review that another version answered). Works in chunks of ``CHUNK_TASKS``.
 
     The unlabelled tasks' embeddings stay in the feature cache and their hashes are recorded for the
     ``model`` asset, whose embedding heads train in the principal directions of all the function's items."""
@@ -54,14 +85,19 @@ def preannotations(context: AssetExecutionContext, loopml: LoopMLResource) -> Ma
     started = time.perf_counter()
     client = loopml.labelstudio()
     project = spec.labelstudio_project_id
-    tasks = client.unlabeled_tasks(project, limit=MAX_TASKS)
+    project_tasks = client.task_fingerprint(project)[1]
+    unlabelled = client.unlabeled_tasks(project, limit=MAX_TASKS)
+    done_path = preannotated_tasks_path(settings.data_dir, function)
+    done = read_preannotated(done_path, state.primary_tag) & {t.task_id for t in unlabelled}
+    tasks = [t for t in unlabelled if t.task_id not in done and not already_prefilled(t, state.primary_tag)]
+    done |= {t.task_id for t in unlabelled if already_prefilled(t, state.primary_tag)}
     classifier = load_classifier(settings, state.primary_tag)
     encoder = get_encoder(classifier.encoder_id or spec.encoder_id)
     cache = FeatureCache(settings.features_dir, spec.encoder_id)
     record = unlabelled_items_path(settings.data_dir, function)
     text_hashes = [content_hash(str(t.data["text"])) if str(t.data.get("text") or "").strip() else "" for t in tasks]
     # tasks an earlier run embedded and that are still unlabelled stay recorded while this run catches up
-    current = set(text_hashes)
+    current = {content_hash(str(t.data.get("text") or "")) for t in unlabelled}
     earlier = [h for h in read_unlabelled_items(record) if h in current]
     predictions: list[Prediction] = []
     hashes: list[str] = []
@@ -79,6 +115,8 @@ def preannotations(context: AssetExecutionContext, loopml: LoopMLResource) -> Ma
         created += client.import_predictions(project, part.predictions)
         if start == 0:  # the project shows this version's predictions from the first chunk on
             client.set_model_version(project, state.primary_tag)
+        done |= {t.task_id for t in chunk}
+        write_preannotated(done_path, state.primary_tag, done)
         predictions += part.predictions
         newly_embedded += part.newly_embedded
         hashes += [h for h in text_hashes[start : start + CHUNK_TASKS] if h]
@@ -91,7 +129,9 @@ def preannotations(context: AssetExecutionContext, loopml: LoopMLResource) -> Ma
     return MaterializeResult(
         metadata={
             "model_version": state.primary_tag,
-            "unlabelled_tasks": len(tasks),
+            "project_tasks": project_tasks,
+            "unlabelled_tasks": len(unlabelled),
+            "already_preannotated": len(unlabelled) - len(tasks),
             "predictions": created,
             "newly_embedded": result.newly_embedded,
             "predicted_labels": MetadataValue.json(result.label_counts()),

@@ -2,6 +2,7 @@
 
 import os
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -10,7 +11,8 @@ from dagster import AssetExecutionContext, AssetKey, MetadataValue, Output, asse
 from assets.io_manager import asset_path
 from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource
-from loopml.labelstudio import choice_result
+from loopml.deployments import DeploymentStore
+from loopml.labelstudio import PREFILLED_META, choice_result
 
 BUDGET_TAG = "loopml/review_budget"  # set by the drift sensor to raise the budget of one run
 SINCE_TAG = "loopml/review_since"  # set by the drift sensor: resample the drifted window
@@ -58,6 +60,33 @@ def _training_embeddings(dataset: pl.DataFrame, features: pl.DataFrame) -> np.nd
     if rows.height == 0:
         return None
     return np.asarray(rows["embedding"].to_list(), dtype=np.float32)
+
+
+def review_task(row: dict[str, Any], answered_by: str, primary: str | None) -> dict[str, Any]:
+    """A call sent for review as a Label Studio task: the answer it got pre-filled (with its score) and, when
+    another version (a canary) answered, the serving primary's answer too, which the labelling UI shows (it
+    pre-fills the project's model version). ``meta`` records which version's answer the task carries."""
+    predictions = [
+        {
+            "model_version": answered_by,
+            "score": round(float(row["confidence"]), 4),
+            "result": choice_result(str(row["label"])),
+        }
+    ]
+    prefilled = answered_by
+    if primary and answered_by != primary and row.get("primary_answer"):
+        predictions.insert(0, {"model_version": primary, "result": choice_result(str(row["primary_answer"]))})
+        prefilled = primary
+    return {
+        "data": {"text": row["input_text"], "review_reason": row["reason"]},
+        "meta": {
+            "loopml_source": "review",
+            "loopml_reason": row["reason"],
+            "invocation_id": row["invocation_id"],
+            PREFILLED_META: prefilled,
+        },
+        "predictions": predictions,
+    }
 
 
 @asset(
@@ -113,21 +142,16 @@ def review_set(
             training_embeddings=_training_embeddings(dataset, features),
         ),
         policy,
-    ).join(frame.select(pl.col("id").alias("invocation_id"), "answered_by"), on="invocation_id", how="left")
-    tasks = [
-        {
-            "data": {"text": r["input_text"], "review_reason": r["reason"]},
-            "meta": {"loopml_source": "review", "loopml_reason": r["reason"], "invocation_id": r["invocation_id"]},
-            "predictions": [
-                {
-                    "model_version": str(r.get("answered_by") or model["tag"]),
-                    "score": round(float(r["confidence"]), 4),
-                    "result": choice_result(str(r["label"])),
-                }
-            ],
-        }
-        for r in selected.to_dicts()
-    ]
+    ).join(
+        frame.select(
+            pl.col("id").alias("invocation_id"), "answered_by", pl.col("primary_label").alias("primary_answer")
+        ),
+        on="invocation_id",
+        how="left",
+    )
+    state = DeploymentStore(settings).get(function)
+    primary = state.primary_tag if state else None  # whose answers fill primary_answer (see load_serving_invocations)
+    tasks = [review_task(r, str(r.get("answered_by") or model["tag"]), primary) for r in selected.to_dicts()]
     pushed = client.import_tasks(spec.labelstudio_project_id, tasks) if tasks else 0
     reasons = {r["reason"]: int(r["count"]) for r in selected["reason"].value_counts().to_dicts()}
     stored = asset_path(settings.data_dir, "review_set", function, ".parquet")

@@ -135,6 +135,10 @@ def extract_label(result: list[dict[str, Any]] | None, from_name: str = "label")
     return None
 
 
+# task meta: the model version whose answer a task was imported with (calls sent for review carry the primary's)
+PREFILLED_META = "loopml_prefilled"
+
+
 def _filter(field: str, operator: str, kind: str, value: Any) -> dict[str, Any]:
     return {"filter": f"filter:tasks:{field}", "operator": operator, "type": kind, "value": value}
 

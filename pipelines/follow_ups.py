@@ -1,4 +1,5 @@
-"""Sensors that follow the loop: inspect each new model, and refresh pre-annotations when the primary changes."""
+"""Sensors that follow the loop: inspect each new model, and refresh pre-annotations when the primary changes or
+tasks are added."""
 
 import time
 
@@ -46,16 +47,35 @@ def inspect_after_training(context: RunStatusSensorContext) -> RunRequest | Skip
 RETRY_AFTER_SECONDS = 120  # a failed pre-annotation run (Label Studio down, say) is retried after this
 
 
-def _preannotated_version(context: SensorEvaluationContext, function: str) -> str | None:
-    """The model version of the function's last successful pre-annotation."""
+def _last_preannotation(context: SensorEvaluationContext, function: str) -> tuple[str | None, int | None]:
+    """The model version of the function's last successful pre-annotation and the project's task count then."""
     records = context.instance.fetch_materializations(
         records_filter=AssetRecordsFilter(asset_key=AssetKey("preannotations"), asset_partitions=[function]),
         limit=1,
     ).records
     if not records:
+        return None, None
+    metadata = records[0].asset_materialization.metadata
+    version, tasks = metadata.get("model_version"), metadata.get("project_tasks")
+    return (str(version.value) if version is not None else None), (int(tasks.value) if tasks is not None else None)
+
+
+def _stale(context: SensorEvaluationContext, loopml: LoopMLResource, function: str, primary: str) -> str | None:
+    """Why the function's pre-annotations are behind (``new-primary`` or ``new-tasks``), or None."""
+    from loopml.labelstudio import LabelStudioError, LabelStudioUnavailable
+
+    version, tasks = _last_preannotation(context, function)
+    if version != primary:
+        return "new-primary"
+    project = loopml.registry().get(function).labelstudio_project_id
+    if project is None:
         return None
-    entry = records[0].asset_materialization.metadata.get("model_version")
-    return str(entry.value) if entry is not None else None
+    try:
+        count = loopml.labelstudio().task_fingerprint(project)[1]
+    except (LabelStudioUnavailable, LabelStudioError) as error:
+        context.log.warning(f"task count of {function} not checked: {error}")
+        return None
+    return "new-tasks" if count != tasks else None
 
 
 def _recent_run(context: SensorEvaluationContext, function: str) -> bool:
@@ -75,20 +95,23 @@ def _recent_run(context: SensorEvaluationContext, function: str) -> bool:
 @sensor(job=preannotate_function, minimum_interval_seconds=10, default_status=DefaultSensorStatus.RUNNING)
 def preannotation_sensor(context: SensorEvaluationContext, loopml: LoopMLResource) -> SensorResult | SkipReason:
     """When a function's primary differs from the version of its last successful pre-annotation (a first
-    model, a promotion, a rollback), pre-annotate again; a failed run is retried after a pause."""
+    model, a promotion, a rollback), pre-annotate again; likewise when the project's task count moved (tasks
+    imported, calls sent for review), for the tasks without the primary's answer. A failed run is retried after
+    a pause."""
     known = set(context.instance.get_dynamic_partitions(functions_partitions.name))
     current = {
         s.function: s.primary_tag
         for s in DeploymentStore(loopml.settings()).all()
         if s.primary_tag and s.function in known
     }
-    stale = {fn: tag for fn, tag in current.items() if _preannotated_version(context, fn) != tag}
-    wanted = {fn: tag for fn, tag in stale.items() if not _recent_run(context, fn)}
+    idle = {fn: tag for fn, tag in current.items() if not _recent_run(context, fn)}
+    wanted = {fn: (tag, why) for fn, tag in idle.items() if (why := _stale(context, loopml, fn, tag))}
     if not wanted:
-        return SkipReason(f"pre-annotations current ({len(current)} functions serving, {len(stale)} pending)")
+        pending = len(current) - len(idle)
+        return SkipReason(f"pre-annotations current ({len(current)} functions serving, {pending} running)")
     return SensorResult(
         run_requests=[
-            RunRequest(partition_key=fn, tags={"loopml/primary": tag, "loopml/trigger": "new-primary"})
-            for fn, tag in wanted.items()
+            RunRequest(partition_key=fn, tags={"loopml/primary": tag, "loopml/trigger": why})
+            for fn, (tag, why) in wanted.items()
         ]
     )

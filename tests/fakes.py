@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from assets.resources import LoopMLResource
-from loopml.labelstudio import AnnotationRecord, LabelStudioUnavailable, Prediction
+from loopml.labelstudio import AnnotationRecord, LabelStudioUnavailable, Prediction, extract_label
 
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -65,6 +65,9 @@ class FakeLabelStudio:
             tid = next(self._ids)
             self.tasks[tid] = FakeTask(tid, task["data"], self._now(), meta=task.get("meta", {}))
             self.projects[project_id].append(tid)
+            for p in task.get("predictions", []):  # predictions imported with the task
+                label = extract_label(p["result"]) or ""
+                self.predictions.setdefault(tid, []).append(Prediction(tid, label, p.get("score"), p["model_version"]))
         return len(tasks)
 
     def _touch(self, task: FakeTask) -> None:

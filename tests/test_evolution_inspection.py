@@ -9,6 +9,7 @@ from assets.inspection import ISSUE_MODEL_VERSION, label_issues
 from assets.preannotations import preannotations
 from loopml.deployments import DeploymentStore
 from loopml.functions import FunctionRegistry, render_label_config
+from loopml.labelstudio import PREFILLED_META, choice_result
 from pipelines.follow_ups import preannotation_sensor
 from pipelines.sensors import function_discovery_sensor
 from tests.test_pipeline import (  # noqa: F401 - env is a fixture
@@ -226,5 +227,51 @@ def test_preannotations_go_chunk_by_chunk_and_record_the_tasks_as_they_go(env, m
 
     records.clear()  # a later run (a new primary) keeps what is still unlabelled recorded while it catches up
     fake.create_annotation(fake.projects[project][-1], "positive")  # one task labelled meanwhile
+    assert run(env).success
+    DeploymentStore(env["settings"]).set_primary("sentiment", "sentiment:v2", "promoted by hand")
     _materialize(env, preannotations)
     assert records == [4, 4]
+
+
+def test_tasks_added_later_get_the_primarys_answer_and_only_they(env) -> None:
+    """New tasks (imported, or calls sent for review that the canary answered) are pre-annotated without a
+    promotion; tasks that already carry the primary's answer are not pre-annotated twice."""
+    fake, project = env["fake"], env["project"]
+    annotate_all(fake, project)
+    assert run(env).success
+
+    def tick():
+        context = build_sensor_context(instance=env["instance"], resources={"loopml": env["resources"]["loopml"]})
+        return preannotation_sensor(context)
+
+    assert tick().run_requests[0].tags["loopml/trigger"] == "new-primary"
+    assert _materialize(env, preannotations).success
+    assert isinstance(tick(), SkipReason)  # current: nothing added since
+    before = {t: len(p) for t, p in fake.predictions.items()}
+
+    fake.import_tasks(project, [{"data": {"text": t}} for t in NEUTRAL[:3]])  # imported by a user
+    review = {"loopml_source": "review", PREFILLED_META: "sentiment:v1"}
+    fake.import_tasks(  # a call the primary answered, sent for review with its answer
+        project,
+        [{"data": {"text": NEUTRAL[3]}, "meta": review, "predictions": [_prediction("sentiment:v1")]}],
+    )
+    canary_review = {"loopml_source": "review", PREFILLED_META: "sentiment:v7"}
+    fake.import_tasks(  # a call a canary answered (no answer of the primary logged)
+        project,
+        [{"data": {"text": NEUTRAL[4]}, "meta": canary_review, "predictions": [_prediction("sentiment:v7")]}],
+    )
+    requested = tick()
+    assert isinstance(requested, SensorResult) and requested.run_requests[0].tags["loopml/trigger"] == "new-tasks"
+    meta = _materialize(env, preannotations).asset_materializations_for_node("preannotations")[0].metadata
+    assert meta["predictions"].value == 4 and meta["already_preannotated"].value == 2
+    new_tasks = {t for t in fake.projects[project] if fake.tasks[t].data["text"] in NEUTRAL[:5]}
+    by_text = {fake.tasks[t].data["text"]: [p.model_version for p in fake.predictions[t]] for t in new_tasks}
+    assert all(by_text[text] == ["sentiment:v1"] for text in NEUTRAL[:3])
+    assert by_text[NEUTRAL[3]] == ["sentiment:v1"]  # not twice
+    assert by_text[NEUTRAL[4]] == ["sentiment:v7", "sentiment:v1"]  # the labelling UI shows v1's answer
+    assert all(len(fake.predictions[t]) == n for t, n in before.items())  # earlier tasks untouched
+    assert isinstance(tick(), SkipReason)
+
+
+def _prediction(version: str) -> dict:
+    return {"model_version": version, "score": 0.6, "result": choice_result("positive")}

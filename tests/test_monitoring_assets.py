@@ -156,3 +156,32 @@ def test_a_young_model_gets_no_drift_verdict(env) -> None:
     _log_calls(env, SHIFTED * 2)
     report = _materialize(env, drift_report).output_for_node("drift_report")
     assert report["status"] == "not_enough_data" and not report["drifted"], report
+
+
+def test_a_call_the_canary_answered_goes_to_review_with_the_primarys_answer_too() -> None:
+    """Label Studio pre-fills the project's model version (the primary): a call the canary answered carries the
+    primary's logged answer first, so the annotator still sees a suggestion."""
+    from assets.review import review_task
+    from loopml.labelstudio import PREFILLED_META, extract_label
+
+    row = {
+        "input_text": "a film",
+        "reason": "disagreement",
+        "invocation_id": "abc",
+        "label": "negative",
+        "confidence": 0.55,
+        "primary_answer": "positive",
+    }
+    by_canary = review_task(row, "fn:v3", primary="fn:v2")
+    assert [(p["model_version"], extract_label(p["result"])) for p in by_canary["predictions"]] == [
+        ("fn:v2", "positive"),
+        ("fn:v3", "negative"),
+    ]
+    assert by_canary["meta"][PREFILLED_META] == "fn:v2" and by_canary["data"]["review_reason"] == "disagreement"
+    by_primary = review_task(row, "fn:v2", primary="fn:v2")
+    assert [p["model_version"] for p in by_primary["predictions"]] == ["fn:v2"]
+    assert by_primary["predictions"][0]["score"] == 0.55
+    unknown = review_task({**row, "primary_answer": None}, "fn:v3", primary="fn:v2")  # primary's answer not logged
+    assert [p["model_version"] for p in unknown["predictions"]] == ["fn:v3"] and unknown["meta"][
+        PREFILLED_META
+    ] == "fn:v3"
