@@ -14,15 +14,47 @@ from assets.resources import LoopMLResource
 from loopml.deployments import DeploymentStore
 from loopml.labelstudio import PREFILLED_META, choice_result
 
-BUDGET_TAG = "loopml/review_budget"  # set by the drift sensor to raise the budget of one run
+BUDGET_TAG = "loopml/review_budget"  # set by the drift sensor to raise the budget of the current period
 SINCE_TAG = "loopml/review_since"  # set by the drift sensor: resample the drifted window
 DEFAULT_WINDOW = timedelta(days=1)  # the first sampling run looks this far back
 MAX_CANDIDATES = 1_000_000
+BUDGET_ENV = "LOOPML_REVIEW_BUDGET"  # calls sent for review per function and period (default 50)
+BUDGETS_ENV = "LOOPML_REVIEW_BUDGETS"  # per-function budgets, e.g. "news-topic=100,review-sentiment=20"
+PERIOD_ENV = "LOOPML_REVIEW_PERIOD_HOURS"  # the budget's period (default 1: the hourly sampling schedule)
 
 
-def review_budget(tags: dict[str, str]) -> int:
-    """This run's budget: the drift sensor's raised budget, else ``LOOPML_REVIEW_BUDGET`` (default 50)."""
-    return int(tags.get(BUDGET_TAG) or os.environ.get("LOOPML_REVIEW_BUDGET", "50"))
+def review_budget(function: str, tags: dict[str, str] | None = None) -> int:
+    """The function's review budget for the current period: the drift sensor's raised budget, else its entry in
+    ``LOOPML_REVIEW_BUDGETS``, else ``LOOPML_REVIEW_BUDGET`` (default 50)."""
+    if tags and tags.get(BUDGET_TAG):
+        return int(tags[BUDGET_TAG])
+    for entry in os.environ.get(BUDGETS_ENV, "").split(","):
+        name, _, value = entry.partition("=")
+        if name.strip() == function and value.strip():
+            return int(value)
+    return int(os.environ.get(BUDGET_ENV, "50"))
+
+
+def review_period() -> timedelta:
+    return timedelta(hours=float(os.environ.get(PERIOD_ENV, "1")))
+
+
+def _sent_in_period(context: AssetExecutionContext, period_start: datetime) -> int:
+    """Calls this function sent for review by the sampling runs that ended after ``period_start``."""
+    from dagster import AssetRecordsFilter
+
+    records = context.instance.fetch_materializations(
+        records_filter=AssetRecordsFilter(asset_key=AssetKey("review_set"), asset_partitions=[context.partition_key]),
+        limit=1000,
+    ).records
+    sent = 0
+    for record in records:
+        metadata = record.asset_materialization.metadata
+        end, pushed = metadata.get("window_end"), metadata.get("sent_to_labelstudio")
+        if end is None or not end.value or datetime.fromisoformat(str(end.value)) < period_start:
+            break  # newest first: the rest are older
+        sent += int(pushed.value) if pushed is not None else 0
+    return sent
 
 
 def _previous_window_end(context: AssetExecutionContext) -> datetime | None:
@@ -39,14 +71,18 @@ def _previous_window_end(context: AssetExecutionContext) -> datetime | None:
     return datetime.fromisoformat(str(value.value)) if value is not None and value.value else None
 
 
-def _training_mistakes(oof_path, features: pl.DataFrame) -> np.ndarray:
-    """Embeddings of training items the model got wrong out of fold: the 'past mistakes' to sample near."""
+def _training_mistakes(oof_path, features: pl.DataFrame, low_margin: float) -> np.ndarray:
+    """Embeddings of training items the model got wrong or was unsure of out of fold (:func:`past_mistakes`):
+    the 'past mistakes' to sample near."""
     from loopml.label_issues import read_oof
+    from loopml.review import past_mistakes
 
     if not oof_path.exists():
         return np.zeros((0, 0), dtype=np.float32)
     ids, given, label_set, proba = read_oof(oof_path)
-    wrong = [i for i, (g, row) in enumerate(zip(given, proba, strict=True)) if label_set[int(row.argmax())] != g]
+    index = {label: i for i, label in enumerate(label_set)}
+    given_index = np.array([index.get(g, -1) for g in given], dtype=np.int64)
+    wrong = np.flatnonzero(past_mistakes(given_index, np.asarray(proba), low_margin))
     wrong_ids = pl.DataFrame({"content_hash": [ids[i] for i in wrong]}, schema={"content_hash": pl.String})
     rows = wrong_ids.join(features, on="content_hash", how="inner")
     if rows.height == 0:
@@ -101,9 +137,10 @@ def review_set(
 ) -> Output[pl.DataFrame]:
     """Calls from the invocation log that a human should look at, each with its reason: flagged by users,
     primary/canary disagreement, unfamiliar inputs (far from every training example; while the model is
-    young, most of the budget), near past mistakes (nearest neighbours of items the model got wrong),
-    low confidence, rare classes, and a small random slice. Budget per run, caps per reason, no duplicates of
-    tasks already in Label Studio. Pushed as tasks with the model's answer pre-filled and the reason in the
+    young, most of the budget), near past mistakes (nearest neighbours of items the model got wrong or was
+    unsure of), low confidence, rare classes, and a small random slice. A budget per function and period (what
+    earlier runs of the period sent counts against it), caps per reason, no duplicates of tasks already in Label
+    Studio. Pushed as tasks with the model's answer pre-filled and the reason in the
     Data Manager (`review_reason` column); once annotated they join the dataset with source `review`."""
     from loopml.dataset import content_hash
     from loopml.invocation_frames import load_serving_invocations
@@ -123,7 +160,11 @@ def review_set(
         raise ValueError(f"function {function!r} has no Label Studio project")
     in_labelstudio = {content_hash(text) for text in client.task_texts(spec.labelstudio_project_id).values()}
     counts = {r["label"]: int(r["count"]) for r in dataset["label"].value_counts().to_dicts()}
-    mistakes = _training_mistakes(version_path(settings, model["tag"]) / "oof_proba.parquet", features)
+    period_budget = review_budget(function, dict(context.run.tags))
+    sent_before = _sent_in_period(context, now - review_period())
+    policy = ReviewPolicy(budget=max(0, period_budget - sent_before))
+    oof = version_path(settings, model["tag"]) / "oof_proba.parquet"
+    mistakes = _training_mistakes(oof, features, policy.low_margin)
     frame = calls.frame
     corrected = frame["flagged"] | (frame["true_label"].is_not_null() & (frame["true_label"] != frame["label"]))
     corrected_rows = np.flatnonzero(corrected.fill_null(False).to_numpy() & calls.has_embedding)
@@ -131,7 +172,6 @@ def review_set(
         extra = calls.embeddings[corrected_rows]
         mistakes = extra if mistakes.size == 0 else np.vstack([mistakes, extra])
     dim = calls.embeddings.shape[1] or (mistakes.shape[1] if mistakes.ndim == 2 else 0)
-    policy = ReviewPolicy(budget=review_budget(dict(context.run.tags)))
     selected = select_for_review(
         frame,
         calls.embeddings if calls.embeddings.size else np.zeros((frame.height, dim), dtype=np.float32),
@@ -164,6 +204,8 @@ def review_set(
             "candidates": frame.height,
             "sent_to_labelstudio": pushed,
             "budget": policy.budget,
+            "period_budget": period_budget,
+            "sent_earlier_in_period": sent_before,
             "reasons": MetadataValue.json(reasons),
             "stored_at": MetadataValue.path(str(stored)),
             "sample": MetadataValue.md(

@@ -12,7 +12,8 @@ items chosen by
   need no live traffic: unfamiliar items (far from every labelled item; the most central of each k-means
   cluster, shared evenly between the model's answers) while some label has fewer than 10 examples (the cold
   start: the whole round), then near past mistakes (pool items close to labelled items whose out-of-fold
-  prediction was wrong), low confidence (smallest margins), rare predicted classes, and a small random slice;
+  prediction was wrong or unsure), low confidence (smallest margins), rare predicted classes, and a small
+  random slice;
 * random: 20 pool items drawn uniformly.
 
 A run stops once holdout accuracy reaches 95 % of the full-data accuracy (``run_automl`` on the whole pool), or
@@ -51,6 +52,7 @@ from loopml.review import (  # noqa: E402
     UNFAMILIAR,
     ReviewContext,
     ReviewPolicy,
+    past_mistakes,
     pool_candidates,
     select_for_review,
 )
@@ -139,7 +141,7 @@ def loopml_batch(
     """The next round chosen by LoopML's review sampling on the pool scored by the current model."""
     proba = result.model.predict_proba([data.texts[i] for i in unlabelled], data.emb[unlabelled])
     y_index = np.searchsorted(data.label_set, data.y[labelled].astype(str))
-    wrong = result.oof_proba.argmax(axis=1) != y_index
+    wrong = past_mistakes(y_index, result.oof_proba, POLICY.low_margin)
     context = ReviewContext(
         training_label_counts=dict(Counter(data.y[labelled].tolist())),
         mistake_embeddings=data.emb[labelled][wrong],

@@ -288,6 +288,17 @@ def kth_nearest_distance(
     return np.clip(distance, 0.0, 2.0)
 
 
+def past_mistakes(given: np.ndarray, proba: np.ndarray, low_margin: float = 0.2) -> np.ndarray:
+    """Which training items count as past mistakes for the near-mistake reason: the model got them wrong out of
+    fold (``proba``'s top column is not ``given``, a column index per row) or was unsure of them (top-1 minus
+    top-2 probability below ``low_margin``)."""
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.size == 0:
+        return np.zeros(len(proba), dtype=bool)
+    top2 = np.sort(proba, axis=1)[:, -2:] if proba.shape[1] > 1 else np.hstack([np.zeros_like(proba), proba])
+    return (proba.argmax(axis=1) != np.asarray(given)) | (top2[:, 1] - top2[:, 0] < low_margin)
+
+
 def low_confidence_signal(margin: np.ndarray, low_margin: float = 0.2) -> Signal:
     """Rows whose top-1 minus top-2 score is below ``low_margin``; priority ``1 - margin / low_margin``."""
     margin = np.asarray(margin, dtype=np.float64)

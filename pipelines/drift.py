@@ -48,7 +48,7 @@ def drift_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
         function = record.asset_materialization.partition
         if not function or not _value(metadata, "drifted"):
             continue
-        budget = review_budget({}) * int(os.environ.get(BUDGET_FACTOR_ENV, "4"))
+        budget = review_budget(function) * int(os.environ.get(BUDGET_FACTOR_ENV, "4"))
         context.log.warning(f"{function}: drift detected ({_value(metadata, 'message')}); review budget {budget}")
         requests.append(
             RunRequest(

@@ -121,6 +121,30 @@ def test_low_confidence_and_flagged_calls_become_review_tasks_that_train_as_revi
     assert retrained.output_for_node("model")["tag"] == "sentiment:v2"
 
 
+def test_the_review_budget_is_per_function_and_period(env, monkeypatch) -> None:
+    """What earlier runs of the period sent counts against the function's budget; drift raises the period's."""
+    monkeypatch.setenv("LOOPML_REVIEW_BUDGET", "50")
+    monkeypatch.setenv("LOOPML_REVIEW_BUDGETS", "other=7, sentiment=3")
+    _train(env)
+    _log_calls(env, SIMILAR[:10], confidence=0.51)
+    first = _materialize(env, review_set).asset_materializations_for_node("review_set")[0].metadata
+    assert first["sent_to_labelstudio"].value == 3 and first["period_budget"].value == 3
+
+    _log_calls(env, SIMILAR[10:20], confidence=0.51)
+    spent = _materialize(env, review_set).asset_materializations_for_node("review_set")[0].metadata
+    assert spent["sent_to_labelstudio"].value == 0 and spent["sent_earlier_in_period"].value == 3
+
+    _log_calls(env, SIMILAR[20:30], confidence=0.51)
+    raised = _materialize(env, review_set, tags={BUDGET_TAG: "5"})  # what the drift sensor asks for
+    meta = raised.asset_materializations_for_node("review_set")[0].metadata
+    assert meta["sent_to_labelstudio"].value == 2 and meta["period_budget"].value == 5
+
+    monkeypatch.setenv("LOOPML_REVIEW_PERIOD_HOURS", "0")  # a new period: the budget is whole again
+    _log_calls(env, SIMILAR[30:40], confidence=0.51)
+    fresh = _materialize(env, review_set).asset_materializations_for_node("review_set")[0].metadata
+    assert fresh["sent_to_labelstudio"].value == 3 and fresh["sent_earlier_in_period"].value == 0
+
+
 def test_drift_is_detected_on_a_shifted_stream_and_not_on_an_unshifted_one(env) -> None:
     _train(env)
     _log_calls(env, SIMILAR)

@@ -385,3 +385,13 @@ def test_unfamiliar_is_measured_on_a_uniform_sample_of_a_large_stream() -> None:
     np.testing.assert_allclose(sampled.priority[sampled.applies], np.minimum(distance[sampled.applies], 1.0), atol=1e-5)
     again = unfamiliar_signal(calls, training, share=0.5, sample=400, seed=1)
     assert np.array_equal(again.applies, sampled.applies)
+
+
+def test_past_mistakes_are_the_wrong_and_the_unsure_out_of_fold_items() -> None:
+    from loopml.review import past_mistakes
+
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.55, 0.45], [0.7, 0.3]])
+    given = np.array([0, 0, 0, 1])  # right and sure, wrong, right but unsure (margin 0.1), wrong
+    assert past_mistakes(given, proba, low_margin=0.2).tolist() == [False, True, True, True]
+    assert past_mistakes(given, proba, low_margin=0.05).tolist() == [False, True, False, True]
+    assert past_mistakes(np.zeros(0, dtype=int), np.zeros((0, 2))).tolist() == []
