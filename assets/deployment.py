@@ -24,7 +24,7 @@ from loopml.deployments import CANARY_STEPS, ROLLOUT_PATIENCE_SECONDS, WAIT_ACTI
 from loopml.gate import DEFAULT_TOLERANCE, evaluate_gate
 
 
-def _probs(classifier: Any, texts: list[str], embeddings: np.ndarray, encoder_id: str) -> np.ndarray:
+def version_probabilities(classifier: Any, texts: list[str], embeddings: np.ndarray, encoder_id: str) -> np.ndarray:
     """Score with ``classifier``; re-embed only if it was trained on another encoder than the features."""
     if not texts:
         return np.zeros((0, len(classifier.label_set)), dtype=np.float32)
@@ -95,7 +95,7 @@ def deployment(
 
     def score(classifier: Any, frame: pl.DataFrame) -> np.ndarray:
         embeddings = np.asarray(frame["embedding"].to_list(), dtype=np.float32)
-        return _probs(classifier, frame["text"].to_list(), embeddings, spec.encoder_id)
+        return version_probabilities(classifier, frame["text"].to_list(), embeddings, spec.encoder_id)
 
     primary = load_classifier(settings, state.primary_tag) if state and state.primary_tag else None
     result = evaluate_gate(

@@ -1,5 +1,8 @@
 """label_issues: likely annotation errors, from the model's out-of-fold probabilities."""
 
+from typing import Any
+
+import numpy as np
 import polars as pl
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
@@ -22,6 +25,30 @@ def _top_markdown(issues: pl.DataFrame, limit: int = 15) -> MetadataValue:
     return MetadataValue.md("\n".join([header, *rows]) if rows else "no likely label errors")
 
 
+def _holdout_probabilities(
+    settings: Any, tag: str, encoder_id: str, dataset: pl.DataFrame, features: pl.DataFrame, label_set: list[str]
+) -> tuple[list[str], list[str], np.ndarray]:
+    """The holdout items (never trained on) as the model scores them: ``(content hashes, given labels,
+    [n, C] probabilities in ``label_set`` order)``. Their errors matter twice: the gate scores versions on them."""
+    from assets.deployment import version_probabilities
+    from loopml.dataset import training_rows
+    from serving.model_store import load_classifier
+
+    rows = (
+        training_rows(dataset, label_set)
+        .filter(pl.col("split") == "holdout")
+        .unique(subset="content_hash", keep="last")
+        .join(features, on="content_hash", how="inner")
+    )
+    if rows.height == 0:
+        return [], [], np.zeros((0, len(label_set)))
+    classifier = load_classifier(settings, tag)
+    embeddings = np.asarray(rows["embedding"].to_list(), dtype=np.float32)
+    proba = version_probabilities(classifier, rows["text"].to_list(), embeddings, encoder_id)
+    columns = [list(classifier.label_set).index(label) for label in label_set]
+    return rows["content_hash"].to_list(), rows["label"].to_list(), np.asarray(proba)[:, columns]
+
+
 @asset(
     partitions_def=functions_partitions,
     group_name="inspect",
@@ -29,19 +56,29 @@ def _top_markdown(issues: pl.DataFrame, limit: int = 15) -> MetadataValue:
     kinds={"cleanlab", "labelstudio"},
 )
 def label_issues(
-    context: AssetExecutionContext, loopml: LoopMLResource, model: dict, dataset: pl.DataFrame
+    context: AssetExecutionContext,
+    loopml: LoopMLResource,
+    model: dict,
+    dataset: pl.DataFrame,
+    features: pl.DataFrame,
 ) -> Output[pl.DataFrame]:
     """Items whose annotation is likely wrong: confident learning (cleanlab) on the model's out-of-fold
-    probabilities, plus items where the model confidently disagrees with the annotation. Ranked most suspect
-    first; the top of the list goes back to Label Studio as a prediction with the model's suggestion
-    (model version ``label-issue``), so a reviewer can filter for them in the Data Manager."""
+    probabilities of the training items and its probabilities of the holdout items (never trained on), plus
+    items where the model confidently disagrees with the annotation. Ranked most suspect first; the top of the
+    list goes back to Label Studio as a prediction with the model's suggestion (model version ``label-issue``),
+    so a reviewer can filter for them in the Data Manager."""
     from loopml.label_issues import find_label_issues, read_oof, summarize
     from serving.model_store import version_path
 
     settings = loopml.settings()
     spec = loopml.registry().get(context.partition_key)
     ids, given, label_set, proba = read_oof(version_path(settings, model["tag"]) / "oof_proba.parquet")
-    found = find_label_issues(ids, given, label_set, proba)
+    hold_ids, hold_given, hold_proba = _holdout_probabilities(
+        settings, model["tag"], spec.encoder_id, dataset, features, label_set
+    )
+    found = find_label_issues(
+        ids + hold_ids, given + hold_given, label_set, np.vstack([proba, hold_proba]) if hold_ids else proba
+    )
     items = dataset.unique(subset="content_hash", keep="last").select("content_hash", "task_id", "text")
     issues = found.join(items, left_on="item_id", right_on="content_hash", how="left").sort("rank")
 
@@ -66,12 +103,13 @@ def label_issues(
         pl.concat([pushed, to_push.select(pl.col("task_id").cast(pl.Int64), "suggested_label")]).write_parquet(
             pushed_file
         )
-    summary = summarize(found, len(ids))
+    summary = summarize(found, len(ids) + len(hold_ids))
     return Output(
         issues,
         metadata={
             **{k: v for k, v in summary.items() if isinstance(v, int | float)},
             "model_version": model["tag"],
+            "holdout_items": len(hold_ids),
             "sent_to_labelstudio": to_push.height,
             "top_issues": _top_markdown(issues),
         },

@@ -7,6 +7,7 @@ from dagster import SensorResult, SkipReason, build_sensor_context, materialize
 
 from assets.inspection import ISSUE_MODEL_VERSION, label_issues
 from assets.preannotations import preannotations
+from loopml.dataset import content_hash, split_of
 from loopml.deployments import DeploymentStore
 from loopml.functions import FunctionRegistry, render_label_config
 from loopml.labelstudio import PREFILLED_META, choice_result
@@ -97,21 +98,26 @@ def test_label_issues_rank_a_planted_error_first_and_send_it_back(env) -> None:
     texts = {f"a {w} {t}, I enjoyed it": "positive" for w in good for t in things}
     texts |= {f"a {w} {t}, I regret watching": "negative" for w in bad for t in things}
     wrong = "a wonderful film, I enjoyed it"
+    assert split_of(content_hash(wrong)) == "train"
+    held_out = next(t for t in texts if texts[t] == "negative" and split_of(content_hash(t)) == "holdout")
     fake.import_tasks(project, [{"data": {"text": t}} for t in texts])
     for tid in fake.projects[project]:
         text = fake.tasks[tid].data["text"]
         if text in texts:
-            fake.create_annotation(tid, "negative" if text == wrong else texts[text])
+            flipped = {"positive": "negative", "negative": "positive"}[texts[text]]
+            fake.create_annotation(tid, flipped if text in (wrong, held_out) else texts[text])
     assert run(env).success
     result = _materialize(env, label_issues)
     issues = result.output_for_node("label_issues")
     assert issues.height >= 1
-    top = issues.row(0, named=True)
-    assert (top["text"], top["given_label"], top["suggested_label"]) == (wrong, "negative", "positive")
+    # the two planted errors rank first: one among the training items (out-of-fold probabilities), one among
+    # the holdout items (scored by the model, never trained on)
+    top = {r["text"]: (r["given_label"], r["suggested_label"]) for r in issues.head(2).to_dicts()}
+    assert top == {wrong: ("negative", "positive"), held_out: ("positive", "negative")}
     task = next(t for t in fake.projects[project] if fake.tasks[t].data["text"] == wrong)
     assert [(p.label, p.model_version) for p in fake.predictions[task]] == [("positive", ISSUE_MODEL_VERSION)]
     meta = result.asset_materializations_for_node("label_issues")[0].metadata
-    assert meta["sent_to_labelstudio"].value >= 1 and "top_issues" in meta
+    assert meta["sent_to_labelstudio"].value >= 2 and "top_issues" in meta and meta["holdout_items"].value >= 1
 
     again = _materialize(env, label_issues)  # the same suggestions are not sent twice
     assert again.asset_materializations_for_node("label_issues")[0].metadata["sent_to_labelstudio"].value == 0
