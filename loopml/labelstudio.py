@@ -135,6 +135,7 @@ def extract_label(result: list[dict[str, Any]] | None, from_name: str = "label")
     return None
 
 
+UNCERTAINTY_SAMPLING = "Uncertainty sampling"  # Label Studio's active-learning queue (by prediction score)
 # task meta: the model version whose answer a task was imported with (calls sent for review carry the primary's)
 PREFILLED_META = "loopml_prefilled"
 
@@ -455,9 +456,13 @@ class LabelStudioClient:
         return created
 
     def set_model_version(self, project_id: int, model_version: str) -> None:
-        """Show ``model_version``'s predictions as pre-annotations in the labelling UI."""
+        """Show ``model_version``'s predictions as pre-annotations in the labelling UI, and queue the tasks it is
+        least sure of first ("Label All Tasks" follows Label Studio's uncertainty sampling: lowest prediction
+        score of that version first)."""
         with self._api(f"set the model version of project {project_id}"):
-            self.sdk.projects.update(id=project_id, model_version=model_version, show_collab_predictions=True)
+            self.sdk.projects.update(
+                id=project_id, model_version=model_version, show_collab_predictions=True, sampling=UNCERTAINTY_SAMPLING
+            )
 
     def task_predictions(self, task_id: int) -> list[dict[str, Any]]:
         """The predictions on one task: ``[{"model_version", "score", "label"}]``."""

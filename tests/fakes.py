@@ -32,6 +32,7 @@ class FakeLabelStudio:
         self.projects: dict[int, list[int]] = {}
         self.label_configs: dict[int, str] = {}
         self.predictions: dict[int, list[Prediction]] = {}
+        self.sampling: dict[int, str] = {}
         self.model_versions: dict[int, str] = {}
         self.down = False
         self._ids = itertools.count(1)
@@ -165,6 +166,7 @@ class FakeLabelStudio:
     def set_model_version(self, project_id: int, model_version: str) -> None:
         self._check()
         self.model_versions[project_id] = model_version
+        self.sampling[project_id] = "Uncertainty sampling"
 
 
 class FakeLoopMLResource(LoopMLResource):

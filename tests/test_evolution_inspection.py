@@ -72,6 +72,7 @@ def test_preannotations_carry_the_primary_and_follow_promotions(env) -> None:
     assert prediction.model_version == "sentiment:v1"
     assert prediction.label in ("positive", "negative") and 0.5 <= prediction.score <= 1.0
     assert fake.model_versions[project] == "sentiment:v1"  # the labelling UI shows this version's answers
+    assert fake.sampling[project] == "Uncertainty sampling"  # and queues the tasks it is least sure of first
 
     assert isinstance(tick(), SkipReason)  # current
     DeploymentStore(env["settings"]).set_primary("sentiment", "sentiment:v9", "promoted by hand")

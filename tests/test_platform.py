@@ -108,6 +108,9 @@ def test_up_create_annotate_and_the_daemon_trains_a_model(platform_env) -> None:
         time.sleep(1)
     assert [(p["model_version"], p["label"]) for p in predictions] == [("platform-sentiment:v1", "positive")]
     assert 0.5 < predictions[0]["score"] <= 1.0
+    project_settings = client.sdk.projects.get(id=project)
+    assert project_settings.model_version == "platform-sentiment:v1"
+    assert project_settings.sampling == "Uncertainty sampling"  # "Label All Tasks": least sure first
 
     STATE.update(settings=settings, project=project, task=unlabelled.task_id, prediction=predictions[0])
 
