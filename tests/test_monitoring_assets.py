@@ -3,6 +3,8 @@ become review tasks in (fake) Label Studio; a shifted stream of calls shows drif
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from dagster import SensorResult, SkipReason, build_sensor_context, materialize
 
@@ -169,6 +171,35 @@ def test_drift_is_detected_on_a_shifted_stream_and_not_on_an_unshifted_one(env) 
     assert request.job_name == "review_function" and request.partition_key == "sentiment"
     assert int(request.tags[BUDGET_TAG]) == 200
     assert isinstance(drift_sensor(build_sensor_context(instance=env["instance"], cursor=raised.cursor)), SkipReason)
+
+    os.environ["LOOPML_RETRAIN_ON_DRIFT"] = "true"  # configured: the same drift also requests retraining
+    try:
+        both = drift_sensor(build_sensor_context(instance=env["instance"], cursor=cursor))
+    finally:
+        del os.environ["LOOPML_RETRAIN_ON_DRIFT"]
+    assert sorted(r.job_name for r in both.run_requests) == ["review_function", "train_function"]
+
+
+def test_monitoring_runs_hourly_for_every_function() -> None:
+    """The hourly schedule asks, per function, for a run of the job that builds the drift report and then the
+    review set."""
+    from datetime import UTC, datetime
+
+    from dagster import build_schedule_context, instance_for_test
+
+    from pipelines.definitions import defs
+    from pipelines.schedules import hourly_monitoring
+
+    schedule = defs.resolve_schedule_def("hourly_monitoring")
+    assert schedule.cron_schedule == "7 * * * *"
+    job = defs.resolve_job_def(schedule.job_name)
+    assert {n.name for n in job.graph.node_defs} == {"drift_report", "review_set"}
+    when = datetime(2026, 11, 28, 14, 7, tzinfo=UTC)
+    with instance_for_test() as instance:  # a schedule's context needs an instance with a ref
+        instance.add_dynamic_partitions("functions", ["sentiment", "topics"])
+        requests = list(hourly_monitoring(build_schedule_context(instance=instance, scheduled_execution_time=when)))
+    assert sorted(r.partition_key for r in requests) == ["sentiment", "topics"]
+    assert {r.run_key for r in requests} == {"hourly:sentiment:2026-11-28T14", "hourly:topics:2026-11-28T14"}
 
 
 def test_a_young_model_gets_no_drift_verdict(env) -> None:
