@@ -103,3 +103,29 @@ def test_deployments_promote_and_rollback_by_hand(monkeypatch, capsys) -> None:
     assert "primary fn:v3" in out and "by cli: looks good" in out and "rollback" in out
     code, out = loopml(monkeypatch, capsys, "deployments", "nope")
     assert code == 2 and "unknown function 'nope'" in out
+
+
+def test_add_and_remove_label_commands(monkeypatch, capsys) -> None:
+    """`functions add-label` / `remove-label`: what changed, what to do next, and clear refusals (Label Studio's
+    label config is written by the same call; here it is recorded instead of sent)."""
+    from loopml import evolution
+    from loopml.config import get_settings
+    from loopml.functions import FunctionRegistry, FunctionSpec
+
+    pushed: list[list[str]] = []
+    monkeypatch.setattr(evolution, "_push_label_config", lambda settings, fn, labels: pushed.append(labels))
+    FunctionRegistry(get_settings()).add(FunctionSpec("reviews", "text", ["pos", "neg"], "minilm-l6-int8", 1))
+
+    code, out = loopml(monkeypatch, capsys, "functions", "add-label", "reviews", "mixed")
+    assert code == 0 and "added ['mixed']" in out and "annotate at least 3 examples of 'mixed'" in out
+    assert pushed == [["pos", "neg", "mixed"]]
+    code, out = loopml(monkeypatch, capsys, "functions", "add-label", "reviews", "mixed")
+    assert code != 0 and "already has the label 'mixed'" in out
+    code, out = loopml(monkeypatch, capsys, "functions", "remove-label", "reviews", "neg")
+    assert code == 0 and "removed ['neg']" in out and "excluded from the next version" in out
+    code, out = loopml(monkeypatch, capsys, "functions", "remove-label", "reviews", "nope")
+    assert code != 0 and "has no label 'nope'" in out
+    code, out = loopml(monkeypatch, capsys, "functions", "remove-label", "reviews", "pos")
+    assert code != 0 and "needs at least 2 labels" in out
+    assert FunctionRegistry(get_settings()).get("reviews").labels == ["pos", "mixed"]
+    assert pushed == [["pos", "neg", "mixed"], ["pos", "mixed"]]  # refusals change nothing

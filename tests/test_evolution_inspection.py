@@ -152,8 +152,23 @@ def test_a_label_added_in_labelstudio_enters_training_once_it_has_enough_example
 
     for tid in neutral_tasks[1:]:
         fake.create_annotation(tid, "neutral")
+    DeploymentStore(env["settings"]).rollback("sentiment", "the canary controller ended the rollout")
     enough = run(env)
     assert enough.output_for_node("model")["label_set"] == ["positive", "negative", "neutral"]
+
+    # the version with the new label rolls out (the gate compared it on the labels both versions know) and serves
+    from serving.runtime import ModelRuntime
+
+    decided = enough.output_for_node("deployment")
+    assert decided["decision"] == "canary" and decided["candidate"] == enough.output_for_node("model")["tag"]
+    DeploymentStore(env["settings"]).promote("sentiment", "the canary controller found it healthy")
+    runtime = ModelRuntime(env["settings"], lanes=1, warm_encoders=False)
+    runtime.start(wait=True, timeout=60)
+    try:
+        (answer,) = runtime.predict("sentiment", [NEUTRAL[1]])
+        assert answer.label == "neutral" and answer.answered_by == decided["candidate"] and answer.role == "primary"
+    finally:
+        runtime.stop()
 
 
 def test_a_removed_label_is_excluded_with_a_warning(env) -> None:
