@@ -21,6 +21,7 @@ MAX_CANDIDATES = 1_000_000
 BUDGET_ENV = "LOOPML_REVIEW_BUDGET"  # calls sent for review per function and period (default 50)
 BUDGETS_ENV = "LOOPML_REVIEW_BUDGETS"  # per-function budgets, e.g. "news-topic=100,review-sentiment=20"
 PERIOD_ENV = "LOOPML_REVIEW_PERIOD_HOURS"  # the budget's period (default 1: the hourly sampling schedule)
+CAPS_ENV = "LOOPML_REVIEW_CAPS"  # caps per reason over the defaults, e.g. "near_mistake=4,low_confidence=12"
 
 
 def review_budget(function: str, tags: dict[str, str] | None = None) -> int:
@@ -144,7 +145,7 @@ def review_set(
     Data Manager (`review_reason` column); once annotated they join the dataset with source `review`."""
     from loopml.dataset import content_hash
     from loopml.invocation_frames import load_serving_invocations
-    from loopml.review import ReviewContext, ReviewPolicy, select_for_review
+    from loopml.review import ReviewContext, ReviewPolicy, parse_caps, select_for_review
     from serving.model_store import version_path
 
     function = context.partition_key
@@ -162,7 +163,8 @@ def review_set(
     counts = {r["label"]: int(r["count"]) for r in dataset["label"].value_counts().to_dicts()}
     period_budget = review_budget(function, dict(context.run.tags))
     sent_before = _sent_in_period(context, now - review_period())
-    policy = ReviewPolicy(budget=max(0, period_budget - sent_before))
+    caps = {**ReviewPolicy().caps, **parse_caps(os.environ.get(CAPS_ENV, ""))}
+    policy = ReviewPolicy(budget=max(0, period_budget - sent_before), caps=caps)
     oof = version_path(settings, model["tag"]) / "oof_proba.parquet"
     mistakes = _training_mistakes(oof, features, policy.low_margin)
     frame = calls.frame
@@ -204,6 +206,7 @@ def review_set(
             "candidates": frame.height,
             "sent_to_labelstudio": pushed,
             "budget": policy.budget,
+            "caps": MetadataValue.json(policy.caps),
             "period_budget": period_budget,
             "sent_earlier_in_period": sent_before,
             "reasons": MetadataValue.json(reasons),

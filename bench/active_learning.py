@@ -46,12 +46,9 @@ from automl_speed import DATASETS, load_with_embeddings  # noqa: E402
 from loopml.dataset import content_hash  # noqa: E402
 from loopml.encoders import DEFAULT_TEXT_ENCODER  # noqa: E402
 from loopml.review import (  # noqa: E402
-    LOW_CONFIDENCE,
-    NEAR_MISTAKE,
-    RARE_CLASS,
-    UNFAMILIAR,
     ReviewContext,
     ReviewPolicy,
+    parse_caps,
     past_mistakes,
     pool_candidates,
     select_for_review,
@@ -66,11 +63,17 @@ TARGET_SHARE = 0.95  # of full-data accuracy
 # the review strategies on an unlabelled pool: during the cold start, unfamiliar items (coverage); after it,
 # margin-based uncertainty dominates, near mistakes and rare predicted classes add a few items, and 10 % of
 # each round stays random
-POLICY = ReviewPolicy(
-    budget=ROUND,
-    caps={UNFAMILIAR: 0, NEAR_MISTAKE: 4, LOW_CONFIDENCE: 12, RARE_CLASS: 2},
-    random_share=0.1,
-)
+# (as a deployment would set it: LOOPML_REVIEW_BUDGET=20 LOOPML_REVIEW_CAPS=<POOL_CAPS>; `--caps ""` measures the
+# shipped default caps instead)
+POOL_CAPS = "unfamiliar=0,near_mistake=4,low_confidence=12,rare_class=2"
+
+
+def policy_with(caps: str) -> ReviewPolicy:
+    """The review policy of a ``ROUND``-item budget with ``caps`` (``LOOPML_REVIEW_CAPS`` syntax) over the defaults."""
+    return ReviewPolicy(budget=ROUND, caps={**ReviewPolicy().caps, **parse_caps(caps)}, random_share=0.1)
+
+
+POLICY = policy_with(POOL_CAPS)
 METHODS = ("LoopML", "random")
 
 
@@ -251,7 +254,10 @@ def main() -> None:
     parser.add_argument("--max-labels", type=int, default=None, help="label cap per run (default 3000)")
     parser.add_argument("--data", choices=list(DATASETS), action="append", help="only these data sets")
     parser.add_argument("--encoder", default=DEFAULT_TEXT_ENCODER, help="text encoder of the embeddings")
+    parser.add_argument("--caps", default=POOL_CAPS, help="LoopML's caps per reason (LOOPML_REVIEW_CAPS syntax)")
     args = parser.parse_args()
+    global POLICY
+    POLICY = policy_with(args.caps)
     seeds = args.seeds or (1 if args.quick else 2)
     max_labels = args.max_labels or 3000
     warnings.filterwarnings("ignore")

@@ -108,6 +108,19 @@ def _default_caps() -> dict[str, int]:
     return {FLAGGED: 20, DISAGREEMENT: 10, UNFAMILIAR: 5, NEAR_MISTAKE: 10, LOW_CONFIDENCE: 15, RARE_CLASS: 10}
 
 
+def parse_caps(text: str) -> dict[str, int]:
+    """``"near_mistake=4, low_confidence=12"`` -> caps per reason (``LOOPML_REVIEW_CAPS``); unknown reasons and
+    malformed entries raise :class:`ValueError` naming the known reasons."""
+    caps: dict[str, int] = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        reason, sep, value = entry.partition("=")
+        reason = reason.strip()
+        if not sep or reason not in REASONS or not value.strip().isdigit():
+            raise ValueError(f"review cap {entry!r} is not reason=count; reasons: {', '.join(REASONS)}")
+        caps[reason] = int(value)
+    return caps
+
+
 @dataclass(frozen=True)
 class ReviewPolicy:
     """How many calls to send for review, and when each strategy applies.

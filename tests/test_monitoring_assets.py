@@ -127,10 +127,14 @@ def test_the_review_budget_is_per_function_and_period(env, monkeypatch) -> None:
     """What earlier runs of the period sent counts against the function's budget; drift raises the period's."""
     monkeypatch.setenv("LOOPML_REVIEW_BUDGET", "50")
     monkeypatch.setenv("LOOPML_REVIEW_BUDGETS", "other=7, sentiment=3")
+    monkeypatch.setenv("LOOPML_REVIEW_CAPS", "low_confidence=2")
     _train(env)
     _log_calls(env, SIMILAR[:10], confidence=0.51)
-    first = _materialize(env, review_set).asset_materializations_for_node("review_set")[0].metadata
-    assert first["sent_to_labelstudio"].value == 3 and first["period_budget"].value == 3
+    first = _materialize(env, review_set)
+    meta = first.asset_materializations_for_node("review_set")[0].metadata
+    assert meta["sent_to_labelstudio"].value == 3 and meta["period_budget"].value == 3
+    assert meta["caps"].value["low_confidence"] == 2 and meta["caps"].value["flagged"] == 20  # over the defaults
+    assert first.output_for_node("review_set")["reason"].to_list().count("low_confidence") <= 2
 
     _log_calls(env, SIMILAR[10:20], confidence=0.51)
     spent = _materialize(env, review_set).asset_materializations_for_node("review_set")[0].metadata

@@ -395,3 +395,14 @@ def test_past_mistakes_are_the_wrong_and_the_unsure_out_of_fold_items() -> None:
     assert past_mistakes(given, proba, low_margin=0.2).tolist() == [False, True, True, True]
     assert past_mistakes(given, proba, low_margin=0.05).tolist() == [False, True, False, True]
     assert past_mistakes(np.zeros(0, dtype=int), np.zeros((0, 2))).tolist() == []
+
+
+def test_caps_from_the_environment_syntax() -> None:
+    from loopml.review import parse_caps
+
+    assert parse_caps(" near_mistake=4, low_confidence=12 ,") == {"near_mistake": 4, "low_confidence": 12}
+    assert parse_caps("") == {}
+    with pytest.raises(ValueError, match="reasons: flagged"):
+        parse_caps("nearby=3")
+    with pytest.raises(ValueError, match="not reason=count"):
+        parse_caps("low_confidence=many")
