@@ -341,3 +341,44 @@ def test_a_rollout_that_cannot_decide_is_replaced_after_the_patience(env, monkey
     decided = run(env).output_for_node("deployment")
     assert decided["decision"] == "canary" and store.get("sentiment").canary_tag == "sentiment:v2"
     assert "replaces canary sentiment:v0-canary" in store.history("sentiment")[-1].reason
+
+
+def test_every_successful_training_run_is_followed_by_an_inspection() -> None:
+    """inspect_after_training: one label_issues run per successful training run of a function (keyed by run)."""
+    from dagster import DagsterInstance, DagsterRun, RunRequest, build_run_status_sensor_context, job, op
+
+    from pipelines.follow_ups import inspect_after_training
+
+    @op
+    def noop() -> None:
+        return None
+
+    @job
+    def tiny() -> None:
+        noop()
+
+    instance = DagsterInstance.ephemeral()
+    event = next(
+        e for e in tiny.execute_in_process(instance=instance).all_events if e.event_type_value == "PIPELINE_SUCCESS"
+    )
+
+    def after(run: DagsterRun):
+        context = build_run_status_sensor_context(
+            sensor_name="inspect_after_training", dagster_event=event, dagster_instance=instance, dagster_run=run
+        )
+        return inspect_after_training(context)
+
+    trained = after(DagsterRun(job_name="train_function", run_id="r1", tags={"dagster/partition": "sentiment"}))
+    assert isinstance(trained, RunRequest)
+    assert (trained.partition_key, trained.run_key, trained.tags["loopml/trigger"]) == (
+        "sentiment",
+        "inspect:r1",
+        "trained",
+    )
+    assert isinstance(after(DagsterRun(job_name="train_function", run_id="r2")), SkipReason)  # no partition
+
+    from pipelines.definitions import defs
+
+    sensor = defs.resolve_sensor_def("inspect_after_training")
+    assert [t.job_name for t in sensor.targets] == ["inspect_function"]
+    assert {n.name for n in defs.resolve_job_def("inspect_function").graph.node_defs} == {"label_issues"}
