@@ -88,16 +88,19 @@ def preannotations(context: AssetExecutionContext, loopml: LoopMLResource) -> Ma
     project_tasks = client.task_fingerprint(project)[1]
     unlabelled = client.unlabeled_tasks(project, limit=MAX_TASKS)
     done_path = preannotated_tasks_path(settings.data_dir, function)
-    done = read_preannotated(done_path, state.primary_tag) & {t.task_id for t in unlabelled}
-    tasks = [t for t in unlabelled if t.task_id not in done and not already_prefilled(t, state.primary_tag)]
-    done |= {t.task_id for t in unlabelled if already_prefilled(t, state.primary_tag)}
+    prefilled = {t.task_id for t in unlabelled if already_prefilled(t, state.primary_tag)}
+    done = (read_preannotated(done_path, state.primary_tag) & {t.task_id for t in unlabelled}) | prefilled
+    tasks = [t for t in unlabelled if t.task_id not in done]
     classifier = load_classifier(settings, state.primary_tag)
     encoder = get_encoder(classifier.encoder_id or spec.encoder_id)
     cache = FeatureCache(settings.features_dir, spec.encoder_id)
     record = unlabelled_items_path(settings.data_dir, function)
-    text_hashes = [content_hash(str(t.data["text"])) if str(t.data.get("text") or "").strip() else "" for t in tasks]
+    hash_of = {
+        t.task_id: content_hash(str(t.data["text"])) for t in unlabelled if str(t.data.get("text") or "").strip()
+    }
+    text_hashes = [hash_of.get(t.task_id, "") for t in tasks]
     # tasks an earlier run embedded and that are still unlabelled stay recorded while this run catches up
-    current = {content_hash(str(t.data.get("text") or "")) for t in unlabelled}
+    current = set(hash_of.values())
     earlier = [h for h in read_unlabelled_items(record) if h in current]
     predictions: list[Prediction] = []
     hashes: list[str] = []

@@ -11,7 +11,6 @@ from dagster import AssetExecutionContext, AssetKey, MetadataValue, Output, asse
 from assets.io_manager import asset_path
 from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource
-from loopml.deployments import DeploymentStore
 from loopml.labelstudio import PREFILLED_META, choice_result
 
 BUDGET_TAG = "loopml/review_budget"  # set by the drift sensor to raise the budget of the current period
@@ -191,9 +190,7 @@ def review_set(
         on="invocation_id",
         how="left",
     )
-    state = DeploymentStore(settings).get(function)
-    primary = state.primary_tag if state else None  # whose answers fill primary_answer (see load_serving_invocations)
-    tasks = [review_task(r, str(r.get("answered_by") or model["tag"]), primary) for r in selected.to_dicts()]
+    tasks = [review_task(r, str(r.get("answered_by") or model["tag"]), calls.primary) for r in selected.to_dicts()]
     pushed = client.import_tasks(spec.labelstudio_project_id, tasks) if tasks else 0
     reasons = {r["reason"]: int(r["count"]) for r in selected["reason"].value_counts().to_dicts()}
     stored = asset_path(settings.data_dir, "review_set", function, ".parquet")

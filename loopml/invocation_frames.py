@@ -85,6 +85,7 @@ class InvocationFrame:
     frame: pl.DataFrame
     embeddings: np.ndarray
     has_embedding: np.ndarray
+    primary: str | None = None  # the version whose labels fill ``primary_label``
 
     def __len__(self) -> int:
         return self.frame.height
@@ -136,7 +137,7 @@ def load_invocations(
         if limit is not None:
             expected = min(expected, max(limit, 0))
         if not expected:
-            return _empty()
+            return _empty(primary)
         names = {tag: _version_labels(connection, function, tag) for tag in (primary, canary) if tag}
         builder = _Builder(expected, primary, canary, names)
         for part in _prefetched(_chunks(connection, query, chunk_rows)):
@@ -163,9 +164,9 @@ def load_serving_invocations(
     )
 
 
-def _empty() -> InvocationFrame:
+def _empty(primary: str | None = None) -> InvocationFrame:
     return InvocationFrame(
-        pl.DataFrame(schema=FRAME_SCHEMA), np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=bool)
+        pl.DataFrame(schema=FRAME_SCHEMA), np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=bool), primary
     )
 
 
@@ -361,7 +362,7 @@ class _Builder:
 
     def finish(self, feedback: pl.DataFrame) -> InvocationFrame:
         if not self.frames:
-            return _empty()
+            return _empty(self.primary)
         frame = pl.concat(self.frames, rechunk=True)
         self.frames = []
         frame = frame.join(feedback, on="id", how="left", maintain_order="left")
@@ -370,7 +371,9 @@ class _Builder:
             embeddings = np.zeros((self.rows, 0), dtype=np.float32)
         else:
             embeddings = self.embeddings if len(self.embeddings) == self.rows else self.embeddings[: self.rows]
-        return InvocationFrame(frame.cast(FRAME_SCHEMA), embeddings, self.has_embedding[: self.rows].copy())
+        return InvocationFrame(
+            frame.cast(FRAME_SCHEMA), embeddings, self.has_embedding[: self.rows].copy(), self.primary
+        )
 
 
 def _zeros(rows: int, dim: int) -> np.ndarray:
@@ -460,4 +463,3 @@ def _datetimes(values: Sequence[Any]) -> pl.Series:
             dtype=pl.Datetime("us", "UTC"),
         )
     return parsed
-

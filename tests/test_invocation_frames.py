@@ -76,7 +76,7 @@ def test_frame_has_the_documented_columns_newest_first_with_feedback(
 ) -> None:
     loaded = load_invocations(settings.database_url, FUNCTION, primary=PRIMARY, canary=CANARY)
     frame = loaded.frame
-    assert frame.schema == pl.Schema(FRAME_SCHEMA)
+    assert frame.schema == pl.Schema(FRAME_SCHEMA) and loaded.primary == PRIMARY
     assert frame.height == len(loaded) == 8  # the other function's call is not there
     assert frame["id"].to_list() == [f"00000000-0000-4000-8000-{i:012d}" for i in range(7, -1, -1)]
     assert frame["created_at"].to_list() == [START + timedelta(minutes=i) for i in range(7, -1, -1)]
