@@ -21,6 +21,7 @@ from assets.resources import LoopMLResource
 from loopml.dataset import training_rows
 from loopml.db import as_utc, utcnow
 from loopml.deployments import CANARY_STEPS, ROLLOUT_PATIENCE_SECONDS, WAIT_ACTION, DeploymentState, DeploymentStore
+from loopml.features import FeatureCache
 from loopml.gate import DEFAULT_TOLERANCE, evaluate_gate
 
 
@@ -33,6 +34,24 @@ def version_probabilities(classifier: Any, texts: list[str], embeddings: np.ndar
 
         embeddings = get_encoder(classifier.encoder_id).encode(texts)
     return classifier.predict_proba(texts, embeddings)
+
+
+def item_embeddings(frame: pl.DataFrame, cache: FeatureCache, encoder_id: str) -> np.ndarray:
+    """The embeddings of ``frame``'s items (dataset rows joined with features): the joined ones, and for rows the
+    features do not cover, the cached (or newly encoded) ones. The dataset can be newer than the features: a
+    training run between the two stages, or a dataset whose blocking check stopped the run before features."""
+    if frame.is_empty():
+        return np.zeros((0, 0), dtype=np.float32)
+    if frame["embedding"].null_count() == 0:
+        return np.asarray(frame["embedding"].to_list(), dtype=np.float32)
+
+    def encode(texts: list[str]) -> np.ndarray:
+        from loopml.encoders import get_encoder
+
+        return get_encoder(encoder_id).encode(texts)
+
+    matrix, _ = cache.embed(frame["content_hash"].to_list(), frame["text"].fill_null("").to_list(), encode)
+    return matrix
 
 
 def rollout_age_seconds(state: DeploymentState) -> float | None:
@@ -93,8 +112,10 @@ def deployment(
     must_pass = rows.filter(pl.col("must_pass"))
     candidate = load_classifier(settings, candidate_tag)
 
+    cache = FeatureCache(settings.features_dir, spec.encoder_id)
+
     def score(classifier: Any, frame: pl.DataFrame) -> np.ndarray:
-        embeddings = np.asarray(frame["embedding"].to_list(), dtype=np.float32)
+        embeddings = item_embeddings(frame, cache, spec.encoder_id)
         return version_probabilities(classifier, frame["text"].to_list(), embeddings, spec.encoder_id)
 
     primary = load_classifier(settings, state.primary_tag) if state and state.primary_tag else None

@@ -382,3 +382,20 @@ def test_every_successful_training_run_is_followed_by_an_inspection() -> None:
     sensor = defs.resolve_sensor_def("inspect_after_training")
     assert [t.job_name for t in sensor.targets] == ["inspect_function"]
     assert {n.name for n in defs.resolve_job_def("inspect_function").graph.node_defs} == {"label_issues"}
+
+
+def test_a_deploy_run_gates_on_a_dataset_newer_than_its_features(env) -> None:
+    """deploy_function reads the newest dataset and features; when the dataset is ahead (a training run
+    between the two stages, or one stopped by a blocking check), the items without features are embedded
+    from the cache instead of failing the run."""
+    fake, project = env["fake"], env["project"]
+    annotate_all(fake, project)
+    assert run(env).success
+    texts = [f"{text}, said critic number {i}" for i, text in enumerate(POSITIVE + NEGATIVE)]
+    fake.import_tasks(project, [{"data": {"text": t}} for t in texts])
+    for tid in fake.projects[project][-len(texts) :]:
+        fake.create_annotation(tid, "positive" if "number" in fake.tasks[tid].data["text"] else "negative")
+    assert run(env, [annotations, dataset]).success  # the features stay behind
+    again = run(env, [deployment])
+    assert again.success
+    assert again.output_for_node("deployment")["decision"] == "unchanged"
