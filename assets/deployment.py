@@ -19,8 +19,13 @@ from dagster import (
 from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource
 from loopml.dataset import training_rows
-from loopml.db import as_utc, utcnow
-from loopml.deployments import CANARY_STEPS, ROLLOUT_PATIENCE_SECONDS, WAIT_ACTION, DeploymentState, DeploymentStore
+from loopml.deployments import (
+    CANARY_STEPS,
+    ROLLOUT_PATIENCE_SECONDS,
+    WAIT_ACTION,
+    DeploymentStore,
+    rollout_age_seconds,
+)
 from loopml.features import FeatureCache
 from loopml.gate import DEFAULT_TOLERANCE, evaluate_gate
 
@@ -52,13 +57,6 @@ def item_embeddings(frame: pl.DataFrame, cache: FeatureCache, encoder_id: str) -
 
     matrix, _ = cache.embed(frame["content_hash"].to_list(), frame["text"].fill_null("").to_list(), encode)
     return matrix
-
-
-def rollout_age_seconds(state: DeploymentState) -> float | None:
-    """Seconds since the function's canary started rolling out; ``None`` without a canary."""
-    if not state.canary_tag or state.canary_started_at is None:
-        return None
-    return (utcnow() - as_utc(state.canary_started_at)).total_seconds()
 
 
 @asset(

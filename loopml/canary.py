@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from loopml.config import Settings
 from loopml.db import FeedbackRow, InvocationRow, as_utc, session_factory
-from loopml.deployments import CANARY_STEPS
+from loopml.deployments import CANARY_STEPS, ROLLOUT_PATIENCE_SECONDS
 
 LOAD_GRACE_SECONDS = 5.0
 
@@ -35,10 +35,15 @@ class CanaryPolicy:
     max_latency_ratio: float = 3.0
     min_feedback: int = 10
     max_feedback_accuracy_drop: float = 0.05
+    # a rollout this old whose current step still lacks traffic is promoted on the gate's evidence alone
+    patience_seconds: float = ROLLOUT_PATIENCE_SECONDS
 
     @classmethod
     def from_env(cls) -> CanaryPolicy:
-        return cls(min_requests_per_step=int(os.environ.get("LOOPML_CANARY_MIN_REQUESTS", cls.min_requests_per_step)))
+        return cls(
+            min_requests_per_step=int(os.environ.get("LOOPML_CANARY_MIN_REQUESTS", cls.min_requests_per_step)),
+            patience_seconds=float(os.environ.get("LOOPML_ROLLOUT_PATIENCE_SECONDS", cls.patience_seconds)),
+        )
 
 
 @dataclass(frozen=True)
@@ -159,9 +164,18 @@ def stats_from_rows(
 
 
 def decide(
-    stats: CanaryStats, weight: float, policy: CanaryPolicy, expected_disagreement: float | None = None
+    stats: CanaryStats,
+    weight: float,
+    policy: CanaryPolicy,
+    expected_disagreement: float | None = None,
+    rollout_seconds: float | None = None,
 ) -> CanaryDecision:
     """Roll back on any breach; hold until enough traffic; else ramp to the next step, promote after the last.
+
+    Traffic too thin to judge: a rollout older than ``policy.patience_seconds`` (``rollout_seconds`` since the
+    canary started) whose current step still lacks ``min_requests_per_step`` shadow-scored calls, and that
+    breached nothing on the calls it saw, is promoted on the gate's evidence alone (the reason says so), so a
+    function with little traffic does not hold a canary (and the versions waiting behind it) for ever.
 
     ``expected_disagreement`` is what the gate saw on the holdout: a better model is expected to disagree with
     the primary that often, so live disagreement (and label shift) breach only beyond it plus a margin. Both are
@@ -200,6 +214,14 @@ def decide(
     if breaches:
         return CanaryDecision("rollback", None, "; ".join(breaches))
     if stats.shadow_scored < policy.min_requests_per_step:
+        if rollout_seconds is not None and rollout_seconds >= policy.patience_seconds:
+            return CanaryDecision(
+                "promote",
+                1.0,
+                f"too little traffic to judge: {stats.shadow_scored}/{policy.min_requests_per_step} shadow-scored "
+                f"requests at {weight:.0%} after {rollout_seconds:.0f} s of rollout (patience "
+                f"{policy.patience_seconds:.0f} s); promoted on the gate's evidence alone",
+            )
         return CanaryDecision(
             "hold",
             weight,

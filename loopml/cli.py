@@ -249,8 +249,10 @@ def deployments_show(name: str, limit: int) -> None:
 @click.option("--reason", default="promoted by hand", show_default=True)
 def promote(name: str, reason: str) -> None:
     """Make the canary of function NAME its primary now."""
-    state = _deployment_store(name).promote(name, reason, actor="cli")
+    store = _deployment_store(name)
+    state = store.promote(name, reason, actor="cli")
     click.echo(f"{name}: primary is now {state.primary_tag}")
+    _echo_handover(store, name)
 
 
 @main.command()
@@ -258,8 +260,20 @@ def promote(name: str, reason: str) -> None:
 @click.option("--reason", default="rolled back by hand", show_default=True)
 def rollback(name: str, reason: str) -> None:
     """Drop the canary of function NAME; the primary serves everything."""
-    state = _deployment_store(name).rollback(name, reason, actor="cli")
+    store = _deployment_store(name)
+    state = store.rollback(name, reason, actor="cli")
     click.echo(f"{name}: canary removed, primary {state.primary_tag} serves all traffic")
+    _echo_handover(store, name)
+
+
+def _echo_handover(store: DeploymentStore, name: str) -> None:
+    """Say which waiting version the canary controller gates next, if any."""
+    handover = store.pending_handover(name)
+    if handover is not None:
+        click.echo(
+            f"{name}: {handover.waiting[-1]} waited for this rollout; the canary controller gates it within "
+            "seconds (`loopml deployments` shows the decision)"
+        )
 
 
 @main.group()

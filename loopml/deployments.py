@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from loopml.config import Settings
-from loopml.db import DeploymentEventRow, DeploymentRow, session_factory, utcnow
+from loopml.db import DeploymentEventRow, DeploymentRow, as_utc, session_factory, utcnow
 
 CANARY_STEPS = (0.10, 0.25, 0.50, 1.00)
 # A canary rolling out for less than this is not replaced by a newer version: the newer one waits and is gated
@@ -48,6 +48,19 @@ class DeploymentEvent:
     reason: str
     actor: str
     details: dict[str, Any]
+    id: int = 0
+
+
+@dataclass(frozen=True)
+class Handover:
+    """A rollout ended (by the canary controller or by hand) while newer versions waited for it."""
+
+    ended_by: int  # id of the promote/rollback event that ended the rollout
+    action: str  # promote | rollback
+    waiting: list[str]  # candidates that passed the gate and waited, oldest first
+
+
+END_ACTIONS = ("promote", "rollback")
 
 
 def _state(row: DeploymentRow) -> DeploymentState:
@@ -60,6 +73,13 @@ def _state(row: DeploymentRow) -> DeploymentState:
         row.revision,
         row.updated_at,
     )
+
+
+def rollout_age_seconds(state: DeploymentState) -> float | None:
+    """Seconds since the function's canary started rolling out; ``None`` without a canary."""
+    if not state.canary_tag or state.canary_started_at is None:
+        return None
+    return (utcnow() - as_utc(state.canary_started_at)).total_seconds()
 
 
 class DeploymentStore:
@@ -101,6 +121,7 @@ class DeploymentStore:
                     r.reason,
                     r.actor,
                     dict(r.details or {}),
+                    r.id,
                 )
                 for r in rows
             ][::-1]
@@ -204,16 +225,29 @@ class DeploymentStore:
 
         return self._change(function, "rollback", reason, actor, details, mutate)
 
-    def waiting_since_rollout(self, function: str, canary_tag: str) -> list[str]:
-        """Candidates that passed the gate and waited (:data:`WAIT_ACTION`) since ``canary_tag`` became canary,
-        oldest first."""
+    def pending_handover(self, function: str) -> Handover | None:
+        """The versions that waited for the function's last rollout, once it has ended and no canary has started
+        since: the next ``deploy_function`` run gates the newest against the primary of that moment. The same
+        whether the controller or a person (``loopml promote``/``rollback``) ended the rollout."""
+        state = self.get(function)
+        if state is None or state.canary_tag or not state.primary_tag:
+            return None
+        ended: DeploymentEvent | None = None
         waiting: list[str] = []
         for event in reversed(self.history(function, limit=200)):  # newest first
-            if event.action == "canary" and event.canary_tag == canary_tag:
-                break
-            if event.action == WAIT_ACTION:
-                waiting.append(str(event.details.get("candidate", "")))
-        return [tag for tag in reversed(waiting) if tag]
+            if ended is None:
+                if event.action in END_ACTIONS:
+                    ended = event
+                elif event.action in ("canary", "primary"):
+                    return None  # a canary or primary set after the last rollout ended
+                continue
+            if event.action in ("canary", "primary") or event.action in END_ACTIONS:
+                break  # the start of the rollout that ``ended`` ended (or an earlier end)
+            if event.action == WAIT_ACTION and event.details.get("candidate"):
+                waiting.append(str(event.details["candidate"]))
+        if ended is None or not waiting:
+            return None
+        return Handover(ended.id, ended.action, waiting[::-1])
 
     def record(
         self, function: str, action: str, reason: str, actor: str = "loopml", details: dict[str, Any] | None = None

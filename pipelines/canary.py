@@ -14,7 +14,7 @@ from dagster import (
 
 from assets.resources import LoopMLResource
 from loopml.canary import CanaryPolicy, canary_stats, decide
-from loopml.deployments import DeploymentState, DeploymentStore
+from loopml.deployments import DeploymentState, DeploymentStore, Handover, rollout_age_seconds
 from pipelines.jobs import deploy_function
 
 STEP_ACTIONS = ("canary", "ramp")
@@ -37,13 +37,25 @@ def step_started(store: DeploymentStore, state: DeploymentState) -> tuple[dateti
     return started or state.canary_started_at or state.updated_at, expected
 
 
+def handover_request(function: str, handover: Handover) -> RunRequest:
+    """A ``deploy_function`` run for the newest version that waited; keyed by the event that ended the rollout,
+    so each ended rollout hands over once."""
+    return RunRequest(
+        partition_key=function,
+        run_key=f"handover:{function}:{handover.ended_by}",
+        tags={"loopml/trigger": f"rollout-ended ({handover.action})", "loopml/waiting": handover.waiting[-1]},
+    )
+
+
 @sensor(job=deploy_function, minimum_interval_seconds=10, default_status=DefaultSensorStatus.RUNNING)
 def canary_controller(context: SensorEvaluationContext, loopml: LoopMLResource) -> SensorResult | SkipReason:
     """Compares canary and primary on shadow-scored traffic and feedback; each decision is recorded with its
     reason in the deployment history (`loopml deployments NAME`) and as an observation of `deployment`.
 
-    When a rollout ends (promotion or rollback) and newer versions passed the gate meanwhile and waited, a
-    ``deploy_function`` run gates the newest one against the primary of that moment.
+    A rollout whose traffic is too thin to judge is promoted on the gate's evidence alone after
+    ``LOOPML_ROLLOUT_PATIENCE_SECONDS``. When a rollout ends (promotion or rollback, by this controller or by hand
+    with ``loopml promote``/``rollback``) and newer versions passed the gate meanwhile and waited, a
+    ``deploy_function`` run gates the newest one against the primary of that moment (once per ended rollout).
     """
     settings = loopml.settings()
     store = DeploymentStore(settings)
@@ -56,7 +68,7 @@ def canary_controller(context: SensorEvaluationContext, loopml: LoopMLResource) 
             continue
         since, expected = step_started(store, state)
         stats = canary_stats(settings, state.function, state.primary_tag, state.canary_tag, since)
-        decision = decide(stats, state.canary_weight, policy, expected)
+        decision = decide(stats, state.canary_weight, policy, expected, rollout_age_seconds(state))
         details = {"canary": state.canary_tag, "primary": state.primary_tag, **stats.as_metadata()}
         if decision.action == "ramp" and decision.weight is not None:
             store.set_weight(state.function, decision.weight, decision.reason, ACTOR, details)
@@ -64,15 +76,6 @@ def canary_controller(context: SensorEvaluationContext, loopml: LoopMLResource) 
             store.promote(state.function, decision.reason, ACTOR, details)
         elif decision.action == "rollback":
             store.rollback(state.function, decision.reason, ACTOR, details)
-        if decision.action in ("promote", "rollback"):
-            waiting = store.waiting_since_rollout(state.function, state.canary_tag)
-            if waiting:
-                run_requests.append(
-                    RunRequest(
-                        partition_key=state.function,
-                        tags={"loopml/trigger": f"rollout-ended ({decision.action})", "loopml/waiting": waiting[-1]},
-                    )
-                )
         summaries.append(f"{state.function}: {decision.action} ({decision.reason})")
         if decision.action != "hold":
             observations.append(
@@ -82,9 +85,14 @@ def canary_controller(context: SensorEvaluationContext, loopml: LoopMLResource) 
                     metadata={"action": decision.action, "reason": decision.reason, **details},
                 )
             )
+    for state in store.all():
+        handover = store.pending_handover(state.function)
+        if handover is not None:
+            run_requests.append(handover_request(state.function, handover))
+            summaries.append(f"{state.function}: gate {handover.waiting[-1]}, which waited for the ended rollout")
     if not summaries:
         return SkipReason("no canary in rollout")
     context.log.info("; ".join(summaries))
-    if not observations:
+    if not observations and not run_requests:
         return SkipReason("; ".join(summaries))
     return SensorResult(asset_events=observations, run_requests=run_requests)

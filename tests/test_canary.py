@@ -138,7 +138,7 @@ def test_requests_before_the_service_loaded_the_canary_are_not_failures(store) -
 def test_a_rollout_that_ends_with_a_version_waiting_requests_its_gate(store) -> None:
     store.record("fn", "wait", "gate passed; waits for the rollout", details={"candidate": "fn:v3"})
     store.record("fn", "wait", "gate passed; waits for the rollout", details={"candidate": "fn:v4"})
-    assert store.waiting_since_rollout("fn", C) == ["fn:v3", "fn:v4"]
+    assert store.pending_handover("fn") is None  # still rolling out
     for _ in range(2):  # 10 % -> 25 % -> 50 %: still rolling out, nothing requested
         traffic(60)
         assert not tick().run_requests
@@ -148,6 +148,10 @@ def test_a_rollout_that_ends_with_a_version_waiting_requests_its_gate(store) -> 
     (request,) = result.run_requests
     assert request.partition_key == "fn" and request.tags["loopml/waiting"] == "fn:v4"
     assert request.tags["loopml/trigger"] == "rollout-ended (promote)"
+    assert store.pending_handover("fn").waiting == ["fn:v3", "fn:v4"]
+    # the next tick asks again with the same run key: the daemon launches one run per ended rollout
+    (again,) = tick().run_requests
+    assert again.run_key == request.run_key == f"handover:fn:{store.history('fn')[-1].id}"
 
 
 def test_a_rollback_with_a_version_waiting_requests_its_gate(store) -> None:
@@ -162,7 +166,7 @@ def test_a_rollout_without_a_version_waiting_requests_nothing(store) -> None:
         traffic(60)
         assert not tick().run_requests
     assert store.get("fn").primary_tag == C
-    assert store.waiting_since_rollout("fn", C) == []
+    assert store.pending_handover("fn") is None
 
 
 def test_a_canary_with_a_new_label_is_compared_on_the_shared_labels(store) -> None:
@@ -193,3 +197,36 @@ def test_a_canary_with_a_new_label_is_compared_on_the_shared_labels(store) -> No
     assert metadata["action"].value == "ramp" and store.get("fn").canary_weight == 0.25
     assert metadata["compared"].value == 60 and metadata["disagreement_rate"].value == 0.0
     assert abs(metadata["other_label_share"].value - 1 / 3) < 1e-3
+
+
+@pytest.mark.parametrize("end", ["promote", "rollback"])
+def test_a_rollout_ended_by_hand_hands_over_to_the_version_waiting(store, end) -> None:
+    """`loopml promote`/`rollback` end the rollout outside the controller; its next tick gates the waiting one."""
+    store.record("fn", "wait", "gate passed; waits for the rollout", details={"candidate": "fn:v3"})
+    getattr(store, end)("fn", "by hand", actor="cli")
+    (request,) = tick().run_requests
+    assert request.tags == {"loopml/trigger": f"rollout-ended ({end})", "loopml/waiting": "fn:v3"}
+    assert request.run_key == f"handover:fn:{store.history('fn')[-1].id}"
+    store.start_canary("fn", "fn:v3", 0.10, "gate passed")  # what the deploy run does
+    assert store.pending_handover("fn") is None
+
+
+def test_a_rollout_too_thin_to_judge_is_promoted_on_the_gate_after_the_patience(store, monkeypatch) -> None:
+    traffic(5)
+    tick()
+    assert store.get("fn").canary_tag == C  # within the patience: holds for traffic
+    monkeypatch.setenv("LOOPML_ROLLOUT_PATIENCE_SECONDS", "0")
+    store.record("fn", "wait", "gate passed; waits for the rollout", details={"candidate": "fn:v3"})
+    result = tick()
+    state, last = store.get("fn"), store.history("fn")[-1]
+    assert (state.primary_tag, state.canary_tag) == (C, None)
+    assert last.action == "promote" and "too little traffic to judge" in last.reason
+    assert "promoted on the gate's evidence alone" in last.reason
+    assert [r.tags["loopml/waiting"] for r in result.run_requests] == ["fn:v3"]
+
+
+def test_a_thin_rollout_that_breached_is_still_rolled_back(store, monkeypatch) -> None:
+    monkeypatch.setenv("LOOPML_ROLLOUT_PATIENCE_SECONDS", "0")
+    traffic(5, canary_scores=False, after_s=10)
+    tick()
+    assert store.get("fn").primary_tag == P and store.history("fn")[-1].action == "rollback"

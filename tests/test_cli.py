@@ -97,8 +97,10 @@ def test_deployments_promote_and_rollback_by_hand(monkeypatch, capsys) -> None:
     code, out = loopml(monkeypatch, capsys, "rollback", "fn")
     assert code == 0 and "primary fn:v1 serves all traffic" in out
     store.start_canary("fn", "fn:v3", 0.1, "gate passed")
+    store.record("fn", "wait", "gate passed; waits for the rollout", details={"candidate": "fn:v4"})
     code, out = loopml(monkeypatch, capsys, "promote", "fn", "--reason", "looks good")
     assert code == 0 and "primary is now fn:v3" in out
+    assert "fn:v4 waited for this rollout; the canary controller gates it" in out
     code, out = loopml(monkeypatch, capsys, "deployments", "fn")
     assert "primary fn:v3" in out and "by cli: looks good" in out and "rollback" in out
     code, out = loopml(monkeypatch, capsys, "deployments", "nope")

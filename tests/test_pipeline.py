@@ -320,11 +320,11 @@ def test_a_new_version_waits_for_the_rollout_in_progress(env, monkeypatch) -> No
     fake.create_annotation(fake.projects[project][-1], "positive")
     decided = run(env).output_for_node("deployment")  # v2 passes the gate and waits
     assert decided["decision"] == "waiting" and decided["canary"] == "sentiment:v0-canary"
-    assert store.waiting_since_rollout("sentiment", "sentiment:v0-canary") == ["sentiment:v2"]
     assert store.history("sentiment")[-1].reason.startswith("sentiment:v2 passed the gate")
     assert "waits for the rollout of canary sentiment:v0-canary" in store.history("sentiment")[-1].reason
 
     store.rollback("sentiment", "the canary controller ended the rollout")
+    assert store.pending_handover("sentiment").waiting == ["sentiment:v2"]
     again = run(env, [deployment]).output_for_node("deployment")  # the deploy_function job
     assert again["decision"] == "canary" and store.get("sentiment").canary_tag == "sentiment:v2"
 
