@@ -7,7 +7,7 @@ from dagster import AssetExecutionContext, AssetKey, MetadataValue, Output, asse
 
 from assets.io_manager import asset_path
 from assets.partitions import functions_partitions
-from assets.resources import LoopMLResource
+from assets.resources import LoopMLResource, retried_when_labelstudio_is_down
 from loopml.annotations import PulledTask, empty_annotations, merge_annotations
 from loopml.warmup import warm_imports
 
@@ -47,6 +47,7 @@ def _records_filter(partition: str):  # noqa: ANN202 - dagster type import kept 
     io_manager_key="loopml_io",
     kinds={"labelstudio", "polars"},
 )
+@retried_when_labelstudio_is_down
 def annotations(context: AssetExecutionContext, loopml: LoopMLResource) -> Output[pl.DataFrame]:
     """Every annotation of the function's Label Studio project, pulled incrementally.
 

@@ -8,7 +8,7 @@ from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from assets.io_manager import asset_path
 from assets.partitions import functions_partitions
-from assets.resources import LoopMLResource
+from assets.resources import LoopMLResource, retried_when_labelstudio_is_down
 from loopml.labelstudio import Prediction
 
 PUSH_TOP = 25  # suspected errors sent back to Label Studio per run
@@ -55,6 +55,7 @@ def _holdout_probabilities(
     io_manager_key="loopml_io",
     kinds={"cleanlab", "labelstudio"},
 )
+@retried_when_labelstudio_is_down
 def label_issues(
     context: AssetExecutionContext,
     loopml: LoopMLResource,

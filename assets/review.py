@@ -10,7 +10,7 @@ from dagster import AssetExecutionContext, AssetKey, MetadataValue, Output, asse
 
 from assets.io_manager import asset_path
 from assets.partitions import functions_partitions
-from assets.resources import LoopMLResource
+from assets.resources import LoopMLResource, retried_when_labelstudio_is_down
 from loopml.labelstudio import PREFILLED_META, choice_result
 
 BUDGET_TAG = "loopml/review_budget"  # set by the drift sensor to raise the budget of the current period
@@ -132,6 +132,7 @@ def review_task(row: dict[str, Any], answered_by: str, primary: str | None) -> d
     deps=["invocations"],
     kinds={"labelstudio", "polars", "scikitlearn"},
 )
+@retried_when_labelstudio_is_down
 def review_set(
     context: AssetExecutionContext, loopml: LoopMLResource, dataset: pl.DataFrame, features: pl.DataFrame, model: dict
 ) -> Output[pl.DataFrame]:

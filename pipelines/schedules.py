@@ -1,23 +1,42 @@
-"""Schedules: nightly retraining of every function."""
+"""Schedules: nightly retraining and hourly monitoring of every function that serves a model."""
 
 import os
 from collections.abc import Iterator
 
-from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, schedule
+from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
 from assets.partitions import functions_partitions
+from assets.resources import LoopMLResource
+from loopml.deployments import DeploymentStore
 from pipelines.jobs import monitor_function, train_function
+
+
+def serving_functions(context: ScheduleEvaluationContext, loopml: LoopMLResource) -> tuple[list[str], list[str]]:
+    """The functions (partitions) that serve a model, and those that do not yet. A function without a model has
+    no dataset, no calls and nothing to retrain on a clock: its first version comes from the annotation sensor
+    once it has enough annotations, and a scheduled run would only fail."""
+    serving = {s.function for s in DeploymentStore(loopml.settings()).all() if s.primary_tag}
+    known = context.instance.get_dynamic_partitions(functions_partitions.name)
+    return [f for f in known if f in serving], [f for f in known if f not in serving]
+
+
+def _skip(waiting: list[str]) -> SkipReason:
+    return SkipReason(f"no function serves a model yet ({', '.join(waiting) or 'none created'})")
 
 
 @schedule(
     job=train_function,
     cron_schedule="0 3 * * *",
     default_status=DefaultScheduleStatus.RUNNING,
-    description="Retrain every function nightly (03:00), whether or not its annotations changed.",
+    description="Retrain every function that serves a model nightly (03:00), whether or not its annotations "
+    "changed.",
 )
-def nightly_retraining(context: ScheduleEvaluationContext) -> Iterator[RunRequest]:
+def nightly_retraining(context: ScheduleEvaluationContext, loopml: LoopMLResource) -> Iterator[RunRequest | SkipReason]:
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")
-    for function in context.instance.get_dynamic_partitions(functions_partitions.name):
+    serving, waiting = serving_functions(context, loopml)
+    if not serving:
+        yield _skip(waiting)
+    for function in serving:
         yield RunRequest(
             partition_key=function, run_key=f"nightly:{function}:{day}", tags={"loopml/trigger": "nightly"}
         )
@@ -27,10 +46,13 @@ def nightly_retraining(context: ScheduleEvaluationContext) -> Iterator[RunReques
     job=monitor_function,
     cron_schedule=os.environ.get("LOOPML_MONITOR_CRON", "7 * * * *"),
     default_status=DefaultScheduleStatus.RUNNING,
-    description="Every hour (LOOPML_MONITOR_CRON): a drift report per function, then a sample of its calls sent "
-    "for review.",
+    description="Every hour (LOOPML_MONITOR_CRON): a drift report per function that serves a model, then a sample "
+    "of its calls sent for review.",
 )
-def hourly_monitoring(context: ScheduleEvaluationContext) -> Iterator[RunRequest]:
+def hourly_monitoring(context: ScheduleEvaluationContext, loopml: LoopMLResource) -> Iterator[RunRequest | SkipReason]:
     hour = context.scheduled_execution_time.strftime("%Y-%m-%dT%H")
-    for function in context.instance.get_dynamic_partitions(functions_partitions.name):
+    serving, waiting = serving_functions(context, loopml)
+    if not serving:
+        yield _skip(waiting)
+    for function in serving:
         yield RunRequest(partition_key=function, run_key=f"hourly:{function}:{hour}", tags={"loopml/trigger": "hourly"})

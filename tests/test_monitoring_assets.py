@@ -184,26 +184,42 @@ def test_drift_is_detected_on_a_shifted_stream_and_not_on_an_unshifted_one(env) 
     assert sorted(r.job_name for r in both.run_requests) == ["review_function", "train_function"]
 
 
-def test_monitoring_runs_hourly_for_every_function() -> None:
-    """The hourly schedule asks, per function, for a run of the job that builds the drift report and then the
-    review set."""
+def test_monitoring_runs_hourly_for_every_function_that_serves_a_model(settings) -> None:
+    """The hourly schedule asks, per function that serves a model, for a run of the job that builds the drift
+    report and then the review set; a function without a model yet (no dataset, no calls) gets no run, which
+    would only fail."""
     from datetime import UTC, datetime
 
-    from dagster import build_schedule_context, instance_for_test
+    from dagster import SkipReason, build_schedule_context, instance_for_test
 
+    from assets.resources import LoopMLResource
+    from loopml.deployments import DeploymentStore
     from pipelines.definitions import defs
-    from pipelines.schedules import hourly_monitoring
+    from pipelines.schedules import hourly_monitoring, nightly_retraining
 
     schedule = defs.resolve_schedule_def("hourly_monitoring")
     assert schedule.cron_schedule == "7 * * * *"
     job = defs.resolve_job_def(schedule.job_name)
     assert {n.name for n in job.graph.node_defs} == {"drift_report", "review_set"}
     when = datetime(2026, 11, 28, 14, 7, tzinfo=UTC)
+    resources = {"loopml": LoopMLResource()}
     with instance_for_test() as instance:  # a schedule's context needs an instance with a ref
-        instance.add_dynamic_partitions("functions", ["sentiment", "topics"])
-        requests = list(hourly_monitoring(build_schedule_context(instance=instance, scheduled_execution_time=when)))
+        instance.add_dynamic_partitions("functions", ["sentiment", "topics", "young"])
+
+        def evaluate(schedule_fn):
+            context = build_schedule_context(instance=instance, scheduled_execution_time=when, resources=resources)
+            return list(schedule_fn(context))
+
+        (skipped,) = evaluate(hourly_monitoring)
+        assert isinstance(skipped, SkipReason) and "young" in skipped.skip_message
+        store = DeploymentStore(settings)
+        store.set_primary("sentiment", "sentiment:v1", "first version")
+        store.set_primary("topics", "topics:v1", "first version")
+        requests = evaluate(hourly_monitoring)
+        nightly = evaluate(nightly_retraining)
     assert sorted(r.partition_key for r in requests) == ["sentiment", "topics"]
     assert {r.run_key for r in requests} == {"hourly:sentiment:2026-11-28T14", "hourly:topics:2026-11-28T14"}
+    assert sorted(r.partition_key for r in nightly) == ["sentiment", "topics"]
 
 
 def test_a_young_model_gets_no_drift_verdict(env) -> None:

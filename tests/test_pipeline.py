@@ -399,3 +399,35 @@ def test_a_deploy_run_gates_on_a_dataset_newer_than_its_features(env) -> None:
     again = run(env, [deployment])
     assert again.success
     assert again.output_for_node("deployment")["decision"] == "unchanged"
+
+
+def test_a_label_studio_outage_retries_the_step_instead_of_failing_the_run(env, monkeypatch) -> None:
+    """Label Studio unreachable for a moment (restarting, timing out): the step that talks to it is retried with
+    a wait, and the run succeeds; down for good, the run fails after the last retry with the reason."""
+    from loopml.labelstudio import LabelStudioUnavailable
+
+    monkeypatch.setenv("LOOPML_LABELSTUDIO_RETRY_SECONDS", "0")
+    fake, project = env["fake"], env["project"]
+    annotate_all(fake, project)
+    outages = iter(range(2))
+
+    def flaky() -> None:
+        if next(outages, None) is not None:
+            raise LabelStudioUnavailable("Label Studio is not reachable at http://fake (timed out)")
+
+    monkeypatch.setattr(fake, "_check", flaky)
+    result = run(env, [annotations])
+    assert result.success
+    retried = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retried) == 2
+
+    from assets.resources import LABELSTUDIO_RETRIES
+
+    monkeypatch.delattr(fake, "_check")  # back to the class's check: down means unreachable
+    fake.down = True
+    failed = run(env, [annotations], raise_on_error=False)
+    assert not failed.success
+    retried = [e for e in failed.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retried) == LABELSTUDIO_RETRIES
+    (failure,) = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "not reachable" in str(failure.event_specific_data.error)
