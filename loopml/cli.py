@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -21,18 +20,31 @@ def _step(message: str) -> None:
     click.echo(click.style("==> ", fg="cyan") + message)
 
 
-def _wait(what: str, check: Callable[[], bool], timeout_s: float, log_hint: str) -> None:
-    """Wait for ``check`` with a visible progress line; raise a ClickException naming the log on timeout."""
-    started = time.monotonic()
-    with click.progressbar(length=int(timeout_s), label=f"    waiting for {what}", show_eta=False) as bar:
-        while not check():
-            elapsed = time.monotonic() - started
-            if elapsed > timeout_s:
-                raise click.ClickException(f"{what} did not become healthy in {timeout_s:.0f} s; see {log_hint}")
-            bar.update(int(elapsed) - bar.pos)
-            time.sleep(0.5)
-        bar.update(int(timeout_s) - bar.pos)
-    click.echo(f"    {what} is up ({time.monotonic() - started:.1f} s)")
+def _wait(settings: Settings, what: str, check: Callable[[], bool], service: str) -> None:
+    """Wait for ``check`` while ``service`` makes progress (log output or CPU), with a line every 10 s; raise a
+    ClickException naming the log when it exits or hangs."""
+    from loopml import services
+    from loopml.readiness import NotReady, Progress, wait_ready
+
+    log = services.log_file(settings, service)
+    shown = [0]
+
+    def on_wait(elapsed: float) -> None:
+        if elapsed >= shown[0] + 10:
+            shown[0] = int(elapsed)
+            click.echo(f"    still waiting for {what}: {elapsed:.0f} s (it is working; see {log})")
+
+    try:
+        waited = wait_ready(
+            check,
+            what,
+            Progress(log, services.read_pid(settings, service)),
+            on_wait=on_wait,
+            tail=lambda: log.read_text(errors="replace")[-2000:] if log.exists() else "",
+        )
+    except NotReady as error:
+        raise click.ClickException(f"{error}\nsee {log}") from None
+    click.echo(f"    {what} is up ({waited:.1f} s)")
 
 
 def start_platform(settings: Settings) -> None:
@@ -48,27 +60,18 @@ def start_platform(settings: Settings) -> None:
     _step(f"Label Studio on {settings.labelstudio_url} (data in {settings.labelstudio_data_dir})")
     ensure_credentials(settings)
     services.start_labelstudio_service(settings)
-    _wait(
-        "Label Studio",
-        lambda: services.labelstudio_healthy(settings),
-        180,
-        str(services.log_file(settings, "labelstudio")),
-    )
+    click.echo("    (the first start creates its database: about 30 s on an idle machine, minutes on a busy one)")
+    _wait(settings, "Label Studio", lambda: services.labelstudio_healthy(settings), "labelstudio")
     _step(f"Dagster webserver and daemon on {settings.dagster_url} (home {settings.dagster_home})")
     services.start_run_worker(settings)
     services.start_dagster_webserver(settings)
-    _wait(
-        "Dagster",
-        lambda: services.dagster_healthy(settings),
-        120,
-        str(services.log_file(settings, "dagster-webserver")),
-    )
+    _wait(settings, "Dagster", lambda: services.dagster_healthy(settings), "dagster-webserver")
     worker_log = services.log_file(settings, "run-worker")
     _wait(
+        settings,
         "the run worker (imports the stack once; runs fork from it)",
         lambda: services.run_worker_ready(settings) or not services.service_running(settings, "run-worker"),
-        180,
-        str(worker_log),
+        "run-worker",
     )
     if not services.run_worker_ready(settings):
         click.echo(f"    warning: the run worker stopped (see {worker_log}); runs start the slow way meanwhile")
@@ -77,10 +80,10 @@ def start_platform(settings: Settings) -> None:
     services.start_serving(settings)
     serving_log = str(services.log_file(settings, "serving"))
     _wait(
+        settings,
         "the serving API",
         lambda: services.serving_healthy(settings) or not services.service_running(settings, "serving"),
-        120,
-        serving_log,
+        "serving",
     )
     if not services.serving_healthy(settings):
         raise click.ClickException(f"the serving API stopped while starting; see {serving_log}")

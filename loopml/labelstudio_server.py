@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
@@ -179,25 +178,20 @@ def log_tail(log_path: Path | None, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def wait_healthy(
-    url: str, timeout_s: float, proc: subprocess.Popen | None = None, log_path: Path | None = None
-) -> None:
-    """Wait for ``/health``; raise :class:`LabelStudioStartError` if ``proc`` exits or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if is_healthy(url):
-            return
-        if proc is not None and proc.poll() is not None:
-            raise LabelStudioStartError(
-                f"Label Studio exited with code {proc.returncode} before answering on {url}; "
-                f"last lines of {log_path or 'its log'}:\n{log_tail(log_path)}"
-            )
-        if time.monotonic() > deadline:
-            raise LabelStudioStartError(
-                f"Label Studio did not answer on {url}/health within {timeout_s:.0f} s; "
-                f"last lines of {log_path or 'its log'}:\n{log_tail(log_path)}"
-            )
-        time.sleep(0.25)
+def wait_healthy(url: str, proc: subprocess.Popen | None = None, log_path: Path | None = None) -> float:
+    """Wait for ``/health`` for as long as the server makes progress (a first start's migrations take minutes on
+    a loaded machine); raise :class:`LabelStudioStartError` if ``proc`` exits or hangs. Returns seconds waited."""
+    from loopml.readiness import NotReady, Progress, wait_ready
+
+    try:
+        return wait_ready(
+            lambda: is_healthy(url),
+            f"Label Studio on {url}",
+            Progress(log_path, proc.pid if proc is not None else None),
+            tail=lambda: f"last lines of {log_path or 'its log'}:\n{log_tail(log_path)}",
+        )
+    except NotReady as error:
+        raise LabelStudioStartError(str(error)) from error
 
 
 def check_api_key(url: str, api_key: str, timeout_s: float = 5.0) -> None:

@@ -158,18 +158,6 @@ def _descendants(pid: int) -> list:
         return []
 
 
-def wait_for(check: Callable[[], bool], timeout_s: float, what: str, log: Path, pid: int | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        if pid is not None and not pid_alive(pid):
-            break
-        time.sleep(0.5)
-    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-    raise ServiceError(f"{what} did not become healthy within {timeout_s:.0f} s; see {log}\n{tail}")
-
-
 def http_ok(url: str) -> bool:
     try:
         return requests.get(url, timeout=2).status_code == 200

@@ -19,7 +19,6 @@ from loopml.config import Settings, get_settings
 from loopml.labelstudio import LabelStudioClient
 from loopml.labelstudio_server import check_api_key, ensure_credentials, start_labelstudio, wait_healthy
 
-START_TIMEOUT_S = 180.0
 _ENV_KEYS = ("LOOPML_HOME", "LOOPML_LABELSTUDIO_HOST", "LOOPML_LABELSTUDIO_PORT")
 
 
@@ -86,7 +85,7 @@ class LabelStudioServer:
             return
         self.proc = start_labelstudio(self.settings, self.log_path)
         try:
-            wait_healthy(self.url, START_TIMEOUT_S, self.proc, self.log_path)
+            wait_healthy(self.url, self.proc, self.log_path)
             check_api_key(self.url, self.api_key)
         except BaseException:
             self.stop()

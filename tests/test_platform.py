@@ -69,7 +69,7 @@ def test_up_create_annotate_and_the_daemon_trains_a_model(platform_env) -> None:
     )
     client.import_tasks(project, [{"data": {"text": "a warm and wonderful film"}}])  # left for pre-annotation
 
-    deadline = time.time() + 240
+    deadline = time.time() + 900  # a bound for a broken loop, not a speed target (bench/loop_latency.py)
     while time.time() < deadline and not list_versions(settings, "platform-sentiment"):
         time.sleep(1)
     versions = list_versions(settings, "platform-sentiment")
@@ -82,7 +82,7 @@ def test_up_create_annotate_and_the_daemon_trains_a_model(platform_env) -> None:
     url = f"{settings.serving_url}/v1/functions/platform-sentiment/invoke"
     assert requests.post(url, json={"text": "great film"}, timeout=10).status_code == 401
     answer = {}
-    deadline = time.time() + 30
+    deadline = time.time() + 300
     while time.time() < deadline and answer.get("version") != "platform-sentiment:v1":
         response = requests.post(url, json={"text": "a wonderful, moving film"}, timeout=10,
                                  headers={"Authorization": f"Bearer {secret}"})
@@ -102,7 +102,7 @@ def test_up_create_annotate_and_the_daemon_trains_a_model(platform_env) -> None:
     # the new primary pre-annotates the unlabelled task in Label Studio (preannotation sensor -> run)
     (unlabelled,) = client.unlabeled_tasks(project, limit=10)
     predictions: list = []
-    deadline = time.time() + 90
+    deadline = time.time() + 600
     while time.time() < deadline and not predictions:
         predictions = client.task_predictions(unlabelled.task_id)
         time.sleep(1)
