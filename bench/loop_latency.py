@@ -1,12 +1,20 @@
 """Loop latency: annotation saved in Label Studio -> new version registered -> answering canary traffic.
 
-Starts its own Label Studio and Dagster (webserver + daemon) in a temporary LOOPML_HOME on spare ports,
-creates a function with N labelled RottenTomatoes texts (imported with their annotations), waits for the
-first version, then saves single annotations through the Label Studio API and times each until the next
-version is registered, and until the running serving API answers with it as canary (or primary). Prints
-p50/p95 and a breakdown per stage from Dagster's run and step stats.
+Starts the platform (`loopml up`: Label Studio, Dagster webserver + daemon + run worker, the serving API) in a
+temporary LOOPML_HOME on spare ports, with the product's default settings. Two measurements:
 
-    .venv/bin/python bench/loop_latency.py [--labelled 2000] [--rounds 8]
+1. A brand-new function: created, its tasks imported unlabelled, then annotated one at a time through the Label
+   Studio API as a person would; timed from the annotation that gives every label its minimum examples
+   (LOOPML_MIN_EXAMPLES_PER_LABEL) until the serving API answers with the first version.
+2. A function with N labelled RottenTomatoes texts: single annotations saved through the Label Studio API, each
+   timed until the next version is registered and until the serving API answers with it as canary. No traffic
+   reaches the canary here, so before each round the bench promotes the previous canary by hand (what the
+   controller does after a healthy ramp): each round starts with no rollout in progress.
+
+Prints the raw speed of the encoder on this machine (the learning stages scale with it), p50/p95 and a
+breakdown per stage from Dagster's run and step stats; "not learning" is everything but embed and train.
+
+    .venv/bin/python bench/loop_latency.py [--labelled 2000] [--rounds 8] [--new-functions 3]
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--labelled", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--new-functions", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="leave the services running")
     args = parser.parse_args()
 
@@ -37,20 +46,90 @@ def main() -> None:
         LOOPML_LABELSTUDIO_PORT="18480",
         LOOPML_DAGSTER_PORT="18430",
         LOOPML_SERVING_PORT="18490",
-        LOOPML_ANNOTATION_POLL_SECONDS="1",
-        # no traffic here, so a canary never finishes its rollout: each new version replaces it at once (what is
-        # measured is annotation -> answering as canary, not the one-rollout-at-a-time policy)
-        LOOPML_ROLLOUT_PATIENCE_SECONDS="0",
         DAGSTER_HOME=str(home / "dagster"),
         BENTOML_HOME=str(home / "bentoml"),
     )
     loopml = [sys.executable, "-m", "loopml.cli"]
+    print_encoder_speed()
     subprocess.run([*loopml, "up"], check=True, cwd=ROOT)
     try:
+        new_function_rounds(args.new_functions)
         run_rounds(args.labelled, args.rounds)
     finally:
         if not args.keep:
             subprocess.run([*loopml, "down"], cwd=ROOT)
+
+
+def print_encoder_speed() -> None:
+    """Raw speed of the default encoder on this machine: the embed stage scales with it."""
+    from loopml.demo_data import load_rotten_tomatoes
+    from loopml.encoders import DEFAULT_TEXT_ENCODER, get_encoder
+
+    texts = load_rotten_tomatoes()[0][:512]
+    encoder = get_encoder(DEFAULT_TEXT_ENCODER)
+    encoder.encode(texts[:64])  # warm-up
+    started = time.perf_counter()
+    encoder.encode(texts)
+    batch = len(texts) / (time.perf_counter() - started)
+    singles = []
+    for text in texts[:50]:
+        t0 = time.perf_counter()
+        encoder.encode([text])
+        singles.append(time.perf_counter() - t0)
+    print(
+        f"encoder {DEFAULT_TEXT_ENCODER} on this machine: {batch:.0f} texts/s in batches of 64, "
+        f"{statistics.median(singles) * 1000:.1f} ms per single text (p50)\n",
+        flush=True,
+    )
+
+
+def new_function_rounds(count: int) -> None:
+    """Brand-new functions annotated one task at a time: last minimum example saved -> first version answers."""
+    from loopml.apikeys import create_key
+    from loopml.config import get_settings
+    from loopml.demo import sample_items
+    from loopml.demo_data import load_rotten_tomatoes
+    from loopml.functions import create_function
+    from loopml.labelstudio import LabelStudioClient
+
+    if count <= 0:
+        return
+    settings = get_settings()
+    client = LabelStudioClient.from_settings(settings)
+    headers = {"Authorization": f"Bearer {create_key(settings, 'bench-new')[1]}"}
+    minimum = settings.min_examples_per_label
+    texts, labels = sample_items(*load_rotten_tomatoes(), items=400, seed=7)
+    by_label = {label: [t for t, lab in zip(texts, labels, strict=True) if lab == label] for label in set(labels)}
+    rows = []
+    for n in range(count):
+        name = f"bench-new-{n + 1}"
+        project = create_function(settings, name, "text", sorted(by_label))
+        chosen = [(by_label[label][n * minimum + i], label) for i in range(minimum) for label in sorted(by_label)]
+        client.import_tasks(project, [{"data": {"text": t}} for t, _ in chosen])
+        tasks = client.unlabeled_tasks(project, limit=len(chosen))
+        label_of = dict(chosen)
+        for task in tasks[:-1]:
+            client.create_annotation(task.task_id, label_of[task.data["text"]])
+            time.sleep(0.3)  # a person's pace
+        t0 = time.time()
+        client.create_annotation(tasks[-1].task_id, label_of[tasks[-1].data["text"]])
+        wait_for_version(settings, name, 1, timeout_s=300)
+        registered = time.time() - t0
+        answered = wait_for_serving(settings, name, f"{name}:v1", headers, timeout_s=120)
+        answering = (answered - t0) if answered else float("nan")
+        rows.append({"first_version_answering": answering, "registered": registered})
+        print(f"new function {n + 1}: registered {registered:.2f} s, answering {answering:.2f} s", flush=True)
+    print_table(rows, f"A new function: its last minimum example saved -> first version ({minimum} per label)")
+
+
+def promote_canary(settings, function: str) -> None:
+    """End the previous round's rollout as a healthy ramp would (no traffic reaches the canary here)."""
+    from loopml.deployments import DeploymentStore
+
+    store = DeploymentStore(settings)
+    state = store.get(function)
+    if state is not None and state.canary_tag:
+        store.promote(function, "bench: the previous round's canary, promoted by hand", actor="bench")
 
 
 def run_rounds(labelled: int, rounds: int) -> None:
@@ -85,8 +164,9 @@ def run_rounds(labelled: int, rounds: int) -> None:
     unlabelled = client.unlabeled_tasks(project, limit=rounds)
     rows = []
     for i, task in enumerate(unlabelled):
+        promote_canary(settings, "bench-sentiment")
         have = len(list_versions(settings, "bench-sentiment"))
-        time.sleep(0.5)
+        time.sleep(1.0)
         t0 = time.time()
         client.create_annotation(task.task_id, labels[labelled + i] if labelled + i < len(labels) else "positive")
         wait_for_version(settings, "bench-sentiment", have + 1, timeout_s=120)
@@ -96,21 +176,25 @@ def run_rounds(labelled: int, rounds: int) -> None:
         serving_total = (serving - t0) if serving else float("nan")
         run = wait_for_run(instance, t0)
         steps = {s.step_key: s.end_time - s.start_time for s in instance.get_run_step_stats(run.dagster_run.run_id)}
+        learning = steps.get("features", 0.0) + steps.get("model", 0.0)
         rows.append(
             {
                 "answering_canary_traffic": serving_total,
                 "registered": total,
+                "not_learning (all but embed, train)": serving_total - learning,
                 "sensor_wait": run.create_timestamp.timestamp() - t0,
                 "run_launch": (run.start_time or 0) - run.create_timestamp.timestamp(),
                 "pull": steps.get("annotations", 0.0),
                 "validate": steps.get("dataset", 0.0),
                 "embed": steps.get("features", 0.0),
                 "train+register": steps.get("model", 0.0),
+                "gate+deploy": steps.get("deployment", 0.0),
                 "run_total": (run.end_time or 0) - (run.start_time or 0),
+                "serving_pick_up": (serving - (run.end_time or serving)) if serving else float("nan"),
             }
         )
         print(f"round {i + 1}: registered {total:.2f} s, serving {serving_total:.2f} s", flush=True)
-    print_table(rows, labelled)
+    print_table(rows, f"Annotation saved -> new version registered / answering as canary ({labelled} labelled texts)")
 
 
 def wait_for_run(instance, t0: float, timeout_s: float = 60):
@@ -142,8 +226,8 @@ def wait_for_serving(settings, function: str, tag: str, headers: dict[str, str],
             return time.time()
         from loopml.deployments import DeploymentStore
 
-        last = DeploymentStore(settings).history(function, limit=1)[-1]
-        if last.action == "reject" and last.details.get("candidate") == tag:
+        history = DeploymentStore(settings).history(function, limit=1)
+        if history and history[-1].action == "reject" and history[-1].details.get("candidate") == tag:
             return None
         time.sleep(0.05)
     return None
@@ -160,11 +244,8 @@ def wait_for_version(settings, function: str, count: int, timeout_s: float) -> N
     raise TimeoutError(f"no version {count} of {function} after {timeout_s} s; see the Dagster UI")
 
 
-def print_table(rows: list[dict[str, float]], labelled: int) -> None:
-    print(
-        f"\nAnnotation saved -> new version registered / answering canary traffic ({labelled} labelled texts, "
-        f"{len(rows)} rounds)\n"
-    )
+def print_table(rows: list[dict[str, float]], title: str) -> None:
+    print(f"\n{title}, {len(rows)} rounds\n")
     print("| stage | p50 s | p95 s |")
     print("|---|---|---|")
     for key in rows[0]:

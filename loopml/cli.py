@@ -91,6 +91,22 @@ def start_platform(settings: Settings) -> None:
         raise click.ClickException(
             f"the Dagster daemon stopped; see {services.log_file(settings, 'dagster-daemon')} and run `loopml up` again"
         )
+    _register_hooks(settings)
+
+
+def _register_hooks(settings: Settings) -> None:
+    """Label Studio's webhook on every function's project (annotation changes reach the sensor in about a
+    second); without it the sensor still finds them by polling, so a failure here is only a warning."""
+    from loopml.annotation_hooks import ensure_hooks
+    from loopml.labelstudio import LabelStudioClient, LabelStudioError, LabelStudioUnavailable
+
+    try:
+        changed = ensure_hooks(settings, LabelStudioClient.from_settings(settings))
+    except (LabelStudioError, LabelStudioUnavailable) as error:
+        click.echo(f"    warning: Label Studio webhooks not registered ({error}); annotations are found by polling")
+        return
+    if changed:
+        click.echo(f"    Label Studio webhooks registered for {', '.join(changed)}")
 
 
 def print_urls(settings: Settings) -> None:
@@ -163,12 +179,13 @@ def functions() -> None:
     help="text encoder: minilm-l6-int8 (default, fastest) or e5-small-q4 (more accurate with few labels, ~3x slower)",
 )
 def functions_create(name: str, input_type: str, labels: str, encoder: str | None) -> None:
-    """Create a function NAME: a Label Studio project, a registry entry and a Dagster partition."""
+    """Create a function NAME: a Label Studio project, a registry entry and a Dagster partition (run again, it
+    finishes an interrupted create and returns the same project)."""
     settings = get_settings()
     settings.ensure_dirs()
     from loopml.functions import create_function
 
-    project_id = create_function(settings, name, input_type, labels, encoder_id=encoder)
+    project_id = create_function(settings, name, input_type, labels, encoder_id=encoder, echo=click.echo)
     click.echo(
         f"created function {name} (Label Studio project {project_id}: {settings.labelstudio_url}/projects/{project_id})"
     )

@@ -22,6 +22,7 @@ from loopml.functions import (
     render_label_config,
 )
 from loopml.labelstudio import LabelStudioClient
+from loopml.loop_signals import mark_annotations_changed
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ def diff_labels(old: list[str], new: list[str]) -> tuple[list[str], list[str]]:
 
 
 def apply_label_set(settings: Settings, function: str, labels: list[str], source: str) -> LabelSetChange:
-    """Make ``labels`` the function's label set and record what changed (nothing when equal)."""
+    """Make ``labels`` the function's label set and record what changed (nothing when equal); the annotation
+    sensor is signalled, so the retraining run starts within about a second."""
     registry = FunctionRegistry(settings)
     spec = registry.get(function)
     added, removed = diff_labels(spec.labels, labels)
@@ -60,6 +62,7 @@ def apply_label_set(settings: Settings, function: str, labels: list[str], source
             [LabelChangeRow(function=function, label=x, change="add", source=source) for x in added]
             + [LabelChangeRow(function=function, label=x, change="remove", source=source) for x in removed]
         )
+    mark_annotations_changed(settings.run_dir, function)  # the annotation sensor retrains on its next tick
     return change
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Protocol
 
 
@@ -38,3 +40,36 @@ def labels_changed(previous: str | None, current: str) -> bool:
     if previous is None:
         return False
     return previous.partition(LABELS_MARK)[2] != current.partition(LABELS_MARK)[2]
+
+
+# --- webhook signals ---------------------------------------------------------------------------------------------
+# Label Studio calls the serving API's webhook route on every annotation change; the route touches one small file
+# per function, and the annotation sensor, ticking every second, reads only these files' times until one moves
+# (then it asks Label Studio at once) or the poll interval passes (the fallback when no webhook reaches it).
+
+SIGNALS_DIR = "signals"
+
+
+def signal_path(run_dir: Path, function: str) -> Path:
+    return run_dir / SIGNALS_DIR / f"annotations-{function}"
+
+
+def mark_annotations_changed(run_dir: Path, function: str) -> None:
+    """Record that Label Studio reported an annotation change of ``function`` (called by the webhook route)."""
+    path = signal_path(run_dir, function)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{time.time():.6f}")
+
+
+def annotation_signals(run_dir: Path) -> dict[str, float]:
+    """``{function: time of its latest webhook signal}`` (no file: never signalled)."""
+    folder = run_dir / SIGNALS_DIR
+    if not folder.is_dir():
+        return {}
+    signals: dict[str, float] = {}
+    for path in folder.glob("annotations-*"):
+        try:
+            signals[path.name.removeprefix("annotations-")] = float(path.read_text() or 0)
+        except (OSError, ValueError):
+            continue  # being written: the next tick reads it
+    return signals

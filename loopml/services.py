@@ -40,6 +40,11 @@ sensors:
 schedules:
   use_threads: true
   num_workers: 2
+# the annotation sensor ticks every second: keep its skipped ticks for a day, not Dagster's default week
+retention:
+  sensor:
+    purge_after_days:
+      skipped: 1
 """
 
 

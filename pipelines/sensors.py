@@ -16,7 +16,6 @@ from dagster import (
 
 from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource
-from loopml.config import get_settings
 from loopml.labelstudio import LabelStudioUnavailable
 from loopml.loop_signals import annotation_signature, labels_changed, training_signature
 from pipelines.jobs import train_function
@@ -83,42 +82,80 @@ def has_active_run(context: SensorEvaluationContext, function: str) -> bool:
     return bool(runs)
 
 
+SENSOR_TICK_SECONDS = 1  # reads only the webhook signal files, unless one moved or the poll interval passed
+SIGNAL_GRACE_SECONDS = 5.0  # a signal whose change Label Studio does not show yet is looked at again this long
+POLLED_AT, SIGNALS = "~polled_at", "~signals"  # cursor entries beside the per-function signatures
+
+
+def functions_to_check(
+    cursor: dict, signals: dict[str, float], names: list[str], now: float, poll_seconds: float
+) -> tuple[list[str], bool]:
+    """Which functions to ask Label Studio about this tick, and whether this is a full poll: every function when
+    the poll interval passed since the last full poll, else those whose webhook signal is newer than the one
+    last acted on (young signals stay due for a few seconds: the hook can run before Label Studio commits)."""
+    if now - float(cursor.get(POLLED_AT, 0.0)) >= poll_seconds:
+        return list(names), True
+    seen = cursor.get(SIGNALS, {})
+    return [n for n in names if signals.get(n, 0.0) > float(seen.get(n, 0.0))], False
+
+
 @sensor(
     job=train_function,
-    minimum_interval_seconds=get_settings().annotation_poll_seconds,
+    minimum_interval_seconds=SENSOR_TICK_SECONDS,
     default_status=DefaultSensorStatus.RUNNING,
 )
 def annotation_sensor(context: SensorEvaluationContext, loopml: LoopMLResource) -> SensorResult | SkipReason:
     """Requests a training run for each function whose Label Studio annotations or label set changed.
+
+    Label Studio's webhook (registered on each function's project) tells the serving API of every annotation
+    change, which leaves a signal that this sensor reads every second: a changed function is asked about at once.
+    Every ``LOOPML_ANNOTATION_POLL_SECONDS`` (default 3) it also asks about every function, so changes are found
+    without the webhook too.
 
     The cursor holds, per function, the training signature (annotations and label set) last acted on. When
     Label Studio is down the tick is skipped with the reason and the cursor stays put, so nothing is missed once
     it is back. A function with a run already queued or running waits for the next tick (its changes are not
     lost).
     """
-    cursor: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    import time
+
+    from loopml.loop_signals import annotation_signals
+
+    settings = loopml.settings()
+    cursor: dict = json.loads(context.cursor) if context.cursor else {}
+    now = time.time()
+    signals = annotation_signals(settings.run_dir)
     partitions = set(context.instance.get_dynamic_partitions(functions_partitions.name))
-    functions = [f for f in loopml.registry().list() if f.name in partitions and f.labelstudio_project_id]
+    functions = {f.name: f for f in loopml.registry().list() if f.name in partitions and f.labelstudio_project_id}
     if not functions:
         return SkipReason("no functions with a Label Studio project yet; create one with `loopml functions create`")
+    names, full_poll = functions_to_check(cursor, signals, sorted(functions), now, settings.annotation_poll_seconds)
+    if not names:
+        return SkipReason("no webhook signal since the last poll")
     try:
         client = loopml.labelstudio()
         client.ensure_reachable()
         signatures = {
-            f.name: training_signature(annotation_signature(client, f.labelstudio_project_id), f.labels)
-            for f in functions
+            name: training_signature(
+                annotation_signature(client, functions[name].labelstudio_project_id), functions[name].labels
+            )
+            for name in names
         }
     except LabelStudioUnavailable as error:
         return SkipReason(f"{error}; the cursor did not advance, changes will be picked up once it is back")
 
     requests: list[RunRequest] = []
     new_cursor = dict(cursor)
+    seen = dict(cursor.get(SIGNALS, {}))
     busy: list[str] = []
     for name, signature in signatures.items():
-        if signature is None or signature == cursor.get(name):
-            continue
-        if has_active_run(context, name):
+        changed = signature is not None and signature != cursor.get(name)
+        if changed and has_active_run(context, name):
             busy.append(name)
+            continue
+        if changed or full_poll or now - signals.get(name, now) > SIGNAL_GRACE_SECONDS:
+            seen[name] = signals.get(name, 0.0)  # this signal was acted on (or polling covers it from now)
+        if not changed:
             continue
         new_cursor[name] = signature
         requests.append(
@@ -131,7 +168,11 @@ def annotation_sensor(context: SensorEvaluationContext, loopml: LoopMLResource) 
                 },
             )
         )
+    new_cursor[SIGNALS] = seen
+    if full_poll:
+        new_cursor[POLLED_AT] = now
+    new = json.dumps(new_cursor, sort_keys=True)
     if not requests:
-        reason = f"waiting for running training of {busy}" if busy else "no annotation changes"
-        return SkipReason(reason)
-    return SensorResult(run_requests=requests, cursor=json.dumps(new_cursor, sort_keys=True))
+        reason = f"waiting for running training of {busy}" if busy else f"no annotation changes in {names}"
+        return SensorResult(skip_reason=reason, cursor=new)
+    return SensorResult(run_requests=requests, cursor=new)

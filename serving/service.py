@@ -56,6 +56,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from loopml.apikeys import verifier_for
 from loopml.config import Settings, get_settings
+from loopml.functions import NAME_PATTERN
 from loopml.invocation_log import (
     FeedbackError,
     InvocationLog,
@@ -64,6 +65,7 @@ from loopml.invocation_log import (
     InvocationRecord,
     embedding_to_bytes,
 )
+from loopml.loop_signals import mark_annotations_changed
 from serving.runtime import (
     ROLE_CANARY,
     FunctionServing,
@@ -466,6 +468,11 @@ class FeedbackResponse(BaseModel):
     answered_label: str
 
 
+class HookResponse(BaseModel):
+    function: str
+    accepted: bool = Field(description="The change was noted; the annotation sensor looks within about a second.")
+
+
 class VersionInfo(BaseModel):
     version: str
     weight: float = Field(description="Share of answers this version gives.")
@@ -589,6 +596,7 @@ app = FastAPI(
         {"name": "feedback", "description": "Tell LoopML an answer was wrong."},
         {"name": "functions", "description": "What is deployed."},
         {"name": "health", "description": "Probes (no API key needed)."},
+        {"name": "hooks", "description": "Webhooks that Label Studio calls (set up by LoopML)."},
     ],
 )
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <key>`")
@@ -917,6 +925,26 @@ async def feedback(
         answered_by=result.answered_by,
         answered_label=result.answered_label,
     )
+
+
+@app.post(
+    "/v1/hooks/labelstudio/{name}",
+    tags=["hooks"],
+    summary="Label Studio's webhook: an annotation of the function changed",
+    status_code=202,
+    response_model=HookResponse,
+    responses=_responses(401, 422),
+    dependencies=AUTH,
+)
+async def labelstudio_hook(service: Service, name: FunctionName) -> HookResponse:
+    """Label Studio calls this on every annotation created, updated or deleted in the function's project (the
+    hook is registered by `loopml functions create` and `loopml up`); the annotation sensor then asks Label
+    Studio about that function on its next tick (every second) instead of at its next poll. Label Studio's event
+    body is not read. Without the hook, changes are found by polling (`LOOPML_ANNOTATION_POLL_SECONDS`)."""
+    if not NAME_PATTERN.match(name):
+        raise HTTPException(422, f"{name!r} is not a function name (lower-case letters, digits and hyphens)")
+    await asyncio.to_thread(mark_annotations_changed, service.settings.run_dir, name)
+    return HookResponse(function=name, accepted=True)
 
 
 @app.get(

@@ -22,6 +22,12 @@ from loopml.labelstudio_server import check_api_key, ensure_credentials, start_l
 _ENV_KEYS = ("LOOPML_HOME", "LOOPML_LABELSTUDIO_HOST", "LOOPML_LABELSTUDIO_PORT")
 
 
+@pytest.fixture(autouse=True)
+def _no_retry_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps that cannot reach Label Studio are retried at once in tests (10, 20, 40, 80 s waits in use)."""
+    monkeypatch.setenv("LOOPML_LABELSTUDIO_RETRY_SECONDS", "0")
+
+
 @pytest.fixture()
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings of a fresh LOOPML_HOME (SQLite inside it), for tests that need no running service."""

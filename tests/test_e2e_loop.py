@@ -5,15 +5,21 @@ from __future__ import annotations
 import json
 
 import pytest
-from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context
+from dagster import DagsterInstance, SensorResult, build_sensor_context
 
 from loopml.functions import FunctionRegistry, create_function
 from pipelines.definitions import defs
 from pipelines.sensors import annotation_sensor
 from serving.model_store import list_versions
-from tests.test_pipeline import NEGATIVE, POSITIVE
+from tests.test_pipeline import NEGATIVE, POSITIVE, skipped
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture(autouse=True)
+def polling(monkeypatch):
+    """Each tick polls Label Studio (these tests save annotations through the API, not through a webhook)."""
+    monkeypatch.setenv("LOOPML_ANNOTATION_POLL_SECONDS", "0")
 
 
 def tick(instance: DagsterInstance, cursor: str | None):
@@ -41,7 +47,7 @@ def test_annotations_in_label_studio_become_a_registered_model(labelstudio) -> N
     instance.add_dynamic_partitions("functions", ["e2e-sentiment"])
 
     first = tick(instance, None)
-    assert isinstance(first, SkipReason)  # imported, nothing annotated yet
+    assert skipped(first) is not None  # imported, nothing annotated yet
 
     tasks = {t.data["text"]: t.task_id for t in client.unlabeled_tasks(project, limit=100)}
     annotation_ids = {
@@ -60,7 +66,7 @@ def test_annotations_in_label_studio_become_a_registered_model(labelstudio) -> N
     assert model["cv_accuracy"] >= 0.7 and model["cv_macro_f1"] >= 0.6
     assert set(model["per_label"]) == {"positive", "negative"}
     assert [v.tag for v in list_versions(settings, "e2e-sentiment")] == ["e2e-sentiment:v1"]
-    assert isinstance(tick(instance, cursor), SkipReason)  # nothing changed since
+    assert skipped(tick(instance, cursor)) is not None  # nothing changed since
 
     # an edit changes the dataset, a deletion leaves it, a skip adds nothing
     client.update_annotation(annotation_ids[POSITIVE[0]], "negative")
@@ -83,7 +89,7 @@ def test_annotations_in_label_studio_become_a_registered_model(labelstudio) -> N
     labelstudio.stop()
     try:
         down = tick(instance, cursor)
-        assert isinstance(down, SkipReason)
+        assert skipped(down) is not None
         assert "not reachable" in down.skip_message and "loopml up" in down.skip_message
         failed = train(instance, "e2e-sentiment")
         assert not failed.success  # the run fails cleanly; the stored annotations stay as they were
@@ -166,7 +172,7 @@ def test_add_and_remove_a_label_through_the_cli_path_updates_label_studio(labels
     client.create_annotation(client.unlabeled_tasks(project, limit=10)[0].task_id, "positive")
     first = tick(instance, None)
     assert isinstance(first, SensorResult) and first.run_requests[0].tags["loopml/trigger"] == "annotations"
-    assert isinstance(tick(instance, first.cursor), SkipReason)
+    assert skipped(tick(instance, first.cursor)) is not None
 
     change = add_label(settings, "e2e-evolve", "neutral")
     assert change.added == ["neutral"] and not change.removed
@@ -176,7 +182,7 @@ def test_add_and_remove_a_label_through_the_cli_path_updates_label_studio(labels
         add_label(settings, "e2e-evolve", "neutral")
     added = tick(instance, first.cursor)  # a new label set is something new to train on
     assert isinstance(added, SensorResult) and added.run_requests[0].tags["loopml/trigger"] == "label-set"
-    assert isinstance(tick(instance, added.cursor), SkipReason)
+    assert skipped(tick(instance, added.cursor)) is not None
 
     remove_label(settings, "e2e-evolve", "negative")
     assert labels_from_label_config(client.get_label_config(project)) == ["positive", "neutral"]

@@ -248,10 +248,26 @@ def sensor_tick(env, cursor: str | None = None):
     return annotation_sensor(context), context
 
 
-def test_annotation_sensor_requests_runs_only_on_change(env) -> None:
+def skipped(result) -> str | None:
+    """The skip message of a tick that requested nothing (a SkipReason, or a SensorResult that only moves the
+    cursor), else None."""
+    if isinstance(result, SkipReason):
+        return result.skip_message
+    if isinstance(result, SensorResult) and not result.run_requests:
+        return result.skip_reason.skip_message if result.skip_reason else ""
+    return None
+
+
+@pytest.fixture
+def polling(monkeypatch):
+    """Every tick is a full poll of Label Studio (the fallback path, without webhook signals)."""
+    monkeypatch.setenv("LOOPML_ANNOTATION_POLL_SECONDS", "0")
+
+
+def test_annotation_sensor_requests_runs_only_on_change(env, polling) -> None:
     fake, project = env["fake"], env["project"]
     result, _ = sensor_tick(env)
-    assert isinstance(result, SkipReason) and "no annotation changes" in result.skip_message
+    assert "no annotation changes" in skipped(result)
 
     fake.create_annotation(fake.projects[project][0], "positive")
     result, _ = sensor_tick(env)
@@ -261,20 +277,20 @@ def test_annotation_sensor_requests_runs_only_on_change(env) -> None:
     assert "sentiment" in json.loads(cursor)
 
     again, _ = sensor_tick(env, cursor)
-    assert isinstance(again, SkipReason)
+    assert skipped(again) is not None
 
     deleted = fake.tasks[fake.projects[project][0]].annotations[0].annotation_id
     fake.delete_annotation(deleted)
     fake.create_annotation(fake.projects[project][1], "positive")
     fake.delete_annotation(fake.tasks[fake.projects[project][1]].annotations[0].annotation_id)
     after_delete, _ = sensor_tick(env, cursor)
-    assert isinstance(after_delete, SkipReason)  # no annotated task left: nothing to train on
+    assert skipped(after_delete) is not None  # no annotated task left: nothing to train on
     fake.create_annotation(fake.projects[project][2], "negative")
     changed, _ = sensor_tick(env, cursor)
-    assert isinstance(changed, SensorResult) and changed.cursor != cursor
+    assert isinstance(changed, SensorResult) and changed.run_requests and changed.cursor != cursor
 
 
-def test_annotation_sensor_skips_when_label_studio_is_down_and_keeps_its_cursor(env) -> None:
+def test_annotation_sensor_skips_when_label_studio_is_down_and_keeps_its_cursor(env, polling) -> None:
     fake, project = env["fake"], env["project"]
     fake.create_annotation(fake.projects[project][0], "positive")
     first, _ = sensor_tick(env)
@@ -287,6 +303,45 @@ def test_annotation_sensor_skips_when_label_studio_is_down_and_keeps_its_cursor(
     fake.down = False
     back, _ = sensor_tick(env, cursor)
     assert isinstance(back, SensorResult) and back.run_requests[0].partition_key == "sentiment"
+
+
+def test_a_webhook_signal_makes_the_sensor_look_at_once_and_polling_catches_the_rest(env, monkeypatch) -> None:
+    """Between polls the sensor reads only the webhook signal files: a signalled function is asked about on the
+    next tick; an unsignalled change waits for the next poll (LOOPML_ANNOTATION_POLL_SECONDS)."""
+    from loopml.loop_signals import mark_annotations_changed
+
+    monkeypatch.setenv("LOOPML_ANNOTATION_POLL_SECONDS", "3600")
+    fake, project = env["fake"], env["project"]
+    first, _ = sensor_tick(env)  # the first tick is a full poll
+    cursor = first.cursor
+    assert "no annotation changes" in skipped(first)
+
+    fake.create_annotation(fake.projects[project][0], "positive")  # no webhook reached LoopML
+    quiet, _ = sensor_tick(env, cursor)
+    assert "no webhook signal" in skipped(quiet)
+    fake.down = True  # between polls, without a signal, Label Studio is not even asked
+    assert "no webhook signal" in skipped(sensor_tick(env, cursor)[0])
+    fake.down = False
+
+    mark_annotations_changed(env["settings"].run_dir, "sentiment")  # what the serving API's hook route does
+    signalled, _ = sensor_tick(env, cursor)
+    assert [r.partition_key for r in signalled.run_requests] == ["sentiment"]
+    consumed, _ = sensor_tick(env, signalled.cursor)
+    assert "no webhook signal" in skipped(consumed)
+
+    monkeypatch.setenv("LOOPML_ANNOTATION_POLL_SECONDS", "0")  # the poll interval passed
+    fake.create_annotation(fake.projects[project][1], "negative")
+    polled, _ = sensor_tick(env, consumed.cursor if isinstance(consumed, SensorResult) else signalled.cursor)
+    assert [r.partition_key for r in polled.run_requests] == ["sentiment"]
+
+    from loopml.evolution import apply_label_set
+
+    monkeypatch.setenv("LOOPML_ANNOTATION_POLL_SECONDS", "3600")
+    quiet, _ = sensor_tick(env, polled.cursor)
+    assert "no webhook signal" in skipped(quiet)
+    apply_label_set(env["settings"], "sentiment", ["positive", "negative", "neutral"], source="cli")  # signals too
+    relabelled, _ = sensor_tick(env, polled.cursor)
+    assert [r.tags["loopml/trigger"] for r in relabelled.run_requests] == ["label-set"]
 
 
 def test_discovery_sensor_adds_partitions_for_new_functions(env) -> None:
@@ -303,7 +358,7 @@ def test_definitions_load() -> None:
     job = defs.resolve_job_def("train_function")
     assert {n.name for n in job.graph.node_defs} >= {"annotations", "dataset", "features", "model"}
     assert {n.name for n in defs.resolve_job_def("deploy_function").graph.node_defs} == {"deployment"}
-    assert defs.resolve_sensor_def("annotation_sensor").minimum_interval_seconds <= 5
+    assert defs.resolve_sensor_def("annotation_sensor").minimum_interval_seconds <= 1
     assert defs.resolve_schedule_def("nightly_retraining").cron_schedule == "0 3 * * *"
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
@@ -406,7 +461,6 @@ def test_a_label_studio_outage_retries_the_step_instead_of_failing_the_run(env, 
     a wait, and the run succeeds; down for good, the run fails after the last retry with the reason."""
     from loopml.labelstudio import LabelStudioUnavailable
 
-    monkeypatch.setenv("LOOPML_LABELSTUDIO_RETRY_SECONDS", "0")
     fake, project = env["fake"], env["project"]
     annotate_all(fake, project)
     outages = iter(range(2))

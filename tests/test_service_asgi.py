@@ -131,7 +131,7 @@ def test_every_endpoint_but_the_probes_needs_a_key(served: Served) -> None:
             assert response.headers["www-authenticate"].startswith("Bearer")
         for headers in (served.headers, {"X-API-Key": served.key}, {"authorization": f"bearer {served.key}"}):
             response = served.client.request(method, path, json=body, headers=headers)
-            assert response.status_code in (200, 201), (method, path, response.text)
+            assert response.status_code in (200, 201, 202), (method, path, response.text)
     # BentoML's own /metrics too (answering it needs the real server's metrics setup: see test_serve_e2e)
     assert served.client.get("/metrics").status_code == 401
     for path in ("/healthz", "/livez", "/readyz", "/v1/health"):
@@ -410,3 +410,16 @@ def test_the_runtime_is_ready_only_after_loading_the_deployments(served: Served)
         assert [a.label for a in answers] == ["positive", "negative"]
     finally:
         runtime.stop()
+
+
+def test_the_label_studio_hook_signals_the_annotation_sensor(served: Served) -> None:
+    """Label Studio's webhook posts its event (3.5 KB of JSON, not read) with the key LoopML registered; the
+    route leaves the signal the annotation sensor reads every second."""
+    from loopml.loop_signals import annotation_signals
+
+    before = annotation_signals(served.settings.run_dir).get("brand-new", 0.0)
+    event = {"action": "ANNOTATION_CREATED", "annotation": {"id": 1, "result": []}, "project": {"id": 7}}
+    response = served.client.post("/v1/hooks/labelstudio/brand-new", json=event, headers=served.headers)
+    assert response.status_code == 202 and response.json() == {"function": "brand-new", "accepted": True}
+    assert annotation_signals(served.settings.run_dir)["brand-new"] > before
+    assert served.client.post("/v1/hooks/labelstudio/Not A Name", json=event, headers=served.headers).status_code == 422
