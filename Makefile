@@ -40,10 +40,10 @@ install-browser:  ## headless Chromium and its driver for the browser test (Debi
 	  echo "==> installing chromium and chromium-driver (apt, about a minute)"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; }
 
-demo: install  ## start the platform (Label Studio, Dagster) with demo data and print the URLs
+demo: install  ## start the platform (Label Studio, Dagster, the serving API) with demo data and print the URLs
 	$(RUN_ENV) $(VENV)/bin/loopml demo
 
-up: install  ## start the services without demo data
+up: install  ## start Label Studio, Dagster and the serving API without demo data
 	$(RUN_ENV) $(VENV)/bin/loopml up
 
 down:  ## stop the services started by `make up` / `make demo`

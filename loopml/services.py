@@ -24,6 +24,9 @@ DAGSTER_YAML = """\
 # Written by `loopml up`. Dagster's instance for LoopML (SQLite storage in this folder).
 telemetry:
   enabled: false
+# no new-user pop-up (the community invitation) over the graph on the first visit
+nux:
+  enabled: false
 # Runs launch at once (no queue hop): the annotation sensor already allows one run per function.
 run_coordinator:
   module: dagster.core.run_coordinator
