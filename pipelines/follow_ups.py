@@ -47,26 +47,34 @@ def inspect_after_training(context: RunStatusSensorContext) -> RunRequest | Skip
 RETRY_AFTER_SECONDS = 120  # a failed pre-annotation run (Label Studio down, say) is retried after this
 
 
-def _last_preannotation(context: SensorEvaluationContext, function: str) -> tuple[str | None, int | None]:
-    """The model version of the function's last successful pre-annotation and the project's task count then."""
+def _last_preannotation(context: SensorEvaluationContext, function: str) -> tuple[str | None, int | None, bool]:
+    """The model version of the function's last successful pre-annotation, the project's task count then, and
+    whether that pass finished (a pass stops early, successfully, when its version stops being the primary)."""
     records = context.instance.fetch_materializations(
         records_filter=AssetRecordsFilter(asset_key=AssetKey("preannotations"), asset_partitions=[function]),
         limit=1,
     ).records
     if not records:
-        return None, None
+        return None, None, False
     metadata = records[0].asset_materialization.metadata
-    version, tasks = metadata.get("model_version"), metadata.get("project_tasks")
-    return (str(version.value) if version is not None else None), (int(tasks.value) if tasks is not None else None)
+    version, tasks, complete = (metadata.get(key) for key in ("model_version", "project_tasks", "complete"))
+    return (
+        str(version.value) if version is not None else None,
+        int(tasks.value) if tasks is not None else None,
+        complete is None or bool(complete.value),  # recorded before passes could stop early: finished
+    )
 
 
 def _stale(context: SensorEvaluationContext, loopml: LoopMLResource, function: str, primary: str) -> str | None:
-    """Why the function's pre-annotations are behind (``new-primary`` or ``new-tasks``), or None."""
+    """Why the function's pre-annotations are behind (``new-primary``, ``unfinished`` or ``new-tasks``), or
+    None. A pass superseded by a newer primary is not waited on: the sensor's next tick asks for the new one."""
     from loopml.labelstudio import LabelStudioError, LabelStudioUnavailable
 
-    version, tasks = _last_preannotation(context, function)
+    version, tasks, complete = _last_preannotation(context, function)
     if version != primary:
         return "new-primary"
+    if not complete:  # the primary moved on and came back (a rollback) before its pass finished
+        return "unfinished"
     project = loopml.registry().get(function).labelstudio_project_id
     if project is None:
         return None
@@ -79,7 +87,8 @@ def _stale(context: SensorEvaluationContext, loopml: LoopMLResource, function: s
 
 
 def _recent_run(context: SensorEvaluationContext, function: str) -> bool:
-    """A pre-annotation run of the function in flight, or one that failed less than RETRY_AFTER_SECONDS ago."""
+    """A pre-annotation run of the function in flight, or one that failed less than RETRY_AFTER_SECONDS ago (a
+    run that stopped because its version was superseded succeeded: it is not waited for)."""
     runs = context.instance.get_run_records(
         filters=RunsFilter(job_name=preannotate_function.name, tags={"dagster/partition": function}), limit=1
     )
@@ -96,8 +105,9 @@ def _recent_run(context: SensorEvaluationContext, function: str) -> bool:
 def preannotation_sensor(context: SensorEvaluationContext, loopml: LoopMLResource) -> SensorResult | SkipReason:
     """When a function's primary differs from the version of its last successful pre-annotation (a first
     model, a promotion, a rollback), pre-annotate again; likewise when the project's task count moved (tasks
-    imported, calls sent for review), for the tasks without the primary's answer. A failed run is retried after
-    a pause."""
+    imported, calls sent for review), for the tasks without the primary's answer. A run whose version stopped
+    being the primary stops early and successfully, and the next tick asks for the new primary's pass at once;
+    a failed run is retried after a pause."""
     known = set(context.instance.get_dynamic_partitions(functions_partitions.name))
     current = {
         s.function: s.primary_tag
