@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
 from loopml.config import PROJECT_ROOT, Settings
 from loopml.db import FunctionRow, session_factory
+
+if TYPE_CHECKING:
+    from loopml.labelstudio import LabelStudioClient, ProjectInfo
+
+_log = logging.getLogger(__name__)
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.:/+-]*$")
@@ -91,6 +99,16 @@ def labels_from_label_config(label_config: str) -> list[str]:
     raise FunctionError("the label config has no <Choices name=\"label\"> control")
 
 
+def project_marker(name: str) -> str:
+    """How the description of a function's Label Studio project starts (with its title, the name, it marks
+    the project as LoopML's)."""
+    return f"LoopML function {name}:"
+
+
+def project_description(name: str, input_type: str, labels: list[str]) -> str:
+    return f"{project_marker(name)} {input_type} -> {', '.join(labels)}"
+
+
 def _to_spec(row: FunctionRow) -> FunctionSpec:
     return FunctionSpec(
         name=row.name,
@@ -123,6 +141,12 @@ class FunctionRegistry:
             )
         return self.get(spec.name)
 
+    def find(self, name: str) -> FunctionSpec | None:
+        """The function called ``name``, or ``None``."""
+        with self._sessions() as session:
+            row = session.get(FunctionRow, name)
+            return None if row is None else _to_spec(row)
+
     def get(self, name: str) -> FunctionSpec:
         with self._sessions() as session:
             row = session.get(FunctionRow, name)
@@ -147,13 +171,106 @@ class FunctionRegistry:
                 raise FunctionError(f"unknown function {name!r}")
             row.labels = list(labels)
 
+    def set_project(self, name: str, project_id: int) -> None:
+        with self._sessions.begin() as session:
+            row = session.get(FunctionRow, name)
+            if row is None:
+                raise FunctionError(f"unknown function {name!r}")
+            row.labelstudio_project_id = project_id
+
+
+def _check_same(existing: FunctionSpec, input_type: str, labels: list[str], encoder_id: str | None) -> None:
+    """A FunctionError unless ``existing`` has this input type, label set (in any order) and encoder (if given)."""
+    if existing.input_type != input_type or set(existing.labels) != set(labels):
+        raise FunctionError(
+            f"function {existing.name!r} already exists as {existing.input_type} -> {', '.join(existing.labels)}; "
+            "pick another name, or change its labels with `loopml functions add-label` / `remove-label`"
+        )
+    if encoder_id is not None and encoder_id != existing.encoder_id:
+        raise FunctionError(
+            f"function {existing.name!r} already exists with encoder {existing.encoder_id}; pick another name"
+        )
+
+
+def _adopt(client: LabelStudioClient, found: ProjectInfo, labels: list[str]) -> int:
+    """The id of a project an earlier, interrupted create made, if its labels are ``labels``."""
+    there = labels_from_label_config(client.get_label_config(found.project_id))
+    if set(there) != set(labels):
+        raise FunctionError(
+            f"Label Studio project {found.project_id} ({found.title!r}, made by an earlier `loopml functions create`) "
+            f"has the labels {', '.join(there)}: create the function with those labels, or delete that project "
+            "in Label Studio first"
+        )
+    return found.project_id
+
+
+def _ensure_project(
+    client: LabelStudioClient,
+    name: str,
+    input_type: str,
+    labels: list[str],
+    registered: int | None,
+    say: Callable[[str], None],
+) -> int:
+    """The function's one Label Studio project: the registered one if it exists, else the oldest LoopML project
+    of that name (an interrupted create's), else a new one; empty duplicates are deleted."""
+    marker = project_marker(name)
+
+    def ours(project: ProjectInfo) -> bool:
+        return project.description.startswith(marker)
+
+    keep = registered if registered is not None and client.project_exists(registered) else None
+    if registered is not None and keep is None:
+        say(f"Label Studio project {registered} of function {name} no longer exists; it gets a new, empty one")
+    if keep is None:
+        found = [p for p in client.projects_titled(name) if ours(p)]
+        if found:
+            keep = _adopt(client, found[0], labels)
+            say(f"function {name}: adopting Label Studio project {keep}, made by an earlier attempt")
+        else:
+            created = client.create_project(
+                title=name,
+                label_config=render_label_config(input_type, labels),
+                description=project_description(name, input_type, labels),
+            )
+            # the oldest, whatever a concurrent create made: every creator of this name keeps the same one
+            keep = min([created] + [p.project_id for p in client.projects_titled(name) if ours(p)])
+    left = client.remove_duplicate_projects(keep, name, ours)
+    if left:
+        message = (
+            f"function {name} uses Label Studio project {keep}; duplicates "
+            f"{', '.join(f'{p.project_id} ({p.task_count} tasks)' for p in left)} have tasks and were kept: "
+            "move what you need and delete them in Label Studio"
+        )
+        _log.warning(message)
+        say(message)
+    return keep
+
 
 def create_function(
-    settings: Settings, name: str, input_type: str, labels: str | list[str], encoder_id: str | None = None
+    settings: Settings,
+    name: str,
+    input_type: str,
+    labels: str | list[str],
+    encoder_id: str | None = None,
+    *,
+    client: LabelStudioClient | None = None,
+    echo: Callable[[str], None] | None = None,
 ) -> int:
-    """Validate, create the Label Studio project, register the function and its Dagster partition.
+    """Validate, create the Label Studio project, register the function and its Dagster partition; returns the
+    project id.
 
-    ``encoder_id`` is one of :func:`loopml.encoders.list_encoders` (default: the default text encoder).
+    Idempotent: run again with the same name, input type and labels (any order; the encoder defaults to the
+    registered one), it finishes what an earlier run left undone and returns the same project id. A function's
+    project is recognised by its title (the name) and a description starting "LoopML function <name>:"; an
+    unregistered one (a create interrupted after Label Studio made it) is adopted if its labels match. If several
+    exist, the registered one, else the oldest, is kept and the others are deleted when they have no tasks (ones
+    with tasks are reported through ``echo`` and the log). A registered function whose project was deleted in
+    Label Studio gets a new, empty project (the registry then points at it). A different input type, label set
+    or encoder is a :class:`FunctionError`. The project's webhook to the serving API is registered (or repaired).
+
+    ``encoder_id`` is one of :func:`loopml.encoders.list_encoders` (default: the default text encoder);
+    ``client`` defaults to :meth:`LabelStudioClient.from_settings`; ``echo`` gets a line for each repair.
     """
     from loopml.dagster_api import add_function_partition
     from loopml.encoders import DEFAULT_TEXT_ENCODER, list_encoders
@@ -162,19 +279,39 @@ def create_function(
     validate_name(name)
     validate_input_type(input_type)
     label_set = parse_labels(labels)
-    encoder_id = encoder_id or DEFAULT_TEXT_ENCODER
-    if encoder_id not in list_encoders():
+    if encoder_id is not None and encoder_id not in list_encoders():
         raise FunctionError(f"unknown encoder {encoder_id!r}; known encoders: {', '.join(list_encoders())}")
+    say = echo or _log.info
     registry = FunctionRegistry(settings)
-    if name in registry.names():
-        raise FunctionError(f"function {name!r} already exists; pick another name")
-    client = LabelStudioClient.from_settings(settings)
+    existing = registry.find(name)
+    if existing is not None:
+        _check_same(existing, input_type, label_set, encoder_id)
+    client = client or LabelStudioClient.from_settings(settings)
     client.ensure_reachable()
-    project_id = client.create_project(
-        title=name,
-        label_config=render_label_config(input_type, label_set),
-        description=f"LoopML function {name}: {input_type} -> {', '.join(label_set)}",
-    )
-    registry.add(FunctionSpec(name, input_type, label_set, encoder_id, project_id))
+    registered = existing.labelstudio_project_id if existing is not None else None
+    project_id = _ensure_project(client, name, input_type, label_set, registered, say)
+    if existing is None:
+        spec = FunctionSpec(name, input_type, label_set, encoder_id or DEFAULT_TEXT_ENCODER, project_id)
+        try:
+            registry.add(spec)
+        except FunctionError:  # registered meanwhile by a concurrent create
+            _check_same(registry.get(name), input_type, label_set, encoder_id)
+    elif registered != project_id:
+        registry.set_project(name, project_id)
+    _register_hook(settings, client, name, project_id, say)
     add_function_partition(settings.dagster_url, name)
     return project_id
+
+
+def _register_hook(
+    settings: Settings, client: LabelStudioClient, name: str, project_id: int, say: Callable[[str], None]
+) -> None:
+    """Label Studio's webhook on the project (:mod:`loopml.annotation_hooks`): annotation changes reach the
+    annotation sensor in about a second. Without it polling finds them, so a failure is only reported."""
+    from loopml.annotation_hooks import ensure_hook
+    from loopml.labelstudio import LabelStudioError, LabelStudioUnavailable
+
+    try:
+        ensure_hook(settings, client, name, project_id)
+    except (LabelStudioError, LabelStudioUnavailable) as error:
+        say(f"function {name}: Label Studio webhook not registered ({error}); annotations are found by polling")

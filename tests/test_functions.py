@@ -9,6 +9,7 @@ from loopml.functions import (
     FunctionError,
     FunctionRegistry,
     FunctionSpec,
+    create_function,
     labels_from_label_config,
     parse_labels,
     render_label_config,
@@ -65,3 +66,168 @@ def test_registry_add_get_list_and_unknown(tmp_path) -> None:
         registry.get("nope")
     registry.set_labels("a-fn", ["p", "q", "r"])
     assert registry.get("a-fn").labels == ["p", "q", "r"]
+
+
+# --- create_function: idempotent, whatever Label Studio answers ----------------------------------------------
+
+
+@pytest.fixture
+def partitions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The Dagster partitions create_function asks for (no Dagster needed)."""
+    import loopml.dagster_api
+
+    added: list[str] = []
+    monkeypatch.setattr(loopml.dagster_api, "add_function_partition", lambda url, name: added.append(name) or True)
+    return added
+
+
+@pytest.fixture
+def api():
+    from tests.fake_labelstudio_api import FakeLabelStudioAPI
+
+    return FakeLabelStudioAPI()
+
+
+def test_create_function_twice_leaves_one_project(settings, api, partitions) -> None:
+    client = api.client()
+    first = create_function(settings, "fn", "text", "a,b", client=client)
+    again = create_function(settings, "fn", "text", "b, a", client=client)  # the same label set
+    assert again == first and list(api.projects) == [first]
+    assert api.projects[first].description == "LoopML function fn: text -> a, b"
+    assert FunctionRegistry(settings).get("fn").labelstudio_project_id == first
+    assert partitions == ["fn", "fn"]  # a partition missing after the first run is added by the second
+
+
+def test_create_function_with_a_locked_create_leaves_one_project(settings, api, partitions) -> None:
+    """The incident: Label Studio made the project, then answered 500 "database is locked"."""
+    api.fail("POST", r"/api/projects/", "locked-after")
+    project_id = create_function(settings, "fn", "text", "a,b", client=api.client())
+    assert list(api.projects) == [project_id]
+    assert FunctionRegistry(settings).get("fn").labelstudio_project_id == project_id
+
+
+def test_concurrent_creates_agree_on_the_oldest_project(settings, api, partitions) -> None:
+    """Another `functions create` of the same name made its project between this one's check and create."""
+    api.fail("POST", r"/api/projects/", "concurrent")
+    project_id = create_function(settings, "fn", "text", "a,b", client=api.client())
+    assert list(api.projects) == [project_id]  # the other's, the older
+    assert ("DELETE", f"/api/projects/{project_id + 1}/") in api.requests  # ours, newer and empty
+    assert FunctionRegistry(settings).get("fn").labelstudio_project_id == project_id
+
+
+def test_create_function_with_other_labels_or_type_fails(settings, api, partitions) -> None:
+    client = api.client()
+    project_id = create_function(settings, "fn", "text", "a,b", client=client)
+    with pytest.raises(FunctionError, match="already exists as text -> a, b.*add-label"):
+        create_function(settings, "fn", "text", "a,b,c", client=client)
+    with pytest.raises(FunctionError, match="already exists with encoder minilm-l6-int8"):
+        create_function(settings, "fn", "text", "a,b", encoder_id="e5-small-q4", client=client)
+    assert list(api.projects) == [project_id] and FunctionRegistry(settings).get("fn").labels == ["a", "b"]
+
+
+def test_create_function_adopts_the_project_of_an_interrupted_create(settings, api, partitions) -> None:
+    """Interrupted after Label Studio made the project, before the registry row: the next run adopts it."""
+    orphan = api.add_project("fn", "LoopML function fn: text -> a, b", render_label_config("text", ["a", "b"]))
+    said: list[str] = []
+    assert create_function(settings, "fn", "text", "a,b", client=api.client(), echo=said.append) == orphan
+    assert list(api.projects) == [orphan] and FunctionRegistry(settings).get("fn").labelstudio_project_id == orphan
+    assert said == [f"function fn: adopting Label Studio project {orphan}, made by an earlier attempt"]
+    (hook,) = api.webhooks.values()  # annotation changes reach the serving API's hook route
+    assert hook["project"] == orphan and hook["url"].endswith("/v1/hooks/labelstudio/fn")
+    assert create_function(settings, "fn", "text", "a,b", client=api.client()) == orphan
+    assert len(api.webhooks) == 1  # registered once
+
+
+def test_create_function_does_not_adopt_a_project_with_other_labels(settings, api, partitions) -> None:
+    orphan = api.add_project("fn", "LoopML function fn: text -> x, y", render_label_config("text", ["x", "y"]))
+    with pytest.raises(FunctionError, match=f"project {orphan} .*has the labels x, y"):
+        create_function(settings, "fn", "text", "a,b", client=api.client())
+    assert FunctionRegistry(settings).find("fn") is None and partitions == []
+
+
+def test_create_function_keeps_the_oldest_project_and_deletes_empty_duplicates(settings, api, partitions) -> None:
+    config = render_label_config("text", ["a", "b"])
+    oldest, empty, full = (api.add_project("fn", "LoopML function fn: text -> a, b", config) for _ in range(3))
+    users = api.add_project("fn", "not LoopML's", config)
+    client = api.client()
+    client.import_tasks(full, [{"data": {"text": "kept"}}])
+    said: list[str] = []
+    assert create_function(settings, "fn", "text", "a,b", client=client, echo=said.append) == oldest
+    assert sorted(api.projects) == [oldest, full, users]
+    assert f"duplicates {full} (1 tasks) have tasks and were kept" in said[-1]
+
+
+def test_registered_function_whose_project_was_deleted_gets_a_new_one(settings, api, partitions) -> None:
+    client = api.client()
+    gone = create_function(settings, "fn", "text", "a,b", client=client)
+    client.delete_project(gone)
+    said: list[str] = []
+    again = create_function(settings, "fn", "text", "a,b", client=client, echo=said.append)
+    assert again != gone and list(api.projects) == [again]
+    assert FunctionRegistry(settings).get("fn").labelstudio_project_id == again
+    assert said == [f"Label Studio project {gone} of function fn no longer exists; it gets a new, empty one"]
+
+
+def test_registered_function_keeps_its_project_over_an_older_duplicate(settings, api, partitions) -> None:
+    config = render_label_config("text", ["a", "b"])
+    older = api.add_project("fn", "LoopML function fn: text -> a, b", config)
+    FunctionRegistry(settings).add(FunctionSpec("fn", "text", ["a", "b"], "minilm-l6-int8", None))
+    registered = api.add_project("fn", "LoopML function fn: text -> a, b", config)
+    FunctionRegistry(settings).set_project("fn", registered)
+    assert create_function(settings, "fn", "text", "a,b", client=api.client()) == registered
+    assert list(api.projects) == [registered] and older not in api.projects
+
+
+# --- against the real server ------------------------------------------------------------------------------
+
+
+def _unique(prefix: str) -> str:
+    import uuid
+
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.mark.e2e
+def test_e2e_creating_a_function_twice_leaves_one_project(labelstudio, partitions) -> None:
+    name = _unique("twice")
+    first = create_function(labelstudio.settings, name, "text", "a,b")
+    assert create_function(labelstudio.settings, name, "text", "a,b") == first
+    assert [p.project_id for p in labelstudio.client.projects_titled(name)] == [first]
+    with pytest.raises(FunctionError, match="already exists"):
+        create_function(labelstudio.settings, name, "text", "a,c")
+
+
+@pytest.mark.e2e
+def test_e2e_a_create_interrupted_after_the_project_is_adopted(labelstudio, partitions) -> None:
+    from loopml.functions import project_description
+
+    name = _unique("interrupted")
+    client = labelstudio.client
+    orphan = client.create_project(
+        name, render_label_config("text", ["a", "b"]), project_description(name, "text", ["a", "b"])
+    )
+    assert create_function(labelstudio.settings, name, "text", "a,b") == orphan
+    assert FunctionRegistry(labelstudio.settings).get(name).labelstudio_project_id == orphan
+    assert [p.project_id for p in client.projects_titled(name)] == [orphan]
+
+
+@pytest.mark.e2e
+def test_e2e_duplicate_projects_are_cleaned_up(labelstudio, partitions) -> None:
+    from loopml.functions import project_description
+
+    name = _unique("dupes")
+    client = labelstudio.client
+    config, description = render_label_config("text", ["a", "b"]), project_description(name, "text", ["a", "b"])
+    made = [  # what the SDK's retries of a non-idempotent POST left behind
+        int(client.sdk.projects.create(title=name, label_config=config, description=description).id)
+        for _ in range(4)
+    ]
+    client.import_tasks(made[3], [{"data": {"text": "someone's work"}}])
+    said: list[str] = []
+    try:
+        assert create_function(labelstudio.settings, name, "text", "a,b", echo=said.append) == made[0]
+        assert [p.project_id for p in client.projects_titled(name)] == [made[0], made[3]]
+        assert f"duplicates {made[3]} (1 tasks) have tasks and were kept" in said[-1]
+    finally:
+        for project in client.projects_titled(name)[1:]:
+            client.delete_project(project.project_id)

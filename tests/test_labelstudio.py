@@ -15,6 +15,8 @@ from loopml.labelstudio import (
     LabelStudioClient,
     LabelStudioError,
     LabelStudioUnavailable,
+    Prediction,
+    choice_result,
     extract_label,
     format_timestamp,
 )
@@ -282,6 +284,59 @@ def test_server_down_then_back_with_the_same_key(labelstudio, project):
     fresh = LabelStudioClient.from_settings(labelstudio.settings)
     assert [t.annotations[0].label for t in fresh.changed_tasks(project, None)] == ["positive"]
     assert client.health()
+
+
+@pytest.mark.e2e
+def test_lost_inline_annotations_are_found_and_created_once(labelstudio, project):
+    """What an import checks on the real server: its batch by the ``meta`` marker, each task's annotations by
+    ``annotations_ids``; the repair creates only what is missing, and a second repair nothing."""
+    client: LabelStudioClient = labelstudio.client
+    key = uuid.uuid4().hex
+    sent = [
+        {
+            "data": {"text": f"item {i}"},
+            "meta": {"loopml_import": f"{key}:{i}"},
+            "annotations": [{"result": choice_result(LABELS[i % 3])}] if i < 3 else [],
+        }
+        for i in range(4)
+    ]
+    lost = [{k: v for k, v in task.items() if k != "annotations"} for task in sent]  # created without them
+    client.sdk.projects.import_tasks(id=project, request=lost[:1] + sent[1:])
+    assert sorted(client._batch_tasks(project, key)) == [0, 1, 2, 3]
+    assert client._repair_annotations(project, key, sent) == 1
+    assert client._repair_annotations(project, key, sent) == 0
+    labels = {t.data["text"]: [a.label for a in t.annotations] for t in client.changed_tasks(project, None)}
+    assert labels == {"item 0": ["positive"], "item 1": ["negative"], "item 2": ["neutral"]}
+    assert all("loopml_import" not in t.meta for t in client.unlabeled_tasks(project, 10))
+
+
+@pytest.mark.e2e
+def test_an_annotation_sent_twice_is_created_once(labelstudio, project):
+    """The server refuses a second annotation with the same ``unique_id`` (409): resending is safe."""
+    client: LabelStudioClient = labelstudio.client
+    (task,) = add_tasks(client, project, 1)
+    unique_id = str(uuid.uuid4())
+    first = client._create_annotation(task, choice_result("positive"), was_cancelled=False, unique_id=unique_id)
+    again = client._create_annotation(task, choice_result("positive"), was_cancelled=False, unique_id=unique_id)
+    assert again == first
+    assert [a["id"] for a in client._task_annotations(task)] == [first]
+
+
+@pytest.mark.e2e
+def test_predictions_are_imported_once(labelstudio, project):
+    client: LabelStudioClient = labelstudio.client
+    a, b = add_tasks(client, project, 2)
+    predictions = [Prediction(a, "positive", 0.9, "fn:v1"), Prediction(b, "negative", 0.8, "fn:v1")]
+    assert client.import_predictions(project, predictions) == 2
+    assert client.import_predictions(project, predictions) == 0
+    assert client.import_predictions(project, [Prediction(a, "neutral", 0.5, "fn:v1")]) == 1  # another label
+    assert client.import_predictions(project, [Prediction(a, "positive", 0.9, "fn:v10")]) == 1  # another version
+    assert sorted((p["model_version"], p["label"]) for p in client.task_predictions(a)) == [
+        ("fn:v1", "neutral"),
+        ("fn:v1", "positive"),
+        ("fn:v10", "positive"),
+    ]
+    assert [p["label"] for p in client.task_predictions(b)] == ["negative"]
 
 
 @pytest.mark.e2e

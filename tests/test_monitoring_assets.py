@@ -207,8 +207,8 @@ def test_monitoring_runs_hourly_for_every_function_that_serves_a_model(settings)
         instance.add_dynamic_partitions("functions", ["sentiment", "topics", "young"])
 
         def evaluate(schedule_fn):
-            context = build_schedule_context(instance=instance, scheduled_execution_time=when, resources=resources)
-            return list(schedule_fn(context))
+            with build_schedule_context(instance=instance, scheduled_execution_time=when, resources=resources) as ctx:
+                return list(schedule_fn(ctx))
 
         (skipped,) = evaluate(hourly_monitoring)
         assert isinstance(skipped, SkipReason) and "young" in skipped.skip_message
