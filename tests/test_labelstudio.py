@@ -363,21 +363,9 @@ def test_changed_tasks_for_2000_annotated_tasks(labelstudio, project):
     ] + [{"data": {"text": f"unlabeled {i}"}} for i in range(300)]
     assert client.import_tasks(project, tasks) == 2300
 
-    started = time.perf_counter()
     changed = client.changed_tasks(project, None)
-    full_s = time.perf_counter() - started
-    started = time.perf_counter()
     latest = client.latest_task_update(project)
-    latest_s = time.perf_counter() - started
-    started = time.perf_counter()
     ids = client.annotated_task_ids(project)
-    ids_s = time.perf_counter() - started
-    print(
-        f"\nchanged_tasks(None) 2000 tasks: {full_s:.2f} s; latest_task_update: {latest_s * 1000:.0f} ms; "
-        f"annotated_task_ids: {ids_s:.2f} s"
-    )
-
-    assert len(changed) == 2000 and len(ids) == 2000
+    assert len(changed) == 2000 and len(ids) == 2000  # every page read (the times are in the module docstring)
     assert [t.annotations[0].label for t in changed[:3]] == list(LABELS)
     assert latest is not None and client.changed_tasks(project, latest) == []
-    assert full_s < 30 and latest_s < 2
