@@ -63,6 +63,7 @@ bench: install  ## run the benchmarks (print tables)
 	$(RUN_ENV) $(VENV)/bin/python bench/learning_curve.py
 	$(RUN_ENV) $(VENV)/bin/python bench/serving.py
 	$(RUN_ENV) $(VENV)/bin/python bench/loop_latency.py
+	$(RUN_ENV) $(VENV)/bin/python bench/preannotation.py
 	$(RUN_ENV) $(VENV)/bin/python bench/label_issues.py
 	$(RUN_ENV) $(VENV)/bin/python bench/active_learning.py
 	$(RUN_ENV) $(VENV)/bin/python bench/monitoring.py

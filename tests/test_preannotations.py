@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from dagster import DagsterRunStatus, Definitions, RunsFilter, SensorResult, build_sensor_context, materialize
+from dagster import DagsterRunStatus, Definitions, RunsFilter, SensorResult, build_sensor_context
 
 import assets.preannotations as preannotations_module
 import loopml.encoders as encoders_module
@@ -19,7 +19,7 @@ from loopml.preannotate import Chunk, Progress, plan_chunks
 from pipelines.follow_ups import preannotation_sensor
 from pipelines.jobs import preannotate_function
 from serving.model_store import list_versions
-from tests.test_evolution_inspection import NEUTRAL
+from tests.test_evolution_inspection import NEUTRAL, _materialize
 from tests.test_pipeline import ASSETS, annotate_all, env, run  # noqa: F401 - env is a fixture
 
 EXTRA = [f"{text}, part {i}" for i, text in enumerate(NEUTRAL)]  # six unlabelled tasks besides "unlabelled one"
@@ -40,13 +40,6 @@ def two_versions(env, monkeypatch):
     return env
 
 
-def _materialize(env, asset):
-    return materialize(
-        [asset, *[a.to_source_asset() for a in ASSETS]],
-        instance=env["instance"],
-        partition_key="sentiment",
-        resources=env["resources"],
-    )
 
 
 def _imports(env, monkeypatch, after_first: Callable[[], None] | None = None) -> list[list[int]]:
