@@ -63,14 +63,6 @@ def wait_for_text(driver: webdriver.Chrome, check: Callable[[str], bool], timeou
     return text
 
 
-def dismiss(driver: webdriver.Chrome, button: str) -> None:
-    for element in driver.find_elements("xpath", f"//button[normalize-space()='{button}']"):
-        try:
-            element.click()
-        except StaleElementReferenceException:  # re-rendered (or gone) since it was found
-            pass
-
-
 def screenshot(driver: webdriver.Chrome, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
