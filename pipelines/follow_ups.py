@@ -6,6 +6,8 @@ import time
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
+    DagsterEventType,
+    DagsterInstance,
     DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
@@ -33,15 +35,24 @@ from pipelines.sensors import ACTIVE_STATUSES
     minimum_interval_seconds=5,
 )
 def inspect_after_training(context: RunStatusSensorContext) -> RunRequest | SkipReason:
-    """After every successful training run, look for likely label errors with the new model's predictions."""
+    """After every training run that made a model, look for likely label errors with the new model's
+    predictions (a young function's run that waited for more examples made none: nothing to inspect)."""
     function = context.dagster_run.tags.get("dagster/partition")
     if not function:
         return SkipReason("training run without a function partition")
+    if not made_a_model(context.instance, context.dagster_run.run_id):
+        return SkipReason(f"training run of {function} made no model (too few examples yet)")
     return RunRequest(
         partition_key=function,
         run_key=f"inspect:{context.dagster_run.run_id}",
         tags={"loopml/trigger": "trained"},
     )
+
+
+def made_a_model(instance: DagsterInstance, run_id: str) -> bool:
+    """Whether the run materialized the `model` asset."""
+    records = instance.get_records_for_run(run_id=run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
+    return any(r.event_log_entry.dagster_event.asset_key == AssetKey("model") for r in records)
 
 
 RETRY_AFTER_SECONDS = 120  # a failed pre-annotation run (Label Studio down, say) is retried after this

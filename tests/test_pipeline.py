@@ -403,39 +403,38 @@ def test_a_rollout_that_cannot_decide_is_replaced_after_the_patience(env, monkey
     assert "replaces canary sentiment:v0-canary" in store.history("sentiment")[-1].reason
 
 
-def test_every_successful_training_run_is_followed_by_an_inspection() -> None:
-    """inspect_after_training: one label_issues run per successful training run of a function (keyed by run)."""
-    from dagster import DagsterInstance, DagsterRun, RunRequest, build_run_status_sensor_context, job, op
+def test_every_training_run_that_made_a_model_is_followed_by_an_inspection(env) -> None:
+    """inspect_after_training: one label_issues run per training run of a function that made a model (keyed by
+    run); a young function's green run that waited for more examples made none, and gets none."""
+    from dagster import DagsterRun, RunRequest, build_run_status_sensor_context
 
     from pipelines.follow_ups import inspect_after_training
 
-    @op
-    def noop() -> None:
-        return None
+    fake, project = env["fake"], env["project"]
+    fake.create_annotation(fake.projects[project][0], "positive")
+    young = run(env)  # too few examples: green, no model
+    annotate_all(fake, project)
+    trained = run(env)
+    instance = env["instance"]
 
-    @job
-    def tiny() -> None:
-        noop()
-
-    instance = DagsterInstance.ephemeral()
-    event = next(
-        e for e in tiny.execute_in_process(instance=instance).all_events if e.event_type_value == "PIPELINE_SUCCESS"
-    )
-
-    def after(run: DagsterRun):
+    def after(result, run: DagsterRun | None = None):
+        run = run or instance.get_run_by_id(result.run_id)
+        event = next(e for e in result.all_events if e.event_type_value == "PIPELINE_SUCCESS")
         context = build_run_status_sensor_context(
             sensor_name="inspect_after_training", dagster_event=event, dagster_instance=instance, dagster_run=run
         )
         return inspect_after_training(context)
 
-    trained = after(DagsterRun(job_name="train_function", run_id="r1", tags={"dagster/partition": "sentiment"}))
-    assert isinstance(trained, RunRequest)
-    assert (trained.partition_key, trained.run_key, trained.tags["loopml/trigger"]) == (
+    requested = after(trained)
+    assert isinstance(requested, RunRequest)
+    assert (requested.partition_key, requested.run_key, requested.tags["loopml/trigger"]) == (
         "sentiment",
-        "inspect:r1",
+        f"inspect:{trained.run_id}",
         "trained",
     )
-    assert isinstance(after(DagsterRun(job_name="train_function", run_id="r2")), SkipReason)  # no partition
+    assert "made no model" in after(young).skip_message
+    without_partition = DagsterRun(job_name="train_function", run_id=trained.run_id)
+    assert isinstance(after(trained, without_partition), SkipReason)
 
     from pipelines.definitions import defs
 
