@@ -58,9 +58,7 @@ def ensure_hook(settings: Settings, client: LabelStudioClient, function: str, pr
     project (another port, another key) are replaced."""
     url = hook_url(settings, function)
     headers = {"Authorization": f"Bearer {hook_key(settings)}"}
-    with client._api(f"list the webhooks of project {project_id}"):
-        hooks = [h for h in client.sdk.webhooks.list(project=str(project_id)) if h.project == project_id]
-    ours = [h for h in hooks if str(h.url).endswith(f"/v1/hooks/labelstudio/{function}")]
+    ours = [h for h in client.project_webhooks(project_id) if str(h.url).endswith(f"/v1/hooks/labelstudio/{function}")]
     current = [
         h
         for h in ours
@@ -68,20 +66,10 @@ def ensure_hook(settings: Settings, client: LabelStudioClient, function: str, pr
     ]
     stale = [h for h in ours if h not in current[:1]]
     for hook in stale:
-        with client._api(f"delete stale webhook {hook.id}"):
-            client.sdk.webhooks.delete(id=int(hook.id))
+        client.delete_webhook(int(hook.id))
     if current:
         return bool(stale)
-    with client._api(f"register the webhook of project {project_id}"):
-        client.sdk.webhooks.create(
-            url=url,
-            project=project_id,
-            headers=headers,
-            actions=HOOK_ACTIONS,
-            send_for_all_actions=False,
-            send_payload=False,
-            is_active=True,
-        )
+    client.create_webhook(project_id, url, headers, HOOK_ACTIONS)
     return True
 
 

@@ -894,6 +894,50 @@ class LabelStudioClient:
             {"model_version": p.model_version, "score": p.score, "label": extract_label(p.result)} for p in found
         ]
 
+    # --- webhooks -----------------------------------------------------------------------------------------
+
+    def project_webhooks(self, project_id: int) -> list[Any]:
+        """The webhooks registered on one project (the SDK's ``Webhook`` objects)."""
+        hooks = self._read(
+            f"list the webhooks of project {project_id}", lambda: self.sdk.webhooks.list(project=str(project_id))
+        )
+        return [hook for hook in hooks if hook.project == project_id]
+
+    def create_webhook(self, project_id: int, url: str, headers: dict[str, str], actions: list[str]) -> int:
+        """Register a webhook on the project for ``actions`` (no payload); idempotent: a retry after an ambiguous
+        failure adopts the hook with this URL and headers if the first attempt made it."""
+
+        def find() -> int | None:
+            hooks = self.project_webhooks(project_id)
+            return next((int(h.id) for h in hooks if h.url == url and (h.headers or {}) == headers), None)
+
+        def create() -> int:
+            return int(
+                self.sdk.webhooks.create(
+                    url=url,
+                    project=project_id,
+                    headers=headers,
+                    actions=actions,
+                    send_for_all_actions=False,
+                    send_payload=False,
+                    is_active=True,
+                ).id
+            )
+
+        return self._write(f"register a webhook on project {project_id}", create, find=find)
+
+    def delete_webhook(self, hook_id: int) -> None:
+        """Delete a webhook (a retry after an ambiguous failure first checks whether it is gone)."""
+
+        def delete() -> bool:
+            self.sdk.webhooks.delete(id=hook_id)
+            return True
+
+        def gone() -> bool | None:
+            return None if self._exists(f"read webhook {hook_id}", lambda: self.sdk.webhooks.get(id=hook_id)) else True
+
+        self._write(f"delete webhook {hook_id}", delete, find=gone)
+
     # --- annotations --------------------------------------------------------------------------------------
 
     def _task_annotations(self, task_id: int) -> list[dict[str, Any]]:

@@ -312,3 +312,15 @@ def test_updates_are_resent_after_a_lock(api) -> None:
     client = api.client()
     client.set_model_version(project_id, "fn:v3")
     assert api.projects[project_id].extra["model_version"] == "fn:v3"
+
+
+def test_a_webhook_committed_then_locked_is_registered_once(api) -> None:
+    project_id = api.add_project("fn", "LoopML function fn: text -> a, b", CONFIG)
+    api.fail("POST", r"/api/webhooks/", "locked-after")
+    client = api.client()
+    headers = {"Authorization": "Bearer k"}
+    url = "http://127.0.0.1:3100/v1/hooks/labelstudio/fn"
+    hook = client.create_webhook(project_id, url, headers, ["TASKS_CREATED"])
+    assert list(api.webhooks) == [hook] and api.count("POST", r"/api/webhooks/") == 1
+    client.delete_webhook(hook)
+    assert api.webhooks == {}
