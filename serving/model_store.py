@@ -68,7 +68,9 @@ def list_versions(settings: Settings, function: str) -> list[ModelVersion]:
 def save_model(
     settings: Settings, function: str, classifier: TextClassifier, metadata: dict[str, Any]
 ) -> ModelVersion:
-    """Register ``classifier`` as the next version of ``function``."""
+    """Register ``classifier`` as the next version of ``function``. Entries of ``metadata`` that are ``None`` (a
+    holdout accuracy without holdout items, say) are left out: BentoML's metadata has no null."""
+    metadata = {key: value for key, value in metadata.items() if value is not None}
     bentoml = _bentoml(settings)
     store = model_store(settings)
     existing = list_versions(settings, function)

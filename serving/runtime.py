@@ -243,6 +243,15 @@ def _default_loader(settings: Settings) -> Callable[[str], TextClassifier]:
     return load
 
 
+def warm_model_stack() -> None:
+    """Import what loading a version needs (``loopml.automl``: torch and Lightning, seconds) and load the default
+    text encoder, so that a brand-new function's first version answers about a second after it is deployed
+    instead of paying for them then."""
+    import loopml.automl  # noqa: F401 - the import is the point
+
+    get_encoder(DEFAULT_TEXT_ENCODER).encode(["warm up"])
+
+
 def default_lanes() -> int:
     """Scoring lanes when not configured: ``LOOPML_SCORING_LANES``, else one per usable core, at most 4."""
     configured = os.environ.get("LOOPML_SCORING_LANES", "").strip()
@@ -268,6 +277,7 @@ class ModelRuntime:
         loader: Callable[[str], TextClassifier] | None = None,
         warm_encoders: bool = True,
         lanes: int | None = None,
+        warm_up: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.poll_interval_s = poll_interval_s
@@ -275,6 +285,10 @@ class ModelRuntime:
         self.max_batch_size = max_batch_size
         self._encoder_batch_size = encoder_batch_size
         self.warm_encoders = warm_encoders
+        # run once in the background at start (with warm_encoders): the model stack is ready before the first
+        # deployment; readiness does not wait for it
+        self._warm_up = warm_up or (warm_model_stack if warm_encoders else None)
+        self.warmed = threading.Event()
         self.lanes = max(1, lanes) if lanes else default_lanes()
         self._deployments = DeploymentStore(settings)
         self._registry = FunctionRegistry(settings)
@@ -308,8 +322,19 @@ class ModelRuntime:
         if self._poller is None:
             self._poller = threading.Thread(target=self._poll, name="loopml-runtime-reload", daemon=True)
             self._poller.start()
+            if self._warm_up is not None:
+                threading.Thread(target=self._warm, name="loopml-runtime-warm-up", daemon=True).start()
         if wait:
             self.wait_ready(timeout)
+
+    def _warm(self) -> None:
+        try:
+            assert self._warm_up is not None
+            self._warm_up()
+        except Exception:  # noqa: BLE001 - only a warm-up: a real load reports its own error
+            logger.exception("warming up the model stack failed; the first deployment loads it instead")
+        finally:
+            self.warmed.set()
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         if not self._ready.wait(timeout):

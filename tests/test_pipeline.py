@@ -489,3 +489,23 @@ def test_a_label_studio_outage_retries_the_step_instead_of_failing_the_run(env, 
     assert len(retried) == LABELSTUDIO_RETRIES
     (failure,) = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
     assert "not reachable" in str(failure.event_specific_data.error)
+
+
+def test_a_young_function_whose_items_all_train_gets_its_first_version(env) -> None:
+    """Three examples per label that all fall in the training split (no holdout yet): the first version is
+    registered (its holdout accuracy is left out of the model store's metadata, which has no null)."""
+    from loopml.dataset import content_hash, split_of
+
+    fake, project = env["fake"], env["project"]
+    texts = {
+        label: [t for t in (f"{word} film number {i}" for i in range(200)) if split_of(content_hash(t)) == "train"][:3]
+        for label, word in (("positive", "a lovely"), ("negative", "a dreadful"))
+    }
+    fake.import_tasks(project, [{"data": {"text": t}} for label in texts for t in texts[label]])
+    for tid in fake.projects[project][-6:]:
+        text = fake.tasks[tid].data["text"]
+        fake.create_annotation(tid, "positive" if text in texts["positive"] else "negative")
+    result = run(env)
+    assert result.success and result.output_for_node("model")["holdout_rows"] == 0
+    (version,) = list_versions(env["settings"], "sentiment")
+    assert "holdout_accuracy" not in version.metadata and version.metadata["train_rows"] == 6

@@ -123,3 +123,36 @@ def test_functions_on_different_encoders_are_served_side_by_side(settings: Setti
         assert runtime.predict(FUNCTION, ["I enjoyed every minute"])[0].label == "positive"
     finally:
         runtime.stop()
+
+
+def test_the_model_stack_warms_up_in_the_background_before_any_deployment(settings: Settings) -> None:
+    """A fresh platform has no function yet: the runtime is ready at once and warms the model stack (torch,
+    Lightning, the default encoder) meanwhile, so a brand-new function's first version does not pay for it. A
+    warm-up that fails only logs; the runtime keeps serving."""
+    from serving.runtime import ModelRuntime
+
+    release, calls = threading.Event(), []
+
+    def slow_warm_up() -> None:
+        calls.append("warm")
+        assert release.wait(30)
+
+    runtime = ModelRuntime(settings, lanes=1, warm_up=slow_warm_up)
+    runtime.start(wait=True, timeout=60)  # ready while the warm-up still runs
+    try:
+        assert runtime.ready and not runtime.warmed.is_set()
+        release.set()
+        assert runtime.warmed.wait(30) and calls == ["warm"]
+    finally:
+        runtime.stop()
+
+    def broken_warm_up() -> None:
+        raise RuntimeError("no encoder today")
+
+    failing = ModelRuntime(settings, lanes=1, warm_up=broken_warm_up)
+    failing.start(wait=True, timeout=60)
+    try:
+        assert failing.warmed.wait(30) and failing.ready
+    finally:
+        failing.stop()
+    assert ModelRuntime(settings, lanes=1, warm_encoders=False)._warm_up is None
