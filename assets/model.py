@@ -1,6 +1,7 @@
 """model: AutoML over cached embeddings and raw text; the winner registered in the BentoML model store."""
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,7 @@ def _confusion_markdown(labels: list[str], confusion: list[list[int]]) -> Metada
     partitions_def=functions_partitions,
     group_name="train",
     io_manager_key="loopml_io",
+    output_required=False,
     kinds={"pytorch", "scikitlearn", "bentoml"},
 )
 def model(
@@ -64,7 +66,7 @@ def model(
     loopml: LoopMLResource,
     dataset: pl.DataFrame,
     features: pl.DataFrame,
-) -> Output[dict[str, Any]]:
+) -> Iterator[Output[dict[str, Any]]]:
     """AutoML: linear and MLP heads (Lightning) on embeddings, TF-IDF linear model, and their ensemble.
 
     The embedding heads train in the principal directions of all the function's items: the dataset's and
@@ -72,7 +74,8 @@ def model(
     noise; see ``loopml.automl.basis``). Stratified k-fold cross-validation picks the winner, temperature
     scaling calibrates it, and it is refit on the training split and registered in the BentoML model store
     as the function's next version. The holdout split is never trained on; it is scored here and kept for the
-    deployment gate.
+    deployment gate. While fewer than two labels have ``MIN_TRAIN_EXAMPLES`` in the training split (a young
+    function whose examples fell in the holdout), training waits: no version, the run stays green.
     """
     from loopml.automl import run_automl
     from serving.model_store import save_model
@@ -92,6 +95,12 @@ def model(
         if in_train.get(label, 0) >= MIN_TRAIN_EXAMPLES and in_all.get(label, 0) >= settings.min_examples_per_label
     ]
     left_out = [label for label in spec.labels if label not in label_set]
+    if len(label_set) < 2:
+        context.log.info(
+            f"{spec.name}: training waits for more examples; in the training split {in_train} (each label needs "
+            f"{MIN_TRAIN_EXAMPLES} there and {settings.min_examples_per_label} in all, and two labels must)"
+        )
+        return
     if left_out:
         context.log.warning(
             f"labels {left_out} have fewer than {settings.min_examples_per_label} examples (or fewer than "
@@ -153,7 +162,7 @@ def model(
     oof.write_parquet(version.path / "oof_proba.parquet")
     register_seconds = time.perf_counter() - started - train_seconds
 
-    return Output(
+    yield Output(
         {"tag": version.tag, "version": version.version, **metrics},
         metadata={
             "model_version": version.tag,

@@ -509,3 +509,25 @@ def test_a_young_function_whose_items_all_train_gets_its_first_version(env) -> N
     assert result.success and result.output_for_node("model")["holdout_rows"] == 0
     (version,) = list_versions(env["settings"], "sentiment")
     assert "holdout_accuracy" not in version.metadata and version.metadata["train_rows"] == 6
+
+
+def test_a_young_function_short_in_the_training_split_waits_without_failing_the_run(env) -> None:
+    """Three examples per label, but two of one label's fell in the holdout: cross-validation cannot train on
+    one example, so training waits (green run, no version) instead of failing."""
+    from loopml.dataset import content_hash, split_of
+
+    def pick(word: str, split: str, count: int) -> list[str]:
+        found = (f"{word} film number {i}" for i in range(500))
+        return [t for t in found if split_of(content_hash(t)) == split][:count]
+
+    positive = pick("a lovely", "train", 3)
+    negative = pick("a dreadful", "train", 1) + pick("a dreadful", "holdout", 2)
+    fake, project = env["fake"], env["project"]
+    fake.import_tasks(project, [{"data": {"text": t}} for t in positive + negative])
+    for tid in fake.projects[project][-6:]:
+        fake.create_annotation(tid, "positive" if fake.tasks[tid].data["text"] in positive else "negative")
+    result = run(env)
+    assert result.success
+    assert result.asset_materializations_for_node("dataset")  # enough examples in all: the dataset is valid
+    assert not result.asset_materializations_for_node("model")
+    assert list_versions(env["settings"], "sentiment") == []
