@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 LS_VENV := .venv-labelstudio
+FIELD_VENV := .venv-field
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 LABEL_STUDIO_VERSION := 1.23.2
@@ -10,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # caches of the running platform and of the tests stay inside the checkout, not in ~/.cache
 RUN_ENV := XDG_CACHE_HOME=$(CURDIR)/.loopml/cache
 
-.PHONY: help install install-browser install-label-studio demo up down status test test-fast bench lint clean
+.PHONY: help install install-browser install-label-studio demo up down status test test-fast bench bench-field lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -67,6 +68,15 @@ bench: install  ## run the benchmarks (print tables)
 	$(RUN_ENV) $(VENV)/bin/python bench/label_issues.py
 	$(RUN_ENV) $(VENV)/bin/python bench/active_learning.py
 	$(RUN_ENV) $(VENV)/bin/python bench/monitoring.py
+
+$(FIELD_VENV)/.installed:
+	@echo "==> installing a Label Studio ML backend (label-studio-ml) into $(FIELD_VENV), for comparison only"
+	$(PYTHON) -m venv $(FIELD_VENV)
+	$(FIELD_VENV)/bin/python -m pip install -q "label-studio-ml==1.0.9" rq "scikit-learn>=1.4"
+	touch $@
+
+bench-field: install $(FIELD_VENV)/.installed  ## loop latency beside a Label Studio ML backend, on the same data
+	$(RUN_ENV) $(VENV)/bin/python bench/loop_latency_field.py
 
 lint: install  ## ruff
 	$(VENV)/bin/ruff check .

@@ -64,6 +64,18 @@ def start_platform(settings: Settings) -> None:
     _wait(settings, "Label Studio", lambda: services.labelstudio_healthy(settings), "labelstudio")
     _step(f"Dagster webserver and daemon on {settings.dagster_url} (home {settings.dagster_home})")
     services.start_run_worker(settings)
+    services.start_code_server(settings)
+    _wait(
+        settings,
+        "the code server (loads the code location once, for the webserver and the daemon)",
+        lambda: services.code_server_ready(settings) or not services.service_running(settings, "code-server"),
+        "code-server",
+    )
+    if not services.code_server_ready(settings):
+        raise click.ClickException(
+            "the Dagster code server stopped while loading pipelines/; "
+            f"see {services.log_file(settings, 'code-server')}"
+        )
     services.start_dagster_webserver(settings)
     _wait(settings, "Dagster", lambda: services.dagster_healthy(settings), "dagster-webserver")
     worker_log = services.log_file(settings, "run-worker")

@@ -60,6 +60,16 @@ class Settings:
         return self.run_dir / "run-worker.sock"
 
     @property
+    def code_server_socket(self) -> Path:
+        """Where the Dagster code server (the code location, loaded once) listens."""
+        return self.run_dir / "code-server.sock"
+
+    @property
+    def workspace_file(self) -> Path:
+        """The Dagster workspace `loopml up` gives the webserver and the daemon: the running code server."""
+        return self.run_dir / "workspace.yaml"
+
+    @property
     def tmp_dir(self) -> Path:
         return self.home / "tmp"
 

@@ -19,7 +19,6 @@ import requests
 
 from loopml.config import PROJECT_ROOT, Settings
 
-WORKSPACE = str(PROJECT_ROOT / "workspace.yaml")
 DAGSTER_YAML = """\
 # Written by `loopml up`. Dagster's instance for LoopML (SQLite storage in this folder).
 telemetry:
@@ -187,23 +186,94 @@ def write_dagster_yaml(settings: Settings) -> None:
         path.write_text(DAGSTER_YAML)
 
 
+CODE_LOCATION = "loopml"  # the location name of workspace.yaml
+
+
+def workspace_yaml(settings: Settings) -> str:
+    """The workspace of the webserver and the daemon: the code server `loopml up` runs (see start_code_server)."""
+    return (
+        "# Written by `loopml up`: the webserver and the daemon share one running code server.\n"
+        "# (The repository's workspace.yaml loads the same code location in-process, for `dagster dev`.)\n"
+        "load_from:\n"
+        "  - grpc_server:\n"
+        f"      socket: {settings.code_server_socket}\n"
+        f"      location_name: {CODE_LOCATION}\n"
+    )
+
+
+def start_code_server(settings: Settings) -> None:
+    """Dagster's code server for the code location (``dagster api grpc``), shared by the webserver and the daemon.
+
+    Given a ``python_module`` workspace, each of them would start a code server of its own, and the daemon would
+    replace its own every 60 s (importing the whole code location again: seconds of CPU, sensor ticks stalled
+    meanwhile). A standalone server, as Dagster recommends in production, loads the code once. After editing
+    pipeline code, restart it (``loopml down && loopml up``), as the run worker.
+    """
+    path = settings.code_server_socket
+    if pid_alive(read_pid(settings, "code-server")):
+        return
+    path.unlink(missing_ok=True)  # left by a crash: the server would not bind
+    settings.workspace_file.write_text(workspace_yaml(settings))
+    spawn(
+        settings,
+        "code-server",
+        [
+            _venv_bin("dagster"),
+            "api",
+            "grpc",
+            "--socket",
+            str(path),
+            "--module-name",
+            "pipelines.definitions",
+            "--attribute",
+            "defs",
+            "--working-directory",
+            str(PROJECT_ROOT),
+            "--location-name",
+            CODE_LOCATION,
+        ],
+    )
+
+
+def socket_answers(path: Path) -> bool:
+    """Whether a server accepts connections on the Unix socket ``path``."""
+    import socket
+
+    if not path.exists():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(2)
+        try:
+            conn.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def code_server_ready(settings: Settings) -> bool:
+    """The code server has loaded the code location and listens (it binds its socket only after loading)."""
+    return pid_alive(read_pid(settings, "code-server")) and socket_answers(settings.code_server_socket)
+
+
 def start_dagster_webserver(settings: Settings) -> None:
     """The Dagster webserver on loopback. Start it (and wait for it) before the daemon: the first process
     on a new Dagster home creates its storage, and two doing so at once collide."""
     write_dagster_yaml(settings)
     if not pid_alive(read_pid(settings, "dagster-webserver")):
+        workspace = str(settings.workspace_file)
         spawn(
             settings,
             "dagster-webserver",
-            [_venv_bin("dagster-webserver"), "-w", WORKSPACE, "-h", "127.0.0.1", "-p", str(settings.dagster_port)],
+            [_venv_bin("dagster-webserver"), "-w", workspace, "-h", "127.0.0.1", "-p", str(settings.dagster_port)],
         )
 
 
 def start_dagster_daemon(settings: Settings) -> None:
     """The Dagster daemon: sensors, schedules and run launching, on the same instance as the webserver."""
     if not pid_alive(read_pid(settings, "dagster-daemon")):
-        # pipelines/daemon.py: the stock daemon with a sub-second sensor loop
-        spawn(settings, "dagster-daemon", [sys.executable, "-m", "pipelines.daemon", "run", "-w", WORKSPACE])
+        # pipelines/daemon.py: the stock daemon whose sensor loop wakes on Label Studio's webhook signals
+        workspace = str(settings.workspace_file)
+        spawn(settings, "dagster-daemon", [sys.executable, "-m", "pipelines.daemon", "run", "-w", workspace])
 
 
 def start_run_worker(settings: Settings) -> None:
@@ -311,6 +381,7 @@ def status(settings: Settings) -> list[ServiceStatus]:
         "labelstudio": (lambda: labelstudio_healthy(settings), settings.labelstudio_url),
         "dagster-webserver": (lambda: dagster_healthy(settings), settings.dagster_url),
         "dagster-daemon": (lambda: True, None),
+        "code-server": (lambda: code_server_ready(settings), None),
         "run-worker": (lambda: run_worker_ready(settings), None),
         "serving": (lambda: serving_healthy(settings), settings.serving_url),
         "demo-annotator": (lambda: True, None),
@@ -330,6 +401,7 @@ SERVICES_IN_STOP_ORDER = (
     "serving",
     "dagster-webserver",
     "dagster-daemon",
+    "code-server",
     "run-worker",
     "labelstudio",
 )

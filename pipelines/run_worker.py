@@ -261,6 +261,32 @@ def execute_run(run_id: str, instance_ref: str) -> int:
         return _execute_run_command_body(run_id, instance, lambda _event: None, set_exit_code_on_failure=True)
 
 
+def remember_dynamic_partitions() -> None:
+    """Answer "does this dynamic partition exist?" from memory once it was found in storage.
+
+    Dagster asks several times per step (output handling, partition ranges, data versions), each a query of the
+    event log database: a tenth of a second or more per run on a small machine. A partition that existed when the
+    run asked stays known for the rest of the run (one forked process); an absent one is asked again.
+    """
+    from dagster import DagsterInstance
+
+    original = DagsterInstance.has_dynamic_partition
+    if getattr(original, "remembers", False):
+        return
+    known: set[tuple[str, str]] = set()
+
+    def has_dynamic_partition(self: DagsterInstance, partitions_def_name: str, partition_key: str) -> bool:
+        if (partitions_def_name, partition_key) in known:
+            return True
+        found = original(self, partitions_def_name, partition_key)
+        if found:
+            known.add((partitions_def_name, partition_key))
+        return found
+
+    has_dynamic_partition.remembers = True  # type: ignore[attr-defined]
+    DagsterInstance.has_dynamic_partition = has_dynamic_partition  # type: ignore[method-assign]
+
+
 def _child(request: Mapping[str, Any]) -> None:
     """In the forked child: fresh randomness, default signals, run, exit without running parent cleanups."""
     code = 1
@@ -269,6 +295,7 @@ def _child(request: Mapping[str, Any]) -> None:
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        remember_dynamic_partitions()
         code = execute_run(str(request["run_id"]), str(request["instance_ref"]))
     except BaseException as exc:  # noqa: BLE001 - the run's own failure is in its event log already
         print(f"run worker: run {request.get('run_id')} ended with {exc!r}", flush=True)

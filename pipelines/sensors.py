@@ -82,7 +82,10 @@ def has_active_run(context: SensorEvaluationContext, function: str) -> bool:
     return bool(runs)
 
 
-SENSOR_TICK_SECONDS = 1  # reads only the webhook signal files, unless one moved or the poll interval passed
+# Every second; and at once when a webhook signal file changes: the daemon's sensor loop wakes on it and lets this
+# sensor tick inside its interval (pipelines/daemon.py). A tick reads only the signal files unless one moved or the
+# poll interval passed.
+SENSOR_TICK_SECONDS = 1
 SIGNAL_GRACE_SECONDS = 5.0  # a signal whose change Label Studio does not show yet is looked at again this long
 POLLED_AT, SIGNALS = "~polled_at", "~signals"  # cursor entries beside the per-function signatures
 
@@ -108,7 +111,8 @@ def annotation_sensor(context: SensorEvaluationContext, loopml: LoopMLResource) 
     """Requests a training run for each function whose Label Studio annotations or label set changed.
 
     Label Studio's webhook (registered on each function's project) tells the serving API of every annotation
-    change, which leaves a signal that this sensor reads every second: a changed function is asked about at once.
+    change, which leaves a signal file; the daemon's sensor loop wakes when one changes (and passes every second
+    anyway), so a changed function is asked about within tens of milliseconds.
     Every ``LOOPML_ANNOTATION_POLL_SECONDS`` (default 3) it also asks about every function, so changes are found
     without the webhook too.
 

@@ -90,4 +90,99 @@ def test_sensor_loop_period_from_environment(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("LOOPML_SENSOR_LOOP_SECONDS", "0")
     assert sensor_loop_seconds() == 0.1
     monkeypatch.delenv("LOOPML_SENSOR_LOOP_SECONDS")
-    assert sensor_loop_seconds() == 0.5
+    assert sensor_loop_seconds() == 1.0
+
+
+def test_the_sensor_loop_wakes_when_a_webhook_signal_changes(tmp_path: Path) -> None:
+    """The daemon's sleep between sensor passes ends at once when a signal file is written, not at its timeout;
+    without a signal it sleeps its full time, and a shutdown still ends it."""
+    import threading
+
+    from loopml.loop_signals import SIGNALS_DIR, mark_annotations_changed
+    from pipelines.daemon import WakingEvent
+
+    shutdown = threading.Event()
+    waking = WakingEvent(shutdown, tmp_path / SIGNALS_DIR)  # no folder yet: the first signal creates it
+    started = time.monotonic()
+    assert waking.wait(0.3) is False
+    assert time.monotonic() - started >= 0.3  # nothing changed: the whole sleep
+
+    timer = threading.Timer(0.2, mark_annotations_changed, args=(tmp_path, "sentiment"))
+    timer.start()
+    started = time.monotonic()
+    assert waking.wait(600) is False  # woken by the signal, not by the 10-minute timeout
+    assert time.monotonic() - started < 300
+    timer.join()
+
+    timer = threading.Timer(0.2, mark_annotations_changed, args=(tmp_path, "sentiment"))  # the same file again
+    timer.start()
+    assert waking.wait(600) is False
+    timer.join()
+
+    threading.Timer(0.2, shutdown.set).start()
+    assert waking.wait(600) is True  # a shutdown ends the wait and is reported as one
+    assert waking.is_set()  # the rest is the real event's
+
+
+def test_the_daemon_loop_sleeps_on_the_waking_event(tmp_path: Path) -> None:
+    """The wrapped sensor loop gets a WakingEvent over the signal folder in place of the shutdown event."""
+    import threading
+
+    from pipelines.daemon import WakingEvent, waking_sensor_loop
+
+    seen: list[object] = []
+
+    def original(context, logger, shutdown_event, *args, **kwargs):
+        seen.append((shutdown_event, args, kwargs))
+        yield "pass"
+
+    loop = waking_sensor_loop(original, tmp_path)
+    assert list(loop("ctx", "log", threading.Event(), threadpool_executor=None)) == ["pass"]
+    event, args, kwargs = seen[0]
+    assert isinstance(event, WakingEvent) and kwargs == {"threadpool_executor": None}
+
+
+def test_a_webhook_signal_makes_the_annotation_sensor_due_inside_its_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside its minimum interval the annotation sensor is due once per signal newer than its last tick start;
+    other sensors keep Dagster's rule."""
+    from types import SimpleNamespace
+
+    import dagster._daemon.sensor as sensor_daemon
+
+    from pipelines.daemon import SIGNALLED_SENSOR, signal_aware_min_interval
+    from pipelines.definitions import defs
+
+    assert defs.resolve_sensor_def(SIGNALLED_SENSOR).minimum_interval_seconds == 1
+    elapsed = {"value": 0.5}  # the last tick started half a second ago: Dagster says "not due"
+    monkeypatch.setattr(sensor_daemon, "get_elapsed", lambda state: elapsed["value"])
+    due = signal_aware_min_interval(lambda *args: True, tmp_path, frozenset({SIGNALLED_SENSOR}))
+    annotation, other = SimpleNamespace(name=SIGNALLED_SENSOR), SimpleNamespace(name="canary_controller")
+
+    assert due(None, annotation) is True  # no signal yet: under the interval
+    time.sleep(0.01)
+    (tmp_path / "annotations-x").write_text("1")  # what the webhook route writes
+    assert due(None, annotation) is False  # a signal newer than the last tick: due now
+    assert due(None, other) is True  # only the named sensor
+    elapsed["value"] = 0.0  # the tick that read the signal has started: not due again for the same signal
+    time.sleep(0.01)
+    assert due(None, annotation) is True
+    assert signal_aware_min_interval(lambda *args: False, tmp_path, frozenset())(None, other) is False
+
+
+def test_a_run_asks_storage_once_per_existing_dynamic_partition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a forked run, a dynamic partition found once is answered from memory; an absent one is asked again."""
+    calls: list[str] = []
+
+    def from_storage(self, partitions_def_name: str, partition_key: str) -> bool:
+        calls.append(partition_key)
+        return partition_key == "sentiment"
+
+    monkeypatch.setattr(DagsterInstance, "has_dynamic_partition", from_storage)
+    run_worker.remember_dynamic_partitions()
+    run_worker.remember_dynamic_partitions()  # twice: still one layer
+    instance = DagsterInstance.ephemeral()
+    assert [instance.has_dynamic_partition("functions", "sentiment") for _ in range(3)] == [True, True, True]
+    assert [instance.has_dynamic_partition("functions", "absent") for _ in range(2)] == [False, False]
+    assert calls == ["sentiment", "absent", "absent"]
