@@ -171,6 +171,7 @@ def run_rounds(labelled: int, rounds: int) -> None:
     print(f"imported {labelled} labelled + {rounds} unlabelled tasks; waiting for the first version ...", flush=True)
     wait_for_version(settings, "bench-sentiment", 1, timeout_s=300)
     instance = DagsterInstance.get()
+    wait_until_trained_on(instance, "bench-sentiment", labelled)
     from loopml.apikeys import create_key
 
     headers = {"Authorization": f"Bearer {create_key(settings, 'bench')[1]}"}
@@ -208,6 +209,31 @@ def run_rounds(labelled: int, rounds: int) -> None:
         )
         print(f"round {i + 1}: registered {total:.2f} s, serving {serving_total:.2f} s", flush=True)
     print_table(rows, f"Annotation saved -> new version registered / answering as canary ({labelled} labelled texts)")
+
+
+def wait_until_trained_on(instance, function: str, annotated: int, timeout_s: float = 600) -> None:
+    """Until a finished training run of ``function`` pulled ``annotated`` annotated tasks (an import arrives in
+    batches; the first version may have seen only the first one) and no training run is active."""
+    from dagster import AssetKey, AssetRecordsFilter, DagsterRunStatus, RunsFilter
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        records = instance.fetch_materializations(
+            records_filter=AssetRecordsFilter(asset_key=AssetKey("annotations"), asset_partitions=[function]), limit=1
+        ).records
+        pulled = records[0].event_log_entry.asset_materialization.metadata.get("annotated_tasks") if records else None
+        active = instance.get_run_records(
+            filters=RunsFilter(
+                job_name="train_function",
+                tags={"dagster/partition": function},
+                statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED],
+            ),
+            limit=1,
+        )
+        if pulled is not None and int(pulled.value) >= annotated and not active:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{function} was not trained on its {annotated} annotated tasks in {timeout_s} s")
 
 
 def wait_for_run(instance, t0: float, timeout_s: float = 60):
@@ -258,16 +284,20 @@ def wait_for_version(settings, function: str, count: int, timeout_s: float) -> N
 
 
 def print_table(rows: list[dict[str, float]], title: str) -> None:
+    """p50 and p95 per stage, with the spread (min, max) and how many rounds had a value."""
     print(f"\n{title}, {len(rows)} rounds\n")
-    print("| stage | p50 s | p95 s |")
-    print("|---|---|---|")
+    print("| stage | p50 s | p95 s | min s | max s | n |")
+    print("|---|---|---|---|---|---|")
     for key in rows[0]:
         values = sorted(r[key] for r in rows if r[key] == r[key])
         if not values:
-            print(f"| {key} | n/a | n/a |")
+            print(f"| {key} | n/a | n/a | n/a | n/a | 0 |")
             continue
         p95 = values[min(len(values) - 1, int(round(0.95 * (len(values) - 1))))]
-        print(f"| {key} | {statistics.median(values):.2f} | {p95:.2f} |")
+        print(
+            f"| {key} | {statistics.median(values):.2f} | {p95:.2f} | {values[0]:.2f} | {values[-1]:.2f} "
+            f"| {len(values)} |"
+        )
 
 
 if __name__ == "__main__":

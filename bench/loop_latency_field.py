@@ -124,7 +124,14 @@ def wait_backend_version(url: str, project: int, text: str, other_than: str, tim
 
 def side_by_side(home: Path, labelled: int, rounds: int) -> subprocess.Popen:
     from dagster import DagsterInstance
-    from loop_latency import print_table, promote_canary, wait_for_run, wait_for_serving, wait_for_version
+    from loop_latency import (
+        print_table,
+        promote_canary,
+        wait_for_run,
+        wait_for_serving,
+        wait_for_version,
+        wait_until_trained_on,
+    )
 
     from loopml.apikeys import create_key
     from loopml.config import get_settings
@@ -156,13 +163,13 @@ def side_by_side(home: Path, labelled: int, rounds: int) -> subprocess.Popen:
         url=f"{url}/webhook", project=theirs, actions=["ANNOTATION_CREATED"], send_for_all_actions=False,
         send_payload=True, is_active=True,
     )
-    requests.post(f"{url}/webhook", json={"action": "START_TRAINING", "project": {"id": theirs}}, timeout=30)
+    requests.post(f"{url}/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": theirs}}, timeout=30)
     probe = texts[0]
     version = wait_backend_version(url, theirs, probe, "none")
     wait_for_version(settings, "field-loopml", 1, timeout_s=300)
-    print("both have a first version; rounds start", flush=True)
-
     instance = DagsterInstance.get()
+    wait_until_trained_on(instance, "field-loopml", labelled)
+    print("both have a first version; rounds start", flush=True)
     headers = {"Authorization": f"Bearer {create_key(settings, 'field')[1]}"}
     ours_open = client.unlabeled_tasks(ours, limit=rounds)
     theirs_open = {t.data["text"]: t.task_id for t in client.unlabeled_tasks(theirs, limit=rounds)}

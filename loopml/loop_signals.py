@@ -13,16 +13,21 @@ class AnnotationSource(Protocol):
     def has_annotations(self, project_id: int) -> bool: ...
 
 
-def annotation_signature(source: AnnotationSource, project_id: int) -> str | None:
+def annotation_signature(source: AnnotationSource, project_id: int, previous: str | None = None) -> str | None:
     """Newest task ``updated_at`` and task count: Label Studio bumps ``updated_at`` on every annotation,
     edit, skip and deletion, and the count changes when tasks are added or deleted.
 
-    ``None`` while the project has no annotated task (nothing to train on yet).
+    ``None`` while the project has no annotated task (nothing to train on yet). ``previous`` is the signature last
+    acted on (it had annotations then): while the fingerprint still equals it, nothing changed and one call to
+    Label Studio answers; only a changed project is asked whether it has annotations at all.
     """
+    latest, count = source.task_fingerprint(project_id)
+    signature = f"{latest}|{count}"
+    if previous is not None and signature == previous:
+        return signature
     if not source.has_annotations(project_id):
         return None
-    latest, count = source.task_fingerprint(project_id)
-    return f"{latest}|{count}"
+    return signature
 
 
 LABELS_MARK = "|labels="
@@ -33,6 +38,11 @@ def training_signature(annotations: str | None, labels: list[str]) -> str | None
     removed with ``loopml functions add-label``/``remove-label`` or in Label Studio). ``None`` while there is
     nothing to train on."""
     return None if annotations is None else f"{annotations}{LABELS_MARK}{','.join(labels)}"
+
+
+def annotation_part(signature: str | None) -> str | None:
+    """The annotation signature inside a :func:`training_signature` (``None`` for ``None``)."""
+    return None if signature is None else signature.partition(LABELS_MARK)[0]
 
 
 def labels_changed(previous: str | None, current: str) -> bool:

@@ -36,9 +36,11 @@ run_launcher:
   class: WarmRunLauncher
 run_retries:
   enabled: true
+# sensors wait on Label Studio and the code server, not the CPU: four at once, so the annotation sensor never
+# queues behind the others
 sensors:
   use_threads: true
-  num_workers: 2
+  num_workers: 4
 schedules:
   use_threads: true
   num_workers: 2

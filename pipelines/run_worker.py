@@ -74,11 +74,19 @@ def socket_path() -> Path:
 # ---------------------------------------------------------------------------------------------- the client
 
 
-def submit_run(path: Path, run_id: str, instance_ref: str, timeout_s: float = 5.0) -> int | None:
-    """Ask the worker at ``path`` to start ``run_id``; the child's PID, or None when no worker answers."""
+# Runs off the annotation -> serving path: on a busy machine they yield the CPU to training and deployment runs.
+BACKGROUND_JOBS = frozenset({"inspect_function", "preannotate_function", "monitor_function", "review_function"})
+BACKGROUND_NICENESS = 10
+
+
+def submit_run(
+    path: Path, run_id: str, instance_ref: str, timeout_s: float = 5.0, *, background: bool = False
+) -> int | None:
+    """Ask the worker at ``path`` to start ``run_id`` (at a lower CPU priority when ``background``); the child's
+    PID, or None when no worker answers."""
     if not path.exists():
         return None
-    request = json.dumps({"run_id": run_id, "instance_ref": instance_ref}).encode() + b"\n"
+    request = json.dumps({"run_id": run_id, "instance_ref": instance_ref, "background": background}).encode() + b"\n"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(timeout_s)
@@ -109,7 +117,12 @@ class WarmRunLauncher(DefaultRunLauncher):
         from dagster._serdes import serialize_value
 
         run = context.dagster_run
-        pid = submit_run(socket_path(), run.run_id, serialize_value(self._instance.get_ref()))
+        pid = submit_run(
+            socket_path(),
+            run.run_id,
+            serialize_value(self._instance.get_ref()),
+            background=run.job_name in BACKGROUND_JOBS,
+        )
         if pid is None:
             super().launch_run(context)
             return
@@ -296,6 +309,8 @@ def _child(request: Mapping[str, Any]) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         remember_dynamic_partitions()
+        if request.get("background"):
+            os.nice(BACKGROUND_NICENESS)
         code = execute_run(str(request["run_id"]), str(request["instance_ref"]))
     except BaseException as exc:  # noqa: BLE001 - the run's own failure is in its event log already
         print(f"run worker: run {request.get('run_id')} ended with {exc!r}", flush=True)

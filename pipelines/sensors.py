@@ -17,7 +17,7 @@ from dagster import (
 from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource
 from loopml.labelstudio import LabelStudioUnavailable
-from loopml.loop_signals import annotation_signature, labels_changed, training_signature
+from loopml.loop_signals import annotation_part, annotation_signature, labels_changed, training_signature
 from pipelines.jobs import train_function
 
 ACTIVE_STATUSES = [
@@ -141,7 +141,10 @@ def annotation_sensor(context: SensorEvaluationContext, loopml: LoopMLResource) 
         client.ensure_reachable()
         signatures = {
             name: training_signature(
-                annotation_signature(client, functions[name].labelstudio_project_id), functions[name].labels
+                annotation_signature(
+                    client, functions[name].labelstudio_project_id, previous=annotation_part(cursor.get(name))
+                ),
+                functions[name].labels,
             )
             for name in names
         }

@@ -534,3 +534,36 @@ def test_a_young_function_short_in_the_training_split_waits_without_failing_the_
     assert result.asset_materializations_for_node("dataset")  # enough examples in all: the dataset is valid
     assert not result.asset_materializations_for_node("model")
     assert list_versions(env["settings"], "sentiment") == []
+
+
+def test_an_unchanged_project_costs_one_label_studio_call_per_poll() -> None:
+    """The signature asks whether the project has annotations only when its fingerprint moved since the one
+    acted on; a project without annotations has no signature."""
+    from loopml.loop_signals import annotation_part, annotation_signature, training_signature
+
+    class Source:
+        def __init__(self, latest: str | None, count: int, annotated: bool) -> None:
+            self.latest, self.count, self.annotated, self.calls = latest, count, annotated, []
+
+        def task_fingerprint(self, project_id: int) -> tuple[str | None, int]:
+            self.calls.append("fingerprint")
+            return self.latest, self.count
+
+        def has_annotations(self, project_id: int) -> bool:
+            self.calls.append("has_annotations")
+            return self.annotated
+
+    fresh = Source("2026-12-04T10:00:00", 5, annotated=False)
+    assert annotation_signature(fresh, 1) is None  # tasks, no annotations yet
+    labelled = Source("2026-12-04T10:00:01", 5, annotated=True)
+    signature = annotation_signature(labelled, 1)
+    assert signature == "2026-12-04T10:00:01|5"
+    acted_on = training_signature(signature, ["a", "b"])
+    labelled.calls.clear()
+    assert annotation_signature(labelled, 1, previous=annotation_part(acted_on)) == signature
+    assert labelled.calls == ["fingerprint"]  # unchanged: one call
+    labelled.latest, labelled.annotated = "2026-12-04T10:00:02", False  # the last annotation was deleted
+    labelled.calls.clear()
+    assert annotation_signature(labelled, 1, previous=annotation_part(acted_on)) is None
+    assert labelled.calls == ["fingerprint", "has_annotations"]
+    assert annotation_part(None) is None

@@ -21,7 +21,7 @@ from pipelines.daemon import sensor_loop_seconds
 @op
 def write_marker() -> str:
     path = Path(os.environ["LOOPML_TEST_MARKER"])
-    path.write_text(str(os.getpid()))
+    path.write_text(f"{os.getpid()} {os.nice(0)}")
     return str(path)
 
 
@@ -56,7 +56,16 @@ def test_worker_executes_a_run_in_a_forked_child(tmp_path: Path) -> None:
             assert pid is not None and pid != worker.pid
             assert _wait_for(lambda: instance.get_run_by_id(run.run_id).is_finished, 60)
             assert instance.get_run_by_id(run.run_id).is_success
-        assert marker.read_text() == str(pid)  # the op ran in the forked child
+            child, niceness = marker.read_text().split()
+            assert child == str(pid)  # the op ran in the forked child
+            assert int(niceness) == os.nice(0)  # at the worker's priority (the worker inherits ours)
+
+            # a background run (pre-annotation, inspection, monitoring) yields the CPU to the loop's own runs
+            run = instance.create_run_for_job(job_def=marker_job, job_code_origin=recon.get_python_origin())
+            pid = run_worker.submit_run(sock, run.run_id, serialize_value(instance.get_ref()), background=True)
+            assert _wait_for(lambda: instance.get_run_by_id(run.run_id).is_finished, 60)
+            child, niceness = marker.read_text().split()
+            assert child == str(pid) and int(niceness) == min(19, os.nice(0) + run_worker.BACKGROUND_NICENESS)
     finally:
         worker.terminate()
         worker.wait(timeout=30)
@@ -186,3 +195,12 @@ def test_a_run_asks_storage_once_per_existing_dynamic_partition(monkeypatch: pyt
     assert [instance.has_dynamic_partition("functions", "sentiment") for _ in range(3)] == [True, True, True]
     assert [instance.has_dynamic_partition("functions", "absent") for _ in range(2)] == [False, False]
     assert calls == ["sentiment", "absent", "absent"]
+
+
+def test_background_jobs_are_the_ones_off_the_loop() -> None:
+    """Pre-annotation, inspection and monitoring runs are niced; training and deployment runs are not."""
+    from pipelines.definitions import defs
+
+    for name in run_worker.BACKGROUND_JOBS:
+        assert defs.resolve_job_def(name).name == name
+    assert not {"train_function", "deploy_function"} & run_worker.BACKGROUND_JOBS
