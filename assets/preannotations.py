@@ -186,7 +186,9 @@ def preannotations(context: AssetExecutionContext, loopml: LoopMLResource) -> Ma
         progress.add(chunk, time.perf_counter() - began)
         _report(context, function, version, progress, f"chunk {number + 1}/{len(chunks)}")
     if not chunks and (superseded_by := _superseded(deployments, function, version)) is None:
-        client.set_model_version(project, version)  # nothing to score; the project shows this version's answers
+        if done:  # nothing left to score: the project shows this version's answers (it has some there)
+            client.set_model_version(project, version)
+        # (no unlabelled task at all: Label Studio refuses a version without predictions in the project)
         write_unlabelled_items(record, earlier)
     if superseded_by is not None:
         context.log.info(

@@ -165,6 +165,12 @@ class FakeLabelStudio:
 
     def set_model_version(self, project_id: int, model_version: str) -> None:
         self._check()
+        from loopml.labelstudio import LabelStudioError
+
+        versions = {p.model_version for t in self.projects[project_id] for p in self.predictions.get(t, [])}
+        if model_version not in versions:  # as Label Studio 1.23 answers (HTTP 400)
+            raise LabelStudioError(f"set the model version of project {project_id} failed (HTTP 400): Model version "
+                                   "does not exist")
         self.model_versions[project_id] = model_version
         self.sampling[project_id] = "Uncertainty sampling"
 

@@ -238,3 +238,17 @@ def test_progress_rate_and_eta_count_scoring_and_embedding_apart() -> None:
     )
     progress.add(new, 5.0)
     assert progress.eta_seconds() == 0.0 and progress.summary().endswith("done")
+
+
+def test_a_new_primary_of_a_fully_labelled_project_is_a_green_run(two_versions) -> None:
+    """Every task labelled: nothing to pre-annotate, and Label Studio is not asked to show a version that has no
+    predictions there (it answers 400 "Model version does not exist"): the run succeeds."""
+    env = two_versions
+    fake = env["fake"]
+    for task_id in _unlabelled(env):
+        fake.create_annotation(task_id, "positive")
+    DeploymentStore(env["settings"]).set_primary("sentiment", "sentiment:v2", "v2 serves")
+    result = _materialize(env, preannotations)
+    meta = result.asset_materializations_for_node("preannotations")[0].metadata
+    assert result.success and meta["predictions"].value == 0
+    assert env["project"] not in fake.model_versions
