@@ -126,6 +126,6 @@ def get_settings(environ: Mapping[str, str] | None = None) -> Settings:
         dagster_port=int(env.get("LOOPML_DAGSTER_PORT", "3000")),
         serving_port=int(env.get("LOOPML_SERVING_PORT", "3100")),
         database_url_override=env.get("LOOPML_DATABASE_URL") or None,
-        annotation_poll_seconds=int(env.get("LOOPML_ANNOTATION_POLL_SECONDS", "3")),
+        annotation_poll_seconds=int(env.get("LOOPML_ANNOTATION_POLL_SECONDS", "10")),
         min_examples_per_label=int(env.get("LOOPML_MIN_EXAMPLES_PER_LABEL", "3")),
     )

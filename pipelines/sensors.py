@@ -113,7 +113,7 @@ def annotation_sensor(context: SensorEvaluationContext, loopml: LoopMLResource) 
     Label Studio's webhook (registered on each function's project) tells the serving API of every annotation
     change, which leaves a signal file; the daemon's sensor loop wakes when one changes (and passes every second
     anyway), so a changed function is asked about within tens of milliseconds.
-    Every ``LOOPML_ANNOTATION_POLL_SECONDS`` (default 3) it also asks about every function, so changes are found
+    Every ``LOOPML_ANNOTATION_POLL_SECONDS`` (default 10) it also asks about every function, so changes are found
     without the webhook too.
 
     The cursor holds, per function, the training signature (annotations and label set) last acted on. When
