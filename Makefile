@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # caches of the running platform and of the tests stay inside the checkout, not in ~/.cache
 RUN_ENV := XDG_CACHE_HOME=$(CURDIR)/.loopml/cache
 
-.PHONY: help install install-browser install-label-studio demo up down status test test-fast bench bench-field lint clean
+.PHONY: help install install-browser install-images install-label-studio demo up down status test test-fast bench bench-field lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -40,6 +40,11 @@ install-browser:  ## headless Chromium and its driver for the browser test (Debi
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 	  echo "==> installing chromium and chromium-driver (apt, about a minute)"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; }
+
+install-images:  ## Fashion-MNIST, the image data of the image benchmarks (Debian package, once)
+	@[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || { \
+	  echo "==> installing dataset-fashion-mnist (apt)"; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; }
 
 demo: install  ## start the platform (Label Studio, Dagster, the serving API) with demo data and print the URLs
 	$(RUN_ENV) $(VENV)/bin/loopml demo

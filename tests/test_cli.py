@@ -44,7 +44,12 @@ def test_unknown_input_type(monkeypatch, capsys) -> None:
 
 def test_unknown_encoder_is_refused_before_anything_is_created(monkeypatch, capsys) -> None:
     code, out = loopml(monkeypatch, capsys, "functions", "create", "ok-name", "--labels", "a,b", "--encoder", "bert")
-    assert code == 2 and "unknown encoder 'bert'" in out and "e5-small-q4" in out and "minilm-l6-int8" in out
+    assert code == 2 and "unknown text encoder 'bert'" in out and "e5-small-q4" in out and "minilm-l6-int8" in out
+    # an image encoder does not read text
+    code, out = loopml(
+        monkeypatch, capsys, "functions", "create", "ok-name", "--labels", "a,b", "--encoder", "efficientnet-lite0-224"
+    )
+    assert code == 2 and "unknown text encoder 'efficientnet-lite0-224'" in out
 
 
 def test_label_studio_not_running_says_to_run_up(monkeypatch, capsys) -> None:

