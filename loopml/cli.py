@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -200,6 +201,46 @@ def functions_create(name: str, input_type: str, labels: str, encoder: str | Non
     project_id = create_function(settings, name, input_type, labels, encoder_id=encoder, echo=click.echo)
     click.echo(
         f"created function {name} (Label Studio project {project_id}: {settings.labelstudio_url}/projects/{project_id})"
+    )
+
+
+@main.group()
+def items() -> None:
+    """Add data to a function from files."""
+
+
+@items.command("add")
+@click.argument("name")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+def items_add(name: str, paths: tuple[Path, ...]) -> None:
+    """Import the items of PATHS (.txt: a text per line; .csv: `text` and optional `label` columns; .jsonl:
+    `text` and optional `label` fields) into function NAME's Label Studio project. Labelled items train as
+    annotations. Every file is checked before anything is imported."""
+    from tqdm import tqdm
+
+    from loopml.items import ItemsError, add_items
+    from loopml.labelstudio import LabelStudioClient
+
+    settings = get_settings()
+    bar: tqdm | None = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="item", desc=f"importing into {name}")
+        bar.update(done - bar.n)
+
+    try:
+        added = add_items(settings, LabelStudioClient.from_settings(settings), name, list(paths), progress)
+    except ItemsError as error:
+        raise click.ClickException(str(error)) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    repeats = f"; {added.repeated} repeated texts imported once" if added.repeated else ""
+    click.echo(
+        f"added {added.imported} items to {name} ({added.labelled} labelled){repeats}: "
+        f"{settings.labelstudio_url}/projects/{added.project_id}"
     )
 
 
