@@ -140,8 +140,8 @@ def to_task(item: Item) -> dict:
     """A Label Studio task of a text function; a labelled item carries its label as an annotation."""
     task: dict = {"data": {"text": item.text}}
     if item.label is not None:
-        value = {"choices": [item.label]}
-        task["annotations"] = [{"result": [{"from_name": "label", "to_name": "text", "type": "choices", "value": value}]}]
+        result = {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [item.label]}}
+        task["annotations"] = [{"result": [result]}]
     return task
 
 

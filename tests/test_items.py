@@ -77,7 +77,8 @@ def function(tmp_path: Path) -> tuple:
     from loopml.functions import render_label_config
 
     project = client.create_project("sentiment", render_label_config("text", ["positive", "negative"]))
-    FunctionRegistry(settings).add(FunctionSpec("sentiment", "text", ["positive", "negative"], "minilm-l6-int8", project))
+    spec = FunctionSpec("sentiment", "text", ["positive", "negative"], "minilm-l6-int8", project)
+    FunctionRegistry(settings).add(spec)
     return settings, api, client, project
 
 
