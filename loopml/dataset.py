@@ -21,21 +21,37 @@ def content_hash(text: str) -> str:
     return hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()
 
 
+def input_hash(value: str, input_type: str = "text") -> str:
+    """Identity of a function's input: :func:`content_hash` of a text; for an image, the sha256 of its encoded
+    bytes (:func:`loopml.images.image_hash`, the same file whether it came as base64 or a data URI). A value that
+    is not a readable image is hashed as text, so that validation can name it instead of the hash failing."""
+    if input_type == "image":
+        from loopml.images import ImageError, image_hash
+
+        try:
+            return image_hash(value)
+        except ImageError:
+            return content_hash(value)
+    return content_hash(value)
+
+
 def split_of(hash_hex: str, holdout_percent: int = DEFAULT_HOLDOUT_PERCENT) -> str:
     """``train`` or ``holdout`` from the content hash alone: adding items never reshuffles old ones."""
     bucket = int(hash_hex[-8:], 16) % 100
     return "holdout" if bucket < holdout_percent else "train"
 
 
-def build_dataset(annotations: pl.DataFrame, holdout_percent: int = DEFAULT_HOLDOUT_PERCENT) -> pl.DataFrame:
-    """Resolve each task's label, hash its content and assign its split.
+def build_dataset(
+    annotations: pl.DataFrame, holdout_percent: int = DEFAULT_HOLDOUT_PERCENT, input_type: str = "text"
+) -> pl.DataFrame:
+    """Resolve each task's label, hash its content (:func:`input_hash`) and assign its split.
 
     Items with identical content and the same label are kept once (the earliest task); identical content
     with conflicting labels is kept in full so that validation can report it.
     """
     resolved = resolve_labels(annotations)
     texts = resolved["text"].fill_null("").to_list()
-    hashes = [content_hash(text) for text in texts]
+    hashes = [input_hash(text, input_type) for text in texts]
     data = resolved.with_columns(
         pl.Series("content_hash", hashes, dtype=pl.String),
         pl.Series("text_length", [len(normalize_text(text)) for text in texts], dtype=pl.Int64),

@@ -25,7 +25,8 @@ MAX_NAME_LENGTH = 48
 MAX_LABEL_LENGTH = 64
 MAX_LABELS = 200
 INPUT_TYPES = ("text",)
-LABEL_CONFIG_TEMPLATES = {"text": "text_classification.xml"}
+# image_classification.xml is ready for image functions, which are not selectable until their loop is complete
+LABEL_CONFIG_TEMPLATES = {"text": "text_classification.xml", "image": "image_classification.xml"}
 
 
 class FunctionError(ValueError):

@@ -74,3 +74,35 @@ def test_dataset_dedups_identical_items_and_keeps_conflicts_for_validation() -> 
     assert set(data.columns) >= {"content_hash", "text", "label", "split", "source", "task_id"}
     trainable = training_rows(data, ["x", "y"])
     assert trainable["task_id"].to_list() == [1]
+
+
+def test_an_image_item_is_identified_by_its_bytes() -> None:
+    """The same picture as base64 and as a data URI is one item; another picture is another; a value that is not
+    an image is kept (hashed as text) for validation to report."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from loopml.dataset import input_hash
+    from loopml.images import image_hash
+
+    def png(colour: tuple[int, int, int]) -> str:
+        buffer = io.BytesIO()
+        Image.new("RGB", (4, 4), colour).save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    red, blue = png((255, 0, 0)), png((0, 0, 255))
+    rows = tasks_to_rows(
+        [
+            PulledTask(1, red, "t", [ann(1, "x", "t")]),
+            PulledTask(2, f"data:image/png;base64,{red}", "t", [ann(2, "x", "t")]),
+            PulledTask(3, blue, "t", [ann(3, "y", "t")]),
+            PulledTask(4, "not a picture", "t", [ann(4, "y", "t")]),
+        ]
+    )
+    data = build_dataset(rows, input_type="image")
+    assert data["task_id"].to_list() == [1, 3, 4]
+    assert data["content_hash"].to_list()[:2] == [image_hash(red), image_hash(blue)]
+    assert data["content_hash"][2] == content_hash("not a picture") == input_hash("not a picture", "image")
+    assert input_hash(red) == content_hash(red)  # a text function hashes the text
