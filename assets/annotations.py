@@ -9,6 +9,7 @@ from assets.io_manager import asset_path
 from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource, retried_when_labelstudio_is_down
 from loopml.annotations import PulledTask, empty_annotations, merge_annotations
+from loopml.functions import input_key
 from loopml.warmup import warm_imports
 
 CURSOR_KEY = "labelstudio_cursor"
@@ -70,6 +71,7 @@ def annotations(context: AssetExecutionContext, loopml: LoopMLResource) -> Outpu
     cursor, task_count = previous_pull(context) if stored.exists() else (None, None)
     previous = pl.read_parquet(stored) if stored.exists() else empty_annotations()
 
+    key = input_key(spec.input_type)  # the input: a text, or an image as a data URI
     _, tasks_now = client.task_fingerprint(spec.labelstudio_project_id)
     changed = client.changed_tasks(spec.labelstudio_project_id, since=cursor)
     # Deleted tasks leave no trace in updated_at: list the annotated tasks only when the task count moved.
@@ -77,7 +79,7 @@ def annotations(context: AssetExecutionContext, loopml: LoopMLResource) -> Outpu
     pulled = [
         PulledTask(
             task_id=task.task_id,
-            text=task.data.get("text"),
+            text=task.data.get(key),
             updated_at=task.updated_at,
             annotations=[
                 {

@@ -79,7 +79,7 @@ def dataset(
     settings = loopml.settings()
     spec = loopml.registry().get(context.partition_key)
     removed = removed_labels(settings, spec.name)
-    everything = build_dataset(annotations)
+    everything = build_dataset(annotations, input_type=spec.input_type)
     excluded = everything.filter(pl.col("label").is_in(sorted(removed)))
     data = everything.filter(~pl.col("label").is_in(sorted(removed)))
     excluded_counts = {r["label"]: r["len"] for r in excluded.group_by("label").agg(pl.len()).to_dicts()}

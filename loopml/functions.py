@@ -74,6 +74,11 @@ def parse_labels(labels: str | list[str]) -> list[str]:
     return cleaned
 
 
+def input_key(input_type: str) -> str:
+    """The key of a function's input in its Label Studio tasks' data (``$text`` / ``$image`` in the label config)."""
+    return "image" if input_type == "image" else "text"
+
+
 def validate_input_type(input_type: str) -> str:
     if input_type not in INPUT_TYPES:
         raise FunctionError(f"unknown input type {input_type!r}; supported: {', '.join(INPUT_TYPES)}")

@@ -51,6 +51,9 @@ def test_label_config_round_trip_escapes_labels() -> None:
     config = render_label_config("text", ["positive", "very & quite"])
     assert '<Text name="text" value="$text"/>' in config
     assert labels_from_label_config(config) == ["positive", "very & quite"]
+    from loopml.functions import input_key
+
+    assert (input_key("text"), input_key("image")) == ("text", "image")  # the tasks' data key of the input
     image = render_label_config("image", ["cat", "dog"])
     assert '<Image name="image" value="$image"' in image and 'toName="image"' in image
     assert labels_from_label_config(image) == ["cat", "dog"]
