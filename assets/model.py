@@ -120,6 +120,7 @@ def model(
         train["label"].to_list(),
         label_set,
         unlabelled_embeddings=unlabelled,
+        text_candidates=spec.input_type == "text",  # no TF-IDF model of an image's data URI
     )
     result.model.encoder_id = spec.encoder_id
     train_seconds = time.perf_counter() - started

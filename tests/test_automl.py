@@ -415,3 +415,17 @@ def test_a_few_unbalanced_examples_do_not_set_the_answers_prior(monkeypatch: pyt
     monkeypatch.setattr(search, "PRIOR_PSEUDO_COUNT", 0.0)
     raw = [fit_and_score(seed) for seed in (1, 2, 3)]
     assert np.mean([a for a, _ in smoothed]) > np.mean([a for a, _ in raw]) + 0.1
+
+
+def test_without_text_candidates_only_embedding_heads_compete(data: tuple, tmp_path: Path) -> None:
+    """Inputs that are not text (images, passed as data URIs) never get a TF-IDF model: the winner and every
+    candidate on the leaderboard are embedding heads, and the saved model predicts from embeddings alone."""
+    texts, emb, labels = data
+    uris = [f"data:image/png;base64,QUJD{i}" for i in range(len(texts))]  # meaningless as text
+    result = run_automl(uris, emb, labels, LABELS, folds=5, seed=0, text_candidates=False)
+    assert result.model.tfidf_head is None and result.model.embedding_head is not None
+    assert all("tfidf" not in s.name and "ensemble" not in s.name for s in result.leaderboard)
+    assert result.cv_accuracy > 0.6
+    result.model.save(tmp_path / "m")
+    loaded = TextClassifier.load(tmp_path / "m")
+    np.testing.assert_allclose(loaded.predict_proba(uris[:5], emb[:5]), result.model.predict_proba(uris[:5], emb[:5]))

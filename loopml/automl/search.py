@@ -394,9 +394,7 @@ def _tfidf_branch(
     start = time.perf_counter()
     vectorizer = TfidfWords()
     x = vectorizer.fit_transform(texts)
-    candidates, class_totals = _tfidf_candidates(
-        x, y, n_classes, fold_of, n_folds, time.perf_counter() - start
-    )
+    candidates, class_totals = _tfidf_candidates(x, y, n_classes, fold_of, n_folds, time.perf_counter() - start)
     return candidates, class_totals, vectorizer
 
 
@@ -497,9 +495,7 @@ def _build_model(
     emb, tfidf = winner.members if winner.members else (winner, winner)
     embedding_head = tfidf_head = None
     if emb.emb_index is not None:
-        embedding_head = _embedding_head(
-            trained, emb.emb_index, n_folds, standardise, emb.temperature, basis
-        )
+        embedding_head = _embedding_head(trained, emb.emb_index, n_folds, standardise, emb.temperature, basis)
     if tfidf.cnb_alpha is not None:
         tfidf_head = TfidfHead(vectorizer, cnb_weights(class_totals, tfidf.cnb_alpha), tfidf.temperature)
     return TextClassifier(
@@ -511,6 +507,56 @@ def _build_model(
         tfidf_head=tfidf_head,
         embedding_weight=winner.embedding_weight if winner.members else (1.0 if embedding_head else 0.0),
         temperature=winner.temperature if winner.members else 1.0,
+    )
+
+
+def _heads_only(
+    emb_candidates: list[_Candidate],
+    trained: TrainedHeads,
+    y: np.ndarray,
+    n_classes: int,
+    n_folds: int,
+    standardise: tuple[np.ndarray, float],
+    basis: Basis | None,
+    label_set: list[str],
+    encoder_id: str | None,
+    started: float,
+) -> AutoMLResult:
+    """The selection of :func:`run_automl` among the embedding heads alone (no TF-IDF, no ensemble)."""
+    for candidate in emb_candidates:
+        _score(candidate, y)
+    counts = np.bincount(y, minlength=n_classes)
+    smallest = int(counts[counts > 0].min())
+    heads = [c for c in emb_candidates if c.name != "mlp" or smallest >= MIN_MLP_PER_LABEL]
+    ranked = sorted(emb_candidates, key=lambda c: c.rank_key())
+    winner = _select([c for c in ranked if any(c is h for h in heads)], y)
+    _temper(winner, y)
+    ranked = [winner] + [c for c in ranked if c is not winner]
+    embedding_head = _embedding_head(trained, winner.emb_index, n_folds, standardise, winner.temperature, basis)
+    model = TextClassifier(
+        label_set=list(label_set),
+        encoder_id=encoder_id,
+        candidate=winner.name,
+        params=winner.params,
+        embedding_head=embedding_head,
+        tfidf_head=None,
+        embedding_weight=1.0,
+        temperature=1.0,
+    )
+    matrix = confusion_matrix(y, winner.oof_proba.argmax(axis=1), n_classes)
+    return AutoMLResult(
+        winner=winner.score,
+        leaderboard=[c.score for c in ranked],
+        model=model,
+        oof_proba=winner.oof_proba,
+        temperature=winner.temperature,
+        label_set=list(label_set),
+        cv_accuracy=winner.score.cv_accuracy,
+        cv_macro_f1=winner.score.cv_macro_f1,
+        per_label=per_label_report(matrix, list(label_set)),
+        confusion=matrix.tolist(),
+        train_seconds=time.perf_counter() - started,
+        basis_size=basis.size if basis is not None else None,
     )
 
 
@@ -537,6 +583,7 @@ def run_automl(
     seed: int = 0,
     encoder_id: str | None = DEFAULT_TEXT_ENCODER,
     unlabelled_embeddings: np.ndarray | None = None,
+    text_candidates: bool = True,
 ) -> AutoMLResult:
     """Cross-validate all candidates, pick the winner by calibrated log loss and refit it on all data.
 
@@ -548,7 +595,8 @@ def run_automl(
     items, same encoder) only shape the feature basis the embedding heads train in (:mod:`.basis`). Folds are
     stratified; their number drops to the size of the smallest class when that is below ``folds``. Raises
     :class:`ValueError` for fewer than two distinct labels, a label with fewer than two examples, or mismatched
-    lengths (also of the unlabelled embeddings' width).
+    lengths (also of the unlabelled embeddings' width). ``text_candidates=False`` (inputs that are not text:
+    images) leaves the TF-IDF candidates and the ensemble out: only the embedding heads compete.
     """
     started = time.perf_counter()
     emb = np.asarray(embeddings, dtype=np.float32)
@@ -563,12 +611,16 @@ def run_automl(
     center, scale = _standardisation(head_input)
     standardised = ((head_input - center) / scale).astype(np.float32)
     # the TF-IDF branch (polars, scipy, numpy: mostly outside the GIL) runs beside the torch heads
+    if not text_candidates:
+        with torch_threads():
+            emb_candidates, trained = _embedding_candidates(standardised, y, n_classes, fold_of, n_folds, seed)
+        return _heads_only(
+            emb_candidates, trained, y, n_classes, n_folds, (center, scale), basis, label_set, encoder_id, started
+        )
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopml-tfidf") as pool:
         tfidf_future = pool.submit(_tfidf_branch, list(texts), y, n_classes, fold_of, n_folds)
         with torch_threads():
-            emb_candidates, trained = _embedding_candidates(
-                standardised, y, n_classes, fold_of, n_folds, seed
-            )
+            emb_candidates, trained = _embedding_candidates(standardised, y, n_classes, fold_of, n_folds, seed)
         tfidf_candidates, class_totals, vectorizer = tfidf_future.result()
     for candidate in emb_candidates + tfidf_candidates:
         _score(candidate, y)
