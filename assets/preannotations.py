@@ -10,9 +10,10 @@ from dagster import AssetExecutionContext, AssetObservation, MaterializeResult, 
 from assets.io_manager import asset_path
 from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource, retried_when_labelstudio_is_down
-from loopml.dataset import content_hash
+from loopml.dataset import input_hash
 from loopml.deployments import DeploymentStore
 from loopml.features import FeatureCache, read_unlabelled_items, write_unlabelled_items
+from loopml.functions import input_key
 from loopml.labelstudio import PREFILLED_META, Prediction, TaskRecord
 from loopml.preannotate import PreannotationResult, Progress, plan_chunks, predict_tasks, task_text
 
@@ -140,7 +141,8 @@ def preannotations(context: AssetExecutionContext, loopml: LoopMLResource) -> Ma
     encoder_id = classifier.encoder_id or spec.encoder_id
     cache = FeatureCache(settings.features_dir, encoder_id)
     record = unlabelled_items_path(settings.data_dir, function)
-    hash_of = {t.task_id: content_hash(text) for t in unlabelled if (text := task_text(t))}
+    key = input_key(spec.input_type)  # the input in the tasks' data, and what the predictions label
+    hash_of = {t.task_id: input_hash(text, spec.input_type) for t in unlabelled if (text := task_text(t, key))}
     # tasks an earlier run embedded and that are still unlabelled stay recorded while this run catches up
     current = set(hash_of.values())
     earlier = [h for h in read_unlabelled_items(record) if h in current]
@@ -172,6 +174,7 @@ def preannotations(context: AssetExecutionContext, loopml: LoopMLResource) -> Ma
             encode,
             hash_of=hash_of,
             known=cached,
+            key=key,
         )
         created += client.import_predictions(project, part.predictions)
         if number == 0:  # the project shows this version's predictions from the first chunk on

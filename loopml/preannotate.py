@@ -31,9 +31,10 @@ class PreannotationResult:
         return counts
 
 
-def task_text(task: TaskRecord) -> str:
-    """The task's text, or ``""`` when it has none worth scoring."""
-    text = str(task.data.get("text") or "")
+def task_text(task: TaskRecord, key: str = "text") -> str:
+    """The task's input under ``key`` (``text``, or ``image`` for an image function's data URI), or ``""`` when
+    it has none worth scoring."""
+    text = str(task.data.get(key) or "")
     return text if text.strip() else ""
 
 
@@ -47,15 +48,17 @@ def predict_tasks(
     *,
     hash_of: Mapping[int, str] | None = None,
     known: Mapping[str, np.ndarray] | None = None,
+    key: str = "text",
 ) -> PreannotationResult:
     """One :class:`Prediction` per task with text: the top label and its calibrated probability.
 
     ``hash_of`` (task id -> content hash) spares hashing the texts again; ``known`` (content hash -> embedding,
-    looked up in ``cache`` beforehand) spares reading the cache again when it holds every task's embedding."""
-    usable = [t for t in tasks if task_text(t)]
+    looked up in ``cache`` beforehand) spares reading the cache again when it holds every task's embedding.
+    ``key`` names the input in the tasks' data and the object the predictions label (``to_name``)."""
+    usable = [t for t in tasks if task_text(t, key)]
     if not usable:
         return PreannotationResult([], 0)
-    texts = [task_text(t) for t in usable]
+    texts = [task_text(t, key) for t in usable]
     hashes = [hash_of[t.task_id] if hash_of else content_hash(text) for t, text in zip(usable, texts, strict=True)]
     if known is not None and all(h in known for h in hashes):
         embeddings, new = np.stack([known[h] for h in hashes]), 0
@@ -64,7 +67,7 @@ def predict_tasks(
     proba = np.asarray(predict_proba(texts, embeddings.astype(np.float32)))
     best = proba.argmax(axis=1)
     predictions = [
-        Prediction(task.task_id, label_set[int(i)], float(proba[row, i]), model_version)
+        Prediction(task.task_id, label_set[int(i)], float(proba[row, i]), model_version, to_name=key)
         for row, (task, i) in enumerate(zip(usable, best, strict=True))
     ]
     return PreannotationResult(predictions, int(new))

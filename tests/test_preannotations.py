@@ -252,3 +252,36 @@ def test_a_new_primary_of_a_fully_labelled_project_is_a_green_run(two_versions) 
     meta = result.asset_materializations_for_node("preannotations")[0].metadata
     assert result.success and meta["predictions"].value == 0
     assert env["project"] not in fake.model_versions
+
+
+def test_an_image_function_pre_annotates_the_picture_and_labels_the_image(tmp_path) -> None:
+    """With ``key="image"`` the task's data URI is scored and the prediction targets the Image object, as the
+    image label config names it (a text function's predictions target ``text``)."""
+    from loopml.features import FeatureCache
+    from loopml.preannotate import predict_tasks
+
+    tasks = [
+        TaskRecord(1, {"image": "data:image/png;base64,AAAA"}, "2026-12-04T00:00:00.000000Z", [], {}),
+        TaskRecord(2, {"image": ""}, "2026-12-04T00:00:00.000000Z", [], {}),  # nothing to score
+        TaskRecord(3, {"text": "a text in an image project"}, "2026-12-04T00:00:00.000000Z", [], {}),
+    ]
+    seen: list[list[str]] = []
+
+    def encode(inputs: list[str]) -> np.ndarray:
+        seen.append(inputs)
+        return np.ones((len(inputs), 4), dtype=np.float32)
+
+    result = predict_tasks(
+        tasks,
+        lambda inputs, emb: np.tile([0.2, 0.8], (len(inputs), 1)),
+        ["cat", "dog"],
+        "pets:v1",
+        FeatureCache(tmp_path, "efficientnet-lite0-224"),
+        encode,
+        hash_of={1: "h1"},
+        key="image",
+    )
+    assert seen == [["data:image/png;base64,AAAA"]]
+    (prediction,) = result.predictions
+    assert (prediction.task_id, prediction.label, prediction.to_name) == (1, "dog", "image")
+    assert prediction.request()["result"][0]["to_name"] == "image"
