@@ -65,11 +65,11 @@ def main() -> None:
 
     print_encoder_speed()
     subprocess.run([*loopml, "up"], check=True, cwd=ROOT)
-    backend = None
+    started: list[subprocess.Popen] = []  # the ML backend, stopped whatever happens
     try:
-        backend = side_by_side(home, args.labelled, args.rounds)
+        side_by_side(home, args.labelled, args.rounds, started)
     finally:
-        if backend is not None:
+        for backend in started:
             backend.terminate()
             backend.wait(timeout=30)
         subprocess.run([*loopml, "down"], cwd=ROOT)
@@ -99,6 +99,7 @@ def start_backend(home: Path, project: int) -> tuple[subprocess.Popen, str]:
                 return proc, url
         except requests.RequestException:
             time.sleep(0.2)
+    proc.terminate()
     raise RuntimeError(f"the ML backend did not start; see {home / 'ml-backend.log'}")
 
 
@@ -122,7 +123,7 @@ def wait_backend_version(url: str, project: int, text: str, other_than: str, tim
     raise TimeoutError(f"the ML backend answered with {other_than} for {timeout_s} s")
 
 
-def side_by_side(home: Path, labelled: int, rounds: int) -> subprocess.Popen:
+def side_by_side(home: Path, labelled: int, rounds: int, started: list[subprocess.Popen]) -> None:
     from dagster import DagsterInstance
     from loop_latency import (
         print_table,
@@ -159,6 +160,7 @@ def side_by_side(home: Path, labelled: int, rounds: int) -> subprocess.Popen:
     print(f"imported {labelled} labelled + {rounds} open tasks into both projects", flush=True)
 
     backend, url = start_backend(home, theirs)
+    started.append(backend)
     client.sdk.webhooks.create(  # what "retrain on annotation" registers: the backend's /webhook
         url=f"{url}/webhook", project=theirs, actions=["ANNOTATION_CREATED"], send_for_all_actions=False,
         send_payload=True, is_active=True,
@@ -205,7 +207,6 @@ def side_by_side(home: Path, labelled: int, rounds: int) -> subprocess.Popen:
     print_table(
         rows_theirs, f"Label Studio ML backend (TF-IDF + LR refit): annotation -> new version ({labelled} labelled)"
     )
-    return backend
 
 
 if __name__ == "__main__":
