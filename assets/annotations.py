@@ -72,8 +72,8 @@ def annotations(context: AssetExecutionContext, loopml: LoopMLResource) -> Outpu
     previous = pl.read_parquet(stored) if stored.exists() else empty_annotations()
 
     key = input_key(spec.input_type)  # the input: a text, or an image as a data URI
-    _, tasks_now = client.task_fingerprint(spec.labelstudio_project_id)
-    changed = client.changed_tasks(spec.labelstudio_project_id, since=cursor)
+    latest, tasks_now = client.task_fingerprint(spec.labelstudio_project_id)
+    changed = client.changed_tasks(spec.labelstudio_project_id, since=cursor, upper=latest)
     # Deleted tasks leave no trace in updated_at: list the annotated tasks only when the task count moved.
     annotated_ids = client.annotated_task_ids(spec.labelstudio_project_id) if tasks_now != task_count else None
     pulled = [

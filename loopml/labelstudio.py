@@ -738,15 +738,17 @@ class LabelStudioClient:
         return self.task_fingerprint(project_id)[0]
 
     def changed_tasks(
-        self, project_id: int, since: str | None, *, from_name: str = "label"
+        self, project_id: int, since: str | None, *, from_name: str = "label", upper: str | None = None
     ) -> list[TaskRecord]:
         """Tasks updated strictly after ``since`` (every task with an annotation, skipped ones included, when
         ``None``), with all their annotations, in id order.
 
         Bounded by the newest ``updated_at`` seen when the call starts, so ``max(t.updated_at)`` of the result
         is a safe next cursor. A task whose annotations were all deleted comes back with ``annotations=[]``.
+        ``upper``: that newest ``updated_at`` when the caller has just read it (:meth:`task_fingerprint`), which
+        spares one call.
         """
-        upper = self.latest_task_update(project_id)
+        upper = upper or self.latest_task_update(project_id)
         if upper is None:
             return []
         bound = _filter("updated_at", "less_or_equal", "Datetime", upper)

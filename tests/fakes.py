@@ -114,7 +114,7 @@ class FakeLabelStudio:
     def _project_tasks(self, project_id: int) -> list[FakeTask]:
         return [self.tasks[t] for t in self.projects[project_id]]
 
-    def changed_tasks(self, project_id: int, since: str | None) -> list[FakeTask]:
+    def changed_tasks(self, project_id: int, since: str | None, upper: str | None = None) -> list[FakeTask]:
         self._check()
         return [
             t for t in self._project_tasks(project_id) if t.annotations and (since is None or t.updated_at > since)

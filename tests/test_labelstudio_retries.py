@@ -324,3 +324,19 @@ def test_a_webhook_committed_then_locked_is_registered_once(api) -> None:
     assert list(api.webhooks) == [hook] and api.count("POST", r"/api/webhooks/") == 1
     client.delete_webhook(hook)
     assert api.webhooks == {}
+
+
+def test_a_pull_given_the_fingerprint_it_just_read_asks_one_listing_less(api) -> None:
+    """The annotations asset reads the fingerprint first; handing its newest ``updated_at`` to ``changed_tasks``
+    spares the call that would read it again, and the result is the same."""
+    project_id = api.add_project("fn")
+    client = api.client()
+    client.import_tasks(project_id, annotated(4))
+    latest, _ = client.task_fingerprint(project_id)
+    before = api.count("GET", r"/api/tasks/")
+    plain = client.changed_tasks(project_id, None)
+    plain_calls = api.count("GET", r"/api/tasks/") - before
+    before = api.count("GET", r"/api/tasks/")
+    given = client.changed_tasks(project_id, None, upper=latest)
+    assert api.count("GET", r"/api/tasks/") - before == plain_calls - 1
+    assert [t.task_id for t in given] == [t.task_id for t in plain] and len(given) == 2
