@@ -45,3 +45,21 @@ def test_empty_dataset_fails_not_crashes() -> None:
     checked = results([])
     assert not checked["inputs_not_empty"].passed
     assert not checked["enough_examples_per_label"].passed
+
+
+def test_validations_reuse_one_in_memory_asset() -> None:
+    """Each validation is a batch of one asset (the frame is a batch parameter): a long-lived process does not
+    grow GX's configuration with every call."""
+    import great_expectations as gx
+    import pandas as pd
+
+    from loopml.validation import _Validator
+
+    validator = _Validator()
+    for values in (["x", "y"], ["x", "z"], ["y"]):
+        outcome = validator.validate_pandas(
+            pd.DataFrame({"label": values}),
+            gx.expectations.ExpectColumnValuesToBeInSet(column="label", value_set=["x", "y"]),
+        )
+        assert outcome["success"] is ("z" not in values)
+    assert [asset.name for asset in validator._source.assets] == ["frames"]
