@@ -23,7 +23,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -51,17 +50,10 @@ def main() -> None:
     if not FIELD_PYTHON.exists():
         sys.exit(f"{FIELD_PYTHON} is missing: run `make bench-field` (it builds the ML backend's environment)")
 
-    home = Path(tempfile.mkdtemp(prefix="loopml-field-"))
-    os.environ.update(
-        LOOPML_HOME=str(home),
-        LOOPML_LABELSTUDIO_PORT="18680",
-        LOOPML_DAGSTER_PORT="18630",
-        LOOPML_SERVING_PORT="18690",
-        DAGSTER_HOME=str(home / "dagster"),
-        BENTOML_HOME=str(home / "bentoml"),
-    )
+    from loop_latency import print_encoder_speed, temporary_home
+
+    home = temporary_home("loopml-field-", 18600)
     loopml = [sys.executable, "-m", "loopml.cli"]
-    from loop_latency import print_encoder_speed
 
     print_encoder_speed()
     subprocess.run([*loopml, "up"], check=True, cwd=ROOT)

