@@ -1,6 +1,5 @@
 """features: embeddings of the dataset's items, cached by (content hash, encoder)."""
 
-
 import time
 
 import numpy as np
@@ -18,9 +17,7 @@ from loopml.features import FeatureCache
     io_manager_key="loopml_io",
     kinds={"onnx", "polars"},
 )
-def features(
-    context: AssetExecutionContext, loopml: LoopMLResource, dataset: pl.DataFrame
-) -> Output[pl.DataFrame]:
+def features(context: AssetExecutionContext, loopml: LoopMLResource, dataset: pl.DataFrame) -> Output[pl.DataFrame]:
     """The encoder's embedding of every dataset item; only items never embedded before are encoded."""
     from loopml.encoders import get_encoder
 

@@ -84,8 +84,10 @@ def label_issues(
     issues = found.join(items, left_on="item_id", right_on="content_hash", how="left").sort("rank")
 
     pushed_file = asset_path(settings.data_dir, "label_issues_pushed", context.partition_key, ".parquet")
-    pushed = pl.read_parquet(pushed_file) if pushed_file.exists() else pl.DataFrame(
-        schema={"task_id": pl.Int64, "suggested_label": pl.String}
+    pushed = (
+        pl.read_parquet(pushed_file)
+        if pushed_file.exists()
+        else pl.DataFrame(schema={"task_id": pl.Int64, "suggested_label": pl.String})
     )
     to_push = (
         issues.filter(pl.col("task_id").is_not_null())

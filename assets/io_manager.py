@@ -1,6 +1,5 @@
 """Stores asset values under LOOPML_HOME/data: polars DataFrames as parquet, anything else as pickle."""
 
-
 import os
 import pickle
 from pathlib import Path

@@ -1,6 +1,5 @@
 """Resources: LoopML's settings, function registry and Label Studio client, in one place."""
 
-
 import functools
 import os
 from collections.abc import Callable

@@ -57,9 +57,7 @@ def cached_embeddings(name: str, texts: list[str], encoder_id: str = DEFAULT_TEX
     return vectors
 
 
-def load_with_embeddings(
-    name: str, encoder_id: str = DEFAULT_TEXT_ENCODER
-) -> tuple[list[str], list[str], np.ndarray]:
+def load_with_embeddings(name: str, encoder_id: str = DEFAULT_TEXT_ENCODER) -> tuple[list[str], list[str], np.ndarray]:
     texts, labels = DATASETS[name]()
     return texts, labels, cached_embeddings(name, texts, encoder_id)
 
@@ -128,11 +126,7 @@ def print_leaderboard(name: str, result: object) -> None:
     print("|---|---|---:|---:|---:|---:|")
     for c in result.leaderboard:  # type: ignore[attr-defined]
         scores = [c.cv_accuracy, c.cv_macro_f1, c.cv_log_loss]
-        print(
-            markdown_row(
-                [c.name, format_params(c.params), *(f"{v:.4f}" for v in scores), f"{c.fit_seconds:.3f}"]
-            )
-        )
+        print(markdown_row([c.name, format_params(c.params), *(f"{v:.4f}" for v in scores), f"{c.fit_seconds:.3f}"]))
 
 
 def print_encoder(rows: list[tuple[str, float, float]]) -> None:
@@ -160,9 +154,7 @@ def main() -> None:
     import torch
 
     load = os.getloadavg()[0]
-    print(
-        f"# LoopML AutoML speed ({os.cpu_count()} CPUs, torch {torch.__version__}, load average {load:.2f})\n"
-    )
+    print(f"# LoopML AutoML speed ({os.cpu_count()} CPUs, torch {torch.__version__}, load average {load:.2f})\n")
     rows, enc_rows = [], []
     for name in DATASETS:
         texts, labels, emb = load_with_embeddings(name)

@@ -90,9 +90,7 @@ def alternatives(noisy: np.ndarray, proba: np.ndarray, is_flip: np.ndarray, k: i
     return out
 
 
-def evaluate(
-    name: str, seeds: int, share: float, size: int | None, confidence: float, encoder_id: str
-) -> list[Run]:
+def evaluate(name: str, seeds: int, share: float, size: int | None, confidence: float, encoder_id: str) -> list[Run]:
     from loopml.automl import run_automl
 
     texts, labels, emb = load_with_embeddings(name, encoder_id)

@@ -123,9 +123,7 @@ def draw(pool: np.ndarray, labels: np.ndarray, per_class: int | None, seed: int)
     if per_class is None:
         return pool
     rng = np.random.default_rng(seed)
-    chosen = [
-        rng.choice(pool[labels[pool] == label], per_class, replace=False) for label in np.unique(labels)
-    ]
+    chosen = [rng.choice(pool[labels[pool] == label], per_class, replace=False) for label in np.unique(labels)]
     return np.sort(np.concatenate(chosen))
 
 
@@ -178,11 +176,7 @@ def main() -> None:
         f"# Learning curve: holdout accuracy (fixed stratified 20 % holdout; mean over {seeds} seeds for "
         "the per-class sizes, 1 run for all)\n"
     )
-    print(
-        "| data set | train size | "
-        + " | ".join(METHODS)
-        + " | LoopML - best baseline | paired SE | target met |"
-    )
+    print("| data set | train size | " + " | ".join(METHODS) + " | LoopML - best baseline | paired SE | target met |")
     print("|---|---|" + "---:|" * len(METHODS) + "---:|---:|---|")
     misses = 0
     for name, rows in results.items():

@@ -77,8 +77,14 @@ def start_backend(home: Path, project: int) -> tuple[subprocess.Popen, str]:
     assert creds is not None
     log = open(home / "ml-backend.log", "ab")  # noqa: SIM115 - the child's log
     proc = subprocess.Popen(
-        [str(FIELD_PYTHON), str(BACKEND), str(port), str(home / "ml-backend-models"), settings.labelstudio_url,
-         creds.api_key],
+        [
+            str(FIELD_PYTHON),
+            str(BACKEND),
+            str(port),
+            str(home / "ml-backend-models"),
+            settings.labelstudio_url,
+            creds.api_key,
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "AUTO_UPDATE": "1", "LABEL_STUDIO_ML_BACKEND_V2": "1"},
@@ -154,8 +160,12 @@ def side_by_side(home: Path, labelled: int, rounds: int, started: list[subproces
     backend, url = start_backend(home, theirs)
     started.append(backend)
     client.sdk.webhooks.create(  # what "retrain on annotation" registers: the backend's /webhook
-        url=f"{url}/webhook", project=theirs, actions=["ANNOTATION_CREATED"], send_for_all_actions=False,
-        send_payload=True, is_active=True,
+        url=f"{url}/webhook",
+        project=theirs,
+        actions=["ANNOTATION_CREATED"],
+        send_for_all_actions=False,
+        send_payload=True,
+        is_active=True,
     )
     requests.post(f"{url}/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": theirs}}, timeout=30)
     probe = texts[0]
@@ -191,8 +201,7 @@ def side_by_side(home: Path, labelled: int, rounds: int, started: list[subproces
         answered = time.time() - t0
         rows_theirs.append({"new version answering": answered, "new version trained": answered})
         print(
-            f"round {i + 1}: LoopML {rows_ours[-1]['new version answering']:.2f} s, "
-            f"ML backend {answered:.2f} s",
+            f"round {i + 1}: LoopML {rows_ours[-1]['new version answering']:.2f} s, ML backend {answered:.2f} s",
             flush=True,
         )
     print_table(rows_ours, f"LoopML (validate, AutoML, gate, canary): annotation -> new version ({labelled} labelled)")

@@ -415,8 +415,10 @@ def demo(pace: float, items: int, noise: float, annotator: bool, rate: float) ->
     print_urls(settings)
     click.echo("  Watch the loop turn in Dagster: Lineage (annotate -> train -> deploy -> serve -> review), or Runs.")
     click.echo("  Label Studio: unlabelled tasks carry the serving model's answer; calls picked for review arrive with")
-    click.echo("  a `review_reason`; likely label errors carry a `label-issue` prediction. Drift reports: "
-               f"{settings.home / 'reports'}")
+    click.echo(
+        "  a `review_reason`; likely label errors carry a `label-issue` prediction. Drift reports: "
+        f"{settings.home / 'reports'}"
+    )
 
 
 @main.command("demo-client", hidden=True)

@@ -77,9 +77,7 @@ def build_dataset(
 
 def training_rows(dataset: pl.DataFrame, label_set: list[str]) -> pl.DataFrame:
     """Rows that can be trained on: non-empty text, a label in the current label set, no conflicts."""
-    conflicting = (
-        dataset.group_by("content_hash").agg(pl.col("label").n_unique().alias("n")).filter(pl.col("n") > 1)
-    )
+    conflicting = dataset.group_by("content_hash").agg(pl.col("label").n_unique().alias("n")).filter(pl.col("n") > 1)
     return dataset.filter(
         (pl.col("text_length") > 0)
         & pl.col("label").is_in(label_set)

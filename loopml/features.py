@@ -92,9 +92,7 @@ def write_unlabelled_items(path: Path, hashes: list[str]) -> None:
     """Record the content hashes of a function's unlabelled items (their embeddings are in the cache)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}.parquet")
-    pl.DataFrame({"content_hash": list(dict.fromkeys(hashes))}, schema={"content_hash": pl.String}).write_parquet(
-        tmp
-    )
+    pl.DataFrame({"content_hash": list(dict.fromkeys(hashes))}, schema={"content_hash": pl.String}).write_parquet(tmp)
     tmp.replace(path)
 
 

@@ -102,7 +102,7 @@ def labels_from_label_config(label_config: str) -> list[str]:
     for choices in root.iter("Choices"):
         if choices.get("name") == "label":
             return [choice.get("value", "") for choice in choices.iter("Choice")]
-    raise FunctionError("the label config has no <Choices name=\"label\"> control")
+    raise FunctionError('the label config has no <Choices name="label"> control')
 
 
 def project_marker(name: str) -> str:

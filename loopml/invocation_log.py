@@ -497,7 +497,6 @@ _FEEDBACK_SCHEMA: dict[str, Any] = {
 }
 
 
-
 def _row_dict(row: InvocationRow, raw_json: bool = False) -> dict[str, Any]:
     scores = dict(row.scores or {})
     labels = dict(row.labels or {})

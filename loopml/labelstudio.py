@@ -336,7 +336,15 @@ class LabelStudioClient:
         if self._http is None:
             import httpx
 
-            self._http = httpx.Client(timeout=self.timeout, follow_redirects=True, transport=self._transport)
+            # A new connection per request: Label Studio's server (Django's runserver) writes a response's head
+            # and body in separate packets, so on a kept-alive connection every answer waits for the client's
+            # delayed ACK (Nagle): about 45 ms per call against 6 ms on a fresh loopback connection.
+            self._http = httpx.Client(
+                timeout=self.timeout,
+                follow_redirects=True,
+                transport=self._transport,
+                limits=httpx.Limits(max_keepalive_connections=0),
+            )
         return self._http
 
     @property
@@ -363,9 +371,7 @@ class LabelStudioClient:
         except httpx.TransportError as error:
             raise LabelStudioUnavailable.at(self.url, str(error) or type(error).__name__) from error
         except ApiError as error:
-            hint = (
-                "; the API key in secrets/labelstudio.json was rejected" if error.status_code == 401 else ""
-            )
+            hint = "; the API key in secrets/labelstudio.json was rejected" if error.status_code == 401 else ""
             raise LabelStudioError(
                 f"Label Studio: {what} failed (HTTP {error.status_code}): {_short(error.body)}{hint}"
             ) from error
@@ -504,9 +510,7 @@ class LabelStudioClient:
         def create() -> int:
             return int(self.sdk.projects.create(title=title, label_config=label_config, description=description).id)
 
-        return self._write(
-            f"create project {title!r}", create, find=partial(self._project_with, title, description)
-        )
+        return self._write(f"create project {title!r}", create, find=partial(self._project_with, title, description))
 
     def remove_duplicate_projects(
         self, keep: int, title: str, same: Callable[[ProjectInfo], bool] = lambda _: True
@@ -700,9 +704,7 @@ class LabelStudioClient:
             size = page_size if limit is None else min(page_size, limit - len(found))
             items = filters + ([_filter("id", "greater", "Number", last_id)] if last_id else [])
             query = {"filters": {"conjunction": "and", "items": items}} if items else {}
-            batch, total = self._page(
-                project_id, query, include=include, with_annotations=with_annotations, size=size
-            )
+            batch, total = self._page(project_id, query, include=include, with_annotations=with_annotations, size=size)
             found.extend(batch)
             if len(batch) >= total or len(batch) < size:
                 break
@@ -758,21 +760,15 @@ class LabelStudioClient:
         else:
             by_id = {
                 t.id: t
-                for t in self._task_items(
-                    project_id, [_filter("total_annotations", "greater", "Number", 0), bound]
-                )
+                for t in self._task_items(project_id, [_filter("total_annotations", "greater", "Number", 0), bound])
             }
-            for t in self._task_items(
-                project_id, [_filter("cancelled_annotations", "greater", "Number", 0), bound]
-            ):
+            for t in self._task_items(project_id, [_filter("cancelled_annotations", "greater", "Number", 0), bound]):
                 by_id.setdefault(t.id, t)
             items = [by_id[i] for i in sorted(by_id)]
         return [_task(item, from_name) for item in items]
 
     def _task_items(self, project_id: int, filters: list[dict[str, Any]]) -> list[Any]:
-        return self._list(
-            project_id, filters, include=TASK_FIELDS, with_annotations=True, page_size=self.page_size
-        )
+        return self._list(project_id, filters, include=TASK_FIELDS, with_annotations=True, page_size=self.page_size)
 
     def annotated_task_ids(self, project_id: int) -> set[int]:
         """Ids of the tasks that currently have at least one annotation, skipped (cancelled) ones included."""
@@ -807,9 +803,7 @@ class LabelStudioClient:
 
     def task_texts(self, project_id: int) -> dict[int, str]:
         """``{task id: text}`` of every task in the project (for de-duplicating new tasks)."""
-        items = self._list(
-            project_id, [], include="id,data", with_annotations=False, page_size=self.id_page_size
-        )
+        items = self._list(project_id, [], include="id,data", with_annotations=False, page_size=self.id_page_size)
         return {int(item.id): str((item.data or {}).get("text", "")) for item in items}
 
     # --- predictions (pre-annotations) ---------------------------------------------------------------------
@@ -892,9 +886,7 @@ class LabelStudioClient:
     def task_predictions(self, task_id: int) -> list[dict[str, Any]]:
         """The predictions on one task: ``[{"model_version", "score", "label"}]``."""
         found = self._read(f"list predictions of task {task_id}", partial(self.sdk.predictions.list, task=task_id))
-        return [
-            {"model_version": p.model_version, "score": p.score, "label": extract_label(p.result)} for p in found
-        ]
+        return [{"model_version": p.model_version, "score": p.score, "label": extract_label(p.result)} for p in found]
 
     # --- webhooks -----------------------------------------------------------------------------------------
 

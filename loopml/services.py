@@ -220,9 +220,9 @@ def start_code_server(settings: Settings) -> None:
         settings,
         "code-server",
         [
-            _venv_bin("dagster"),
-            "api",
-            "grpc",
+            sys.executable,
+            "-m",
+            "pipelines.code_server",  # `dagster api grpc` with the storage speed-ups (pipelines/storage_speedups.py)
             "--socket",
             str(path),
             "--module-name",

@@ -120,9 +120,11 @@ def validate_dataset(dataset: pl.DataFrame, label_set: list[str], min_per_label:
         )
     )
 
-    counts = pl.DataFrame({"label": list(label_set)}).join(
-        rows.group_by("label").agg(pl.len().cast(pl.Int64).alias("count")), on="label", how="left"
-    ).with_columns(pl.col("count").fill_null(0))
+    counts = (
+        pl.DataFrame({"label": list(label_set)})
+        .join(rows.group_by("label").agg(pl.len().cast(pl.Int64).alias("count")), on="label", how="left")
+        .with_columns(pl.col("count").fill_null(0))
+    )
     enough = _validate(counts, expect.ExpectColumnValuesToBeBetween(column="count", min_value=min_per_label))
     short = counts.filter(pl.col("count") < min_per_label)
     results.append(

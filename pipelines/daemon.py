@@ -2,7 +2,8 @@
 
 Dagster's sensor daemon evaluates sensors on a fixed 5-second loop, whatever a sensor's
 ``minimum_interval_seconds``; an annotation therefore waited 2.5 s on average before its sensor even looked.
-This entry point runs the stock ``dagster-daemon`` with two changes to that loop:
+This entry point runs the stock ``dagster-daemon`` with these changes to that loop (and the storage speed-ups of
+``pipelines/storage_speedups.py``):
 
 - it runs every ``LOOPML_SENSOR_LOOP_SECONDS`` (default 1 s) instead of 5 s, each sensor still no more often
   than its own minimum interval;
@@ -11,6 +12,8 @@ This entry point runs the stock ``dagster-daemon`` with two changes to that loop
 - the annotation sensor is due on such a pass even inside its one-second minimum interval when a signal is newer
   than its last tick, so it looks at a new annotation within a few tens of milliseconds, not up to a second
   later. (Dagster reads a minimum interval of 0 as its 30-second default, so the interval itself stays 1 s.)
+- when that pass found the sensor's previous tick still in flight (Dagster allows one at a time and skips it),
+  the loop passes again every 50 ms until a tick has started after the signal.
 
     python -m pipelines.daemon run -w workspace.yaml
 """
@@ -32,6 +35,8 @@ SENSOR_LOOP_ENV = "LOOPML_SENSOR_LOOP_SECONDS"
 DEFAULT_SENSOR_LOOP_SECONDS = 1.0
 SIGNALLED_SENSOR = "annotation_sensor"  # pipelines/sensors.py (not imported: the daemon stays light)
 WATCH_SECONDS = 0.02  # how often the signal files are looked at between passes (a stat of a few files)
+PENDING_RETRY_SECONDS = 0.05  # a signal no tick has read yet: the next pass after this long
+PENDING_SECONDS = 5.0  # ... for this long after the signal (a paused sensor never reads it)
 
 
 def sensor_loop_seconds() -> float:
@@ -55,11 +60,19 @@ class WakingEvent:
     as a webhook signal moved, so the loop starts its next pass at once. Everything else is the real event's.
     """
 
-    def __init__(self, event: threading.Event, folder: Path, watch_seconds: float = WATCH_SECONDS) -> None:
+    def __init__(
+        self,
+        event: threading.Event,
+        folder: Path,
+        watch_seconds: float = WATCH_SECONDS,
+        served: Callable[[], float] | None = None,
+    ) -> None:
         self._event = event
         self._folder = folder
         self._watch = watch_seconds
         self._seen = signals_state(folder)
+        self._served = served
+        self._woke = time.monotonic()
 
     def wait(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -68,11 +81,24 @@ class WakingEvent:
             if self._event.wait(step):
                 return True
             state = signals_state(self._folder)
-            if state != self._seen:
+            if state != self._seen or self._unserved(state):
                 self._seen = state
+                self._woke = time.monotonic()
                 return False
             if deadline is not None and time.monotonic() >= deadline:
                 return False
+
+    def _unserved(self, state: tuple[tuple[str, int], ...]) -> bool:
+        """Whether a recent signal is newer than the start of the signalled sensor's latest tick (``served``).
+
+        The pass that woke for it may have found that sensor's previous tick still in flight (Dagster then skips
+        the sensor for that pass): wake again, at most every ``PENDING_RETRY_SECONDS``, for ``PENDING_SECONDS``
+        after the signal, instead of leaving it to the next regular pass a second later.
+        """
+        if self._served is None or time.monotonic() - self._woke < PENDING_RETRY_SECONDS:
+            return False
+        newest = max((mtime for _, mtime in state), default=0) / 1e9
+        return newest > self._served() and time.time() - newest < PENDING_SECONDS
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._event, name)
@@ -100,11 +126,33 @@ def signal_aware_min_interval(
     return is_under_min_interval
 
 
-def waking_sensor_loop(original: Callable[..., Iterator[Any]], folder: Path) -> Callable[..., Iterator[Any]]:
+class TickStarts:
+    """When each sensor's latest tick started in this daemon: Dagster's ``mark_sensor_state_for_tick``, which
+    runs as a tick begins, wrapped to note the time."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, float] = {}
+
+    def wrap(self, original: Callable[..., None]) -> Callable[..., None]:
+        def mark_sensor_state_for_tick(instance: Any, remote_sensor: Any, sensor_state: Any, now: Any) -> None:
+            self._started[remote_sensor.name] = now.timestamp()
+            original(instance, remote_sensor, sensor_state, now)
+
+        return mark_sensor_state_for_tick
+
+    def started(self, name: str) -> float:
+        """Epoch seconds of the latest tick start of sensor ``name`` (0 when none started yet)."""
+        return self._started.get(name, 0.0)
+
+
+def waking_sensor_loop(
+    original: Callable[..., Iterator[Any]], folder: Path, served: Callable[[], float] | None = None
+) -> Callable[..., Iterator[Any]]:
     """Dagster's sensor iteration loop, sleeping on a :class:`WakingEvent` over ``folder``."""
 
     def loop(workspace_process_context: Any, logger: Any, shutdown_event: threading.Event, *args: Any, **kwargs: Any):
-        yield from original(workspace_process_context, logger, WakingEvent(shutdown_event, folder), *args, **kwargs)
+        waking = WakingEvent(shutdown_event, folder, served=served)
+        yield from original(workspace_process_context, logger, waking, *args, **kwargs)
 
     return loop
 
@@ -114,14 +162,21 @@ def main() -> None:
         raise RuntimeError("this Dagster version has no MIN_INTERVAL_LOOP_TIME; pin dagster as pyproject.toml says")
     from loopml.config import get_settings
     from loopml.loop_signals import SIGNALS_DIR
+    from pipelines.storage_speedups import install
+
+    install()  # new runs' event-log shards are copied from a template; migration heads are read once
 
     sensor_daemon.MIN_INTERVAL_LOOP_TIME = sensor_loop_seconds()
     folder = get_settings().run_dir / SIGNALS_DIR
     sensor_daemon.is_under_min_interval = signal_aware_min_interval(
         sensor_daemon.is_under_min_interval, folder, frozenset({SIGNALLED_SENSOR})
     )
+    ticks = TickStarts()
+    sensor_daemon.mark_sensor_state_for_tick = ticks.wrap(sensor_daemon.mark_sensor_state_for_tick)
     loop = daemon_module.execute_sensor_iteration_loop
-    daemon_module.execute_sensor_iteration_loop = waking_sensor_loop(loop, folder)
+    daemon_module.execute_sensor_iteration_loop = waking_sensor_loop(
+        loop, folder, served=lambda: ticks.started(SIGNALLED_SENSOR)
+    )
     dagster_daemon_main()
 
 

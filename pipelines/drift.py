@@ -75,4 +75,3 @@ def drift_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
     if not requests:
         return SensorResult(skip_reason=f"{len(records)} new drift reports, no drift", cursor=cursor)
     return SensorResult(run_requests=requests, cursor=cursor)
-

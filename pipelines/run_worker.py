@@ -309,6 +309,9 @@ def _child(request: Mapping[str, Any]) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         remember_dynamic_partitions()
+        from pipelines.storage_speedups import keep_databases_open
+
+        keep_databases_open()  # after the fork: the run's own idle SQLite connections
         if request.get("background"):
             os.nice(BACKGROUND_NICENESS)
         code = execute_run(str(request["run_id"]), str(request["instance_ref"]))
@@ -378,6 +381,9 @@ def serve(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from pipelines.storage_speedups import install
+
+    install(open_databases=False)  # forked runs inherit it; each opens its own databases (see _child)
     args = sys.argv[1:] if argv is None else argv
     serve(Path(args[0]) if args else socket_path())
 

@@ -28,8 +28,7 @@ def _skip(waiting: list[str]) -> SkipReason:
     job=train_function,
     cron_schedule="0 3 * * *",
     default_status=DefaultScheduleStatus.RUNNING,
-    description="Retrain every function that serves a model nightly (03:00), whether or not its annotations "
-    "changed.",
+    description="Retrain every function that serves a model nightly (03:00), whether or not its annotations changed.",
 )
 def nightly_retraining(context: ScheduleEvaluationContext, loopml: LoopMLResource) -> Iterator[RunRequest | SkipReason]:
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")

@@ -1,6 +1,5 @@
 """Sensors: discover functions (partitions) and react to annotation changes in Label Studio within seconds."""
 
-
 import json
 
 from dagster import (
@@ -29,9 +28,7 @@ ACTIVE_STATUSES = [
 
 
 @sensor(minimum_interval_seconds=5, default_status=DefaultSensorStatus.RUNNING)
-def function_discovery_sensor(
-    context: SensorEvaluationContext, loopml: LoopMLResource
-) -> SensorResult | SkipReason:
+def function_discovery_sensor(context: SensorEvaluationContext, loopml: LoopMLResource) -> SensorResult | SkipReason:
     """Adds a `functions` partition for every function registered with `loopml functions create`, and adopts
     label sets edited in Label Studio's label config into the registry (the annotation sensor then requests the
     retraining run, as it does after `loopml functions add-label`/`remove-label`)."""

@@ -65,9 +65,7 @@ def list_versions(settings: Settings, function: str) -> list[ModelVersion]:
     ]
 
 
-def save_model(
-    settings: Settings, function: str, classifier: TextClassifier, metadata: dict[str, Any]
-) -> ModelVersion:
+def save_model(settings: Settings, function: str, classifier: TextClassifier, metadata: dict[str, Any]) -> ModelVersion:
     """Register ``classifier`` as the next version of ``function``. Entries of ``metadata`` that are ``None`` (a
     holdout accuracy without holdout items, say) are left out: BentoML's metadata has no null."""
     metadata = {key: value for key, value in metadata.items() if value is not None}

@@ -218,8 +218,15 @@ class FakeLabelStudioAPI:
         if page > 1 and not results:
             return _json(404, {"detail": "Invalid page."})
         more = page * size < len(found)
-        return _json(200, {"count": len(found), "next": f"{URL}/api/projects/?page={page + 1}" if more else None,
-                           "previous": None, "results": results})
+        return _json(
+            200,
+            {
+                "count": len(found),
+                "next": f"{URL}/api/projects/?page={page + 1}" if more else None,
+                "previous": None,
+                "results": results,
+            },
+        )
 
     def _create_project(self, *, body: dict, **_: Any) -> httpx.Response:
         project_id = self.add_project(body["title"], body.get("description", ""), body.get("label_config", ""))
@@ -407,9 +414,7 @@ class FakeLabelStudioAPI:
         task.updated_at = self._now()
         return _json(204)
 
-    def _import_predictions(
-        self, project_id: int, *, body: list[dict], mode: str | None, **_: Any
-    ) -> httpx.Response:
+    def _import_predictions(self, project_id: int, *, body: list[dict], mode: str | None, **_: Any) -> httpx.Response:
         for raw in body:
             task = self.tasks.get(raw["task"])
             if task is None or task.project != project_id:

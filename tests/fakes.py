@@ -169,8 +169,9 @@ class FakeLabelStudio:
 
         versions = {p.model_version for t in self.projects[project_id] for p in self.predictions.get(t, [])}
         if model_version not in versions:  # as Label Studio 1.23 answers (HTTP 400)
-            raise LabelStudioError(f"set the model version of project {project_id} failed (HTTP 400): Model version "
-                                   "does not exist")
+            raise LabelStudioError(
+                f"set the model version of project {project_id} failed (HTTP 400): Model version does not exist"
+            )
         self.model_versions[project_id] = model_version
         self.sampling[project_id] = "Uncertainty sampling"
 

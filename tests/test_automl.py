@@ -93,9 +93,7 @@ def test_deterministic(data: tuple, result: AutoMLResult) -> None:
     np.testing.assert_array_equal(again.oof_proba, result.oof_proba)
     assert [c.name for c in again.leaderboard] == [c.name for c in result.leaderboard]
     assert [c.params for c in again.leaderboard] == [c.params for c in result.leaderboard]
-    np.testing.assert_array_equal(
-        again.model.predict_proba(texts, emb), result.model.predict_proba(texts, emb)
-    )
+    np.testing.assert_array_equal(again.model.predict_proba(texts, emb), result.model.predict_proba(texts, emb))
 
 
 def test_calibration_keeps_or_improves_log_loss(result: AutoMLResult, data: tuple) -> None:
@@ -170,9 +168,7 @@ def test_tfidf_only_model_round_trip(data: tuple, tmp_path: Path) -> None:
     vectorizer = TfidfWords()
     x = vectorizer.fit_transform(texts)
     head = TfidfHead(vectorizer, cnb_weights(class_sums(x, y, 3), 0.1), temperature=0.5)
-    model = TextClassifier(
-        LABELS, encoder_id=None, candidate="tfidf_cnb", tfidf_head=head, embedding_weight=0.0
-    )
+    model = TextClassifier(LABELS, encoder_id=None, candidate="tfidf_cnb", tfidf_head=head, embedding_weight=0.0)
     model.save(tmp_path / "tfidf")
     loaded = TextClassifier.load(tmp_path / "tfidf")
     assert not loaded.needs_embeddings and not (tmp_path / "tfidf" / "head.pt").exists()

@@ -30,9 +30,7 @@ def test_registry_lists_default_and_rejects_unknown_ids() -> None:
 
 def test_encoder_is_cached_per_process_and_thread_safe(encoder: Encoder) -> None:
     seen: list[Encoder] = []
-    threads = [
-        threading.Thread(target=lambda: seen.append(get_encoder(encoder.id))) for _ in range(8)
-    ]
+    threads = [threading.Thread(target=lambda: seen.append(get_encoder(encoder.id))) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:

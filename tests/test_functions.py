@@ -225,8 +225,7 @@ def test_e2e_duplicate_projects_are_cleaned_up(labelstudio, partitions) -> None:
     client = labelstudio.client
     config, description = render_label_config("text", ["a", "b"]), project_description(name, "text", ["a", "b"])
     made = [  # what the SDK's retries of a non-idempotent POST left behind
-        int(client.sdk.projects.create(title=name, label_config=config, description=description).id)
-        for _ in range(4)
+        int(client.sdk.projects.create(title=name, label_config=config, description=description).id) for _ in range(4)
     ]
     client.import_tasks(made[3], [{"data": {"text": "someone's work"}}])
     said: list[str] = []

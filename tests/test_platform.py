@@ -21,7 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def loopml(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "loopml.cli", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -84,8 +88,9 @@ def test_up_create_annotate_and_the_daemon_trains_a_model(platform_env) -> None:
     answer = {}
     deadline = time.time() + 300
     while time.time() < deadline and answer.get("version") != "platform-sentiment:v1":
-        response = requests.post(url, json={"text": "a wonderful, moving film"}, timeout=10,
-                                 headers={"Authorization": f"Bearer {secret}"})
+        response = requests.post(
+            url, json={"text": "a wonderful, moving film"}, timeout=10, headers={"Authorization": f"Bearer {secret}"}
+        )
         answer = response.json() if response.ok else {}
         time.sleep(0.5)
     assert answer.get("version") == "platform-sentiment:v1" and answer["label"] == "positive", answer

@@ -40,8 +40,6 @@ def two_versions(env, monkeypatch):
     return env
 
 
-
-
 def _imports(env, monkeypatch, after_first: Callable[[], None] | None = None) -> list[list[int]]:
     """Record the task ids of each import_predictions call; ``after_first`` runs once, after the first."""
     fake = env["fake"]

@@ -133,6 +133,35 @@ def test_the_sensor_loop_wakes_when_a_webhook_signal_changes(tmp_path: Path) -> 
     assert waking.is_set()  # the rest is the real event's
 
 
+def test_the_sensor_loop_passes_again_while_a_signal_is_unread(tmp_path: Path) -> None:
+    """A signal that arrived while the annotation sensor's tick was in flight (the woken pass skipped it) makes
+    the loop pass again shortly, until a tick has started after the signal; a read signal lets it sleep."""
+    import threading
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from loopml.loop_signals import SIGNALS_DIR, mark_annotations_changed
+    from pipelines.daemon import PENDING_RETRY_SECONDS, SIGNALLED_SENSOR, TickStarts, WakingEvent
+
+    ticks = TickStarts()
+    marked: list[str] = []
+    mark = ticks.wrap(lambda instance, sensor, state, now: marked.append(sensor.name))
+    mark(None, SimpleNamespace(name=SIGNALLED_SENSOR), None, datetime.now(UTC))  # a tick starts ...
+    assert marked == [SIGNALLED_SENSOR] and ticks.started(SIGNALLED_SENSOR) > 0 and ticks.started("other") == 0
+    time.sleep(0.02)
+    mark_annotations_changed(tmp_path, "sentiment")  # ... and the signal comes while it is in flight
+    waking = WakingEvent(threading.Event(), tmp_path / SIGNALS_DIR, served=lambda: ticks.started(SIGNALLED_SENSOR))
+    started = time.monotonic()
+    assert waking.wait(600) is False  # unread: the loop passes again soon
+    assert PENDING_RETRY_SECONDS <= time.monotonic() - started < 300
+    assert waking.wait(600) is False  # and again, while no tick started after it
+    time.sleep(0.02)
+    mark(None, SimpleNamespace(name=SIGNALLED_SENSOR), None, datetime.now(UTC))  # a tick that reads it
+    started = time.monotonic()
+    assert waking.wait(0.3) is False
+    assert time.monotonic() - started >= 0.3  # read: the whole sleep
+
+
 def test_the_daemon_loop_sleeps_on_the_waking_event(tmp_path: Path) -> None:
     """The wrapped sensor loop gets a WakingEvent over the signal folder in place of the shutdown event."""
     import threading

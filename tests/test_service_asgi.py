@@ -325,9 +325,7 @@ def test_unknown_and_undeployed_functions(served: Served) -> None:
     assert response.status_code == 503
 
 
-def test_failed_requests_are_logged_and_answered_ones_are_not(
-    served: Served, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_failed_requests_are_logged_and_answered_ones_are_not(served: Served, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="loopml.serving.access"):
         served.invoke({"text": "A fine film."})
         assert served.client.post(INVOKE, json={"text": "x"}).status_code == 401

@@ -114,9 +114,7 @@ class TextClassifier:
             embeddings = get_encoder(self.encoder_id).encode(list(texts))
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_head.dim:
-            raise ValueError(
-                f"expected embeddings of shape (n, {self.embedding_head.dim}), got {embeddings.shape}"
-            )
+            raise ValueError(f"expected embeddings of shape (n, {self.embedding_head.dim}), got {embeddings.shape}")
         if texts is not None and len(texts) and len(texts) != len(embeddings):
             raise ValueError(f"{len(texts)} texts but {len(embeddings)} embeddings")
         return embeddings
@@ -158,9 +156,7 @@ class TextClassifier:
         if meta["embedding_head"] is not None:
             info = meta["embedding_head"]
             tensors = torch.load(path / "head.pt", map_location="cpu", weights_only=True)
-            embedding_head = EmbeddingHead(
-                info["kind"], tensors, float(info["scale"]), float(info["temperature"])
-            )
+            embedding_head = EmbeddingHead(info["kind"], tensors, float(info["scale"]), float(info["temperature"]))
         tfidf_head = None
         if meta["tfidf_head"] is not None:
             weights = np.load(path / "tfidf" / "cnb_weights.npy")

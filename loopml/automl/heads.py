@@ -75,11 +75,7 @@ class _LinearHeads(nn.Module):
         return out.view(x.shape[0], -1, self.n_classes)[:, : self.n_heads]
 
     def squared_norms(self) -> torch.Tensor:
-        return (
-            self.weight.view(self.weight.shape[0], -1, self.n_classes)[:, : self.n_heads]
-            .pow(2)
-            .sum(dim=(0, 2))
-        )
+        return self.weight.view(self.weight.shape[0], -1, self.n_classes)[:, : self.n_heads].pow(2).sum(dim=(0, 2))
 
     def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``[heads, D, C]`` weights and ``[heads, C]`` biases."""

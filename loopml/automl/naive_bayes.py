@@ -22,9 +22,7 @@ __all__ = ["cnb_weights", "class_sums"]
 
 def class_sums(x: sp.csr_matrix, y: np.ndarray, n_classes: int) -> np.ndarray:
     """``[C, V]`` summed feature values of each class's rows."""
-    onehot = sp.csr_matrix(
-        (np.ones(len(y), dtype=np.float32), (y, np.arange(len(y)))), shape=(n_classes, len(y))
-    )
+    onehot = sp.csr_matrix((np.ones(len(y), dtype=np.float32), (y, np.arange(len(y)))), shape=(n_classes, len(y)))
     return np.asarray((onehot @ x).todense(), dtype=np.float64)
 
 
