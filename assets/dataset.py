@@ -17,10 +17,12 @@ from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource
 from loopml.dataset import build_dataset
 from loopml.evolution import removed_labels
+from loopml.features import FeatureCache
 from loopml.validation import CHECK_NAMES, CheckResult, validate_dataset
 
 CHECK_DESCRIPTIONS = {
-    "inputs_not_empty": "Every labelled input has non-blank text.",
+    "inputs_not_empty": "Every labelled input has non-blank text (image functions: is an image that decodes, "
+    "within LOOPML_MAX_IMAGE_BYTES and LOOPML_MAX_IMAGE_PIXELS).",
     "labels_in_label_set": "Every label belongs to the function's current label set.",
     "no_conflicting_duplicates": "No identical inputs carry different labels.",
     "enough_examples_per_label": "Each label has enough examples to train (LOOPML_MIN_EXAMPLES_PER_LABEL); "
@@ -79,7 +81,8 @@ def dataset(
     settings = loopml.settings()
     spec = loopml.registry().get(context.partition_key)
     removed = removed_labels(settings, spec.name)
-    everything = build_dataset(annotations, input_type=spec.input_type)
+    cache = FeatureCache(settings.features_dir, spec.encoder_id)
+    everything = build_dataset(annotations, input_type=spec.input_type, known=cache.known)
     excluded = everything.filter(pl.col("label").is_in(sorted(removed)))
     data = everything.filter(~pl.col("label").is_in(sorted(removed)))
     excluded_counts = {r["label"]: r["len"] for r in excluded.group_by("label").agg(pl.len()).to_dicts()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
+from collections.abc import Callable
 
 import polars as pl
 
@@ -35,6 +36,24 @@ def input_hash(value: str, input_type: str = "text") -> str:
     return content_hash(value)
 
 
+def input_size(value: str, input_type: str = "text", *, known: bool = False) -> int:
+    """How big an input is, 0 when it cannot be trained on: characters of a (stripped) text; bytes of an image
+    that decodes within the limits (:func:`loopml.images.decode_image`: format, pixel count, truncation).
+    ``known``: an image embedded before, hence decodable, is not decoded again (decoding a thousand photos takes
+    seconds, and the dataset is rebuilt on every turn of the loop)."""
+    if input_type != "image":
+        return len(normalize_text(value))
+    from loopml.images import ImageError, ImageLimits, decode_image, image_bytes
+
+    limits = ImageLimits.from_env()
+    try:
+        if not known:
+            decode_image(value, limits)
+        return len(image_bytes(value, limits))
+    except ImageError:
+        return 0
+
+
 def split_of(hash_hex: str, holdout_percent: int = DEFAULT_HOLDOUT_PERCENT) -> str:
     """``train`` or ``holdout`` from the content hash alone: adding items never reshuffles old ones."""
     bucket = int(hash_hex[-8:], 16) % 100
@@ -42,19 +61,26 @@ def split_of(hash_hex: str, holdout_percent: int = DEFAULT_HOLDOUT_PERCENT) -> s
 
 
 def build_dataset(
-    annotations: pl.DataFrame, holdout_percent: int = DEFAULT_HOLDOUT_PERCENT, input_type: str = "text"
+    annotations: pl.DataFrame,
+    holdout_percent: int = DEFAULT_HOLDOUT_PERCENT,
+    input_type: str = "text",
+    known: Callable[[list[str]], set[str]] | None = None,
 ) -> pl.DataFrame:
     """Resolve each task's label, hash its content (:func:`input_hash`) and assign its split.
 
     Items with identical content and the same label are kept once (the earliest task); identical content
-    with conflicting labels is kept in full so that validation can report it.
+    with conflicting labels is kept in full so that validation can report it. ``text_length`` is
+    :func:`input_size` (0: blank or not a readable image); ``known(hashes)`` names the images already embedded
+    (decodable), which are not decoded again.
     """
     resolved = resolve_labels(annotations)
     texts = resolved["text"].fill_null("").to_list()
     hashes = [input_hash(text, input_type) for text in texts]
+    seen = known(hashes) if known is not None and input_type == "image" else set()
+    sizes = [input_size(text, input_type, known=h in seen) for text, h in zip(texts, hashes, strict=True)]
     data = resolved.with_columns(
         pl.Series("content_hash", hashes, dtype=pl.String),
-        pl.Series("text_length", [len(normalize_text(text)) for text in texts], dtype=pl.Int64),
+        pl.Series("text_length", sizes, dtype=pl.Int64),
         pl.Series("split", [split_of(h, holdout_percent) for h in hashes], dtype=pl.String),
     )
     data = data.unique(subset=["content_hash", "label"], keep="first", maintain_order=True)

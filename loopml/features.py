@@ -42,6 +42,15 @@ class FeatureCache:
         matrix = np.asarray(found["embedding"].to_list(), dtype=np.float32)
         return dict(zip(found["content_hash"].to_list(), matrix, strict=True))
 
+    def known(self, hashes: list[str]) -> set[str]:
+        """Which of ``hashes`` are cached (reads the hash column only)."""
+        parts = self._parts()
+        if not parts or not hashes:
+            return set()
+        wanted = pl.DataFrame({"content_hash": list(set(hashes))})
+        found = pl.scan_parquet(parts).select("content_hash").join(wanted.lazy(), on="content_hash", how="semi")
+        return set(found.collect()["content_hash"].to_list())
+
     def store(self, hashes: list[str], embeddings: np.ndarray) -> None:
         if not hashes:
             return

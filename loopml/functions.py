@@ -24,8 +24,7 @@ LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.:/+-]*$")
 MAX_NAME_LENGTH = 48
 MAX_LABEL_LENGTH = 64
 MAX_LABELS = 200
-INPUT_TYPES = ("text",)
-# image_classification.xml is ready for image functions, which are not selectable until their loop is complete
+INPUT_TYPES = ("text", "image")
 LABEL_CONFIG_TEMPLATES = {"text": "text_classification.xml", "image": "image_classification.xml"}
 
 
@@ -279,7 +278,7 @@ def create_function(
     ``client`` defaults to :meth:`LabelStudioClient.from_settings`; ``echo`` gets a line for each repair.
     """
     from loopml.dagster_api import add_function_partition
-    from loopml.encoders import DEFAULT_TEXT_ENCODER, list_encoders
+    from loopml.encoders import default_encoder, list_encoders
     from loopml.labelstudio import LabelStudioClient
 
     validate_name(name)
@@ -300,7 +299,7 @@ def create_function(
     registered = existing.labelstudio_project_id if existing is not None else None
     project_id = _ensure_project(client, name, input_type, label_set, registered, say)
     if existing is None:
-        spec = FunctionSpec(name, input_type, label_set, encoder_id or DEFAULT_TEXT_ENCODER, project_id)
+        spec = FunctionSpec(name, input_type, label_set, encoder_id or default_encoder(input_type), project_id)
         try:
             registry.add(spec)
         except FunctionError:  # registered meanwhile by a concurrent create

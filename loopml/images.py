@@ -40,12 +40,25 @@ class ImageError(ValueError):
     """An input that is not a usable image; the message is meant for the caller."""
 
 
+class ImageTooLarge(ImageError):
+    """An image over the byte or pixel limit (:class:`ImageLimits`)."""
+
+
 @dataclass(frozen=True)
 class ImageLimits:
     """How big an image may be: encoded bytes and decoded pixels."""
 
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
+
+    @classmethod
+    def from_env(cls) -> ImageLimits:
+        """``LOOPML_MAX_IMAGE_BYTES`` and ``LOOPML_MAX_IMAGE_PIXELS``, else the defaults."""
+        from loopml.config import env_int
+
+        return cls(
+            env_int("LOOPML_MAX_IMAGE_BYTES", DEFAULT_MAX_BYTES), env_int("LOOPML_MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS)
+        )
 
 
 def image_bytes(value: str | bytes, limits: ImageLimits = ImageLimits()) -> bytes:
@@ -64,7 +77,7 @@ def image_bytes(value: str | bytes, limits: ImageLimits = ImageLimits()) -> byte
         elif text.startswith("data:"):
             raise ImageError("a data URI must be base64-encoded (data:image/...;base64,...)")
         if len(text) * 3 // 4 > limits.max_bytes + 3:
-            raise ImageError(_too_big(len(text) * 3 // 4, limits))
+            raise ImageTooLarge(_too_big(len(text) * 3 // 4, limits))
         try:
             data = base64.b64decode("".join(text.split()), validate=True)
         except (binascii.Error, ValueError):
@@ -74,7 +87,7 @@ def image_bytes(value: str | bytes, limits: ImageLimits = ImageLimits()) -> byte
     if not data:
         raise ImageError("the image is empty")
     if len(data) > limits.max_bytes:
-        raise ImageError(_too_big(len(data), limits))
+        raise ImageTooLarge(_too_big(len(data), limits))
     return data
 
 
@@ -106,7 +119,7 @@ def open_image(value: str | bytes, limits: ImageLimits = ImageLimits()) -> Image
     if width < 1 or height < 1:
         raise ImageError(f"the image is {width}x{height} pixels")
     if width * height > limits.max_pixels:
-        raise ImageError(
+        raise ImageTooLarge(
             f"the image is {width}x{height} = {width * height:,} pixels; at most {limits.max_pixels:,} are accepted "
             "(LOOPML_MAX_IMAGE_PIXELS)"
         )
@@ -148,6 +161,20 @@ def data_uri(data: bytes, limits: ImageLimits = ImageLimits()) -> str:
     picture = open_image(data, limits)
     mime = MIME[str(picture.format)]
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+THUMBNAIL_PIXELS = 128  # the longer side of the thumbnail an invocation of an image function is logged with
+
+
+def thumbnail_uri(picture: Image.Image, max_side: int = THUMBNAIL_PIXELS) -> str:
+    """A JPEG ``data:`` URI of ``picture`` (RGB) shrunk to at most ``max_side`` pixels on its longer side: what the
+    invocation log keeps of an image (a few kB instead of the whole upload), enough for a reviewer in Label
+    Studio and for the drift report's image properties."""
+    small = picture.copy()
+    small.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=85)
+    return f"data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 
 def image_properties(picture: Image.Image) -> dict[str, float]:

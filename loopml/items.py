@@ -6,6 +6,10 @@ A text function takes:
 - ``.csv``: a header row with a ``text`` column and, optionally, a ``label`` column;
 - ``.jsonl``: one JSON object per line with ``"text"`` and, optionally, ``"label"``.
 
+An image function takes image files (PNG, JPEG, WebP, GIF) and folders of them (searched recursively); with
+``folder_labels`` an image in a folder named after one of the function's labels is imported with that label.
+Images go into their tasks as ``data:`` URIs, so Label Studio shows them with no file storage to configure.
+
 Each item becomes a Label Studio task of the function's project; an item with a label is imported with that
 label as its annotation (it trains like any annotation). Everything is read and checked before anything is
 imported: a file LoopML cannot read, a blank or oversized text, a label outside the function's label set is an
@@ -27,7 +31,9 @@ if TYPE_CHECKING:
     from loopml.labelstudio import LabelStudioClient
 
 TEXT_SUFFIXES = (".txt", ".csv", ".jsonl")
-BATCH = 500  # tasks per import request (each batch is one step of the progress bar)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+BATCH = 500  # tasks per import request (each batch is one step of the progress bar) ...
+BATCH_BYTES = 16 << 20  # ... or fewer, when their data passes this size (images)
 
 
 class ItemsError(ValueError):
@@ -93,6 +99,38 @@ def _jsonl_rows(path: Path, content: str) -> Iterable[tuple[int, object, object]
         yield n, row.get("text"), row.get("label")
 
 
+def image_files(path: Path) -> list[Path]:
+    """``path`` itself (an image file) or the image files under folder ``path``, in name order."""
+    if path.is_dir():
+        found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise ItemsError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        return found
+    if not path.is_file():
+        raise ItemsError(f"{path}: no such file or folder")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ItemsError(f"{path}: an image function takes image files ({', '.join(IMAGE_SUFFIXES)}) and folders")
+    return [path]
+
+
+def read_images(path: Path, labels: list[str], folder_labels: bool = False) -> list[Item]:
+    """The images of a file or folder as items (``data:`` URIs), each checked to decode within the limits; with
+    ``folder_labels`` labelled by their folder's name when it is one of ``labels``."""
+    from loopml.images import ImageError, ImageLimits, data_uri, decode_image
+
+    limits = ImageLimits.from_env()
+    items = []
+    for file in image_files(path):
+        data = file.read_bytes()
+        try:
+            decode_image(data, limits)
+        except ImageError as error:
+            raise ItemsError(f"{file}: {error}") from None
+        label = file.parent.name if folder_labels and file.parent.name in labels else None
+        items.append(Item(data_uri(data, limits), label, str(file)))
+    return items
+
+
 def _item(text: object, label: object, where: str, max_bytes: int) -> Item:
     if not isinstance(text, str) or not text.strip():
         raise ItemsError(f"{where}: the text is missing or blank")
@@ -127,11 +165,12 @@ def unique(items: list[Item]) -> tuple[list[Item], int]:
     return kept, len(items) - len(kept)
 
 
-def to_task(item: Item) -> dict:
-    """A Label Studio task of a text function; a labelled item carries its label as an annotation."""
-    task: dict = {"data": {"text": item.text}}
+def to_task(item: Item, key: str = "text") -> dict:
+    """A Label Studio task of a function whose input is ``data[key]`` (``text`` or ``image``); a labelled item
+    carries its label as an annotation."""
+    task: dict = {"data": {key: item.text}}
     if item.label is not None:
-        result = {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [item.label]}}
+        result = {"from_name": "label", "to_name": key, "type": "choices", "value": {"choices": [item.label]}}
         task["annotations"] = [{"result": [result]}]
     return task
 
@@ -142,27 +181,44 @@ def add_items(
     name: str,
     paths: list[Path],
     progress: Callable[[int, int], None] | None = None,
+    *,
+    folder_labels: bool = False,
 ) -> Added:
     """Read and check every file, then import the items into function ``name``'s project in batches;
-    ``progress(done, total)`` after each batch."""
+    ``progress(done, total)`` after each batch. ``folder_labels``: images take their folder's name as label."""
     from loopml.config import DEFAULT_MAX_TEXT_BYTES, env_int
-    from loopml.functions import FunctionRegistry
+    from loopml.functions import FunctionRegistry, input_key
 
     spec = FunctionRegistry(settings).get(name)
-    if spec.input_type != "text":
-        raise ItemsError(f"{name} is a {spec.input_type} function; `loopml items add` takes text functions so far")
     if spec.labelstudio_project_id is None:
         raise ItemsError(f"{name} has no Label Studio project; create it again with `loopml functions create`")
     items: list[Item] = []
     for path in paths:
-        items += read_items(path, env_int("LOOPML_MAX_TEXT_BYTES", DEFAULT_MAX_TEXT_BYTES))  # the serving API's limit
+        if spec.input_type == "image":
+            items += read_images(path, spec.labels, folder_labels)
+        else:  # the serving API's text limit
+            items += read_items(path, env_int("LOOPML_MAX_TEXT_BYTES", DEFAULT_MAX_TEXT_BYTES))
     check_labels(items, spec.labels)
     items, repeated = unique(items)
-    tasks = [to_task(item) for item in items]
+    tasks = [to_task(item, input_key(spec.input_type)) for item in items]
     done = 0
-    for start in range(0, len(tasks), BATCH):
-        done += client.import_tasks(spec.labelstudio_project_id, tasks[start : start + BATCH])
+    for batch in batches(tasks, [len(item.text) for item in items]):
+        done += client.import_tasks(spec.labelstudio_project_id, batch)
         if progress is not None:
             progress(done, len(tasks))
     labelled = sum(item.label is not None for item in items)
     return Added(done, labelled, repeated, spec.labelstudio_project_id)
+
+
+def batches(tasks: list[dict], sizes: list[int]) -> Iterable[list[dict]]:
+    """``tasks`` in runs of at most ``BATCH`` tasks and, past the first task of a run, ``BATCH_BYTES`` of data."""
+    batch: list[dict] = []
+    total = 0
+    for task, size in zip(tasks, sizes, strict=True):
+        if batch and (len(batch) >= BATCH or total + size > BATCH_BYTES):
+            yield batch
+            batch, total = [], 0
+        batch.append(task)
+        total += size
+    if batch:
+        yield batch

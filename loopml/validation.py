@@ -86,7 +86,9 @@ def validate_dataset(dataset: pl.DataFrame, label_set: list[str], min_per_label:
         CheckResult(
             "inputs_not_empty",
             non_empty["success"] and not dataset.is_empty(),
-            "every labelled input has non-blank text" if not dataset.is_empty() else "the dataset is empty",
+            "every labelled input has non-blank text or is a readable image"
+            if not dataset.is_empty()
+            else "the dataset is empty",
             {"empty_inputs": len(empty_tasks), "task_ids": empty_tasks[:20], "rows": dataset.height},
         )
     )

@@ -45,7 +45,7 @@ import numpy as np
 
 from loopml.config import Settings, usable_cores
 from loopml.deployments import DeploymentState, DeploymentStore
-from loopml.encoders import DEFAULT_TEXT_ENCODER, Encoder, get_encoder
+from loopml.encoders import DEFAULT_TEXT_ENCODER, Encoder, get_encoder, warm_input
 from loopml.functions import FunctionRegistry, FunctionSpec
 
 if TYPE_CHECKING:
@@ -487,7 +487,7 @@ class ModelRuntime:
             try:
                 encoder = get_encoder(encoder_id)
                 if self.warm_encoders:
-                    encoder.encode(["warm up"])
+                    encoder.encode([warm_input(encoder_id)])
             except Exception as error:  # noqa: BLE001 - the functions on other encoders keep serving
                 logger.exception("could not load encoder %s", encoder_id)
                 broken[encoder_id] = f"encoder {encoder_id} could not be loaded: {type(error).__name__}: {error}"

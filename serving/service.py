@@ -8,7 +8,9 @@ Start it from the repository root (``LOOPML_HOME`` and ``BENTOML_HOME`` set, loo
 Endpoints (all under ``/v1`` except BentoML's probes), documented at ``/docs`` (Swagger UI, served from
 BentoML's bundled assets, no CDN) and ``/openapi.json``:
 
-* ``POST /v1/functions/{name}/invoke``: ``{"text": ...}`` or ``{"texts": [...]}``, optional ``sticky_key``;
+* ``POST /v1/functions/{name}/invoke``: ``{"text": ...}`` or ``{"texts": [...]}`` (text functions),
+  ``{"image": ...}`` or ``{"images": [...]}`` (base64 / data URIs) or a multipart file upload (image functions),
+  optional ``sticky_key``;
 * ``POST /v1/invocations/{invocation_id}/feedback``: flag an answer and/or give the true label;
 * ``GET /v1/functions`` and ``GET /v1/functions/{name}``: serving versions and weights;
 * ``GET /v1/health`` (JSON) and BentoML's ``/livez``, ``/healthz``, ``/readyz`` (ready once the deployments
@@ -24,7 +26,8 @@ micro-batcher instead (same idea: whatever waits is batched, up to ``LOOPML_SCOR
 Every endpoint but the probes (and the documentation pages, unless ``LOOPML_SERVING_PUBLIC_DOCS=0``) needs an
 API key (:mod:`loopml.apikeys`): ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
 
-Environment: ``LOOPML_MAX_TEXT_BYTES`` (1 MiB), ``LOOPML_MAX_BATCH`` (256 texts per request),
+Environment: ``LOOPML_MAX_TEXT_BYTES`` (1 MiB), ``LOOPML_MAX_IMAGE_BYTES`` (10 MiB per encoded image),
+``LOOPML_MAX_IMAGE_PIXELS`` (40 million per image), ``LOOPML_MAX_BATCH`` (256 inputs per request),
 ``LOOPML_MAX_REQUEST_BYTES`` (largest request body, default 16 MiB or twice the text limit),
 ``LOOPML_SCORING_BATCH`` (64 texts per adaptive batch), ``LOOPML_SCORING_LANES`` (batches scored side by
 side; one per core, at most 4), ``LOOPML_ENCODER_BATCH`` (texts per encoder run;
@@ -49,15 +52,19 @@ from fastapi import Body, Depends, FastAPI, HTTPException, Path, Request, Securi
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from loopml.apikeys import verifier_for
 from loopml.config import DEFAULT_MAX_TEXT_BYTES, Settings, get_settings, gpu_mode
 from loopml.config import env_int as _env_int
+from loopml.encoders import encoder_input_type
 from loopml.functions import NAME_PATTERN
+from loopml.images import ImageError, ImageLimits, ImageTooLarge, decode_image, thumbnail_uri
 from loopml.invocation_log import (
     FeedbackError,
     InvocationLog,
@@ -96,11 +103,13 @@ class Limits:
     max_request_bytes: int
     scoring_batch: int
     encoder_batch: int | None
+    image: ImageLimits = ImageLimits()
 
     @classmethod
     def from_env(cls) -> Limits:
         max_text = _env_int("LOOPML_MAX_TEXT_BYTES", DEFAULT_MAX_TEXT_BYTES)
         return cls(
+            image=ImageLimits.from_env(),
             max_text_bytes=max_text,
             max_batch=_env_int("LOOPML_MAX_BATCH", DEFAULT_MAX_BATCH),
             max_request_bytes=_env_int("LOOPML_MAX_REQUEST_BYTES", max(16 << 20, 2 * max_text + (64 << 10))),
@@ -345,8 +354,23 @@ def _not_blank(value: str) -> str:
 InputText = Annotated[StrictStr, AfterValidator(_not_blank)]
 
 
+def _not_blank_image(value: str) -> str:
+    if not value.strip():
+        raise ValueError("the image is empty: send it base64-encoded or as a data:image/...;base64 URI")
+    return value
+
+
+InputImage = Annotated[StrictStr, AfterValidator(_not_blank_image)]
+ONE_OF = (
+    "give exactly one of 'text' (one input) or 'texts' (a batch) for a text function, 'image' or 'images' for an "
+    "image function"
+)
+
+
 class InvokeRequest(BaseModel):
-    """One text (``text``) or a batch (``texts``), optionally with a sticky routing key."""
+    """One text (``text``) or a batch (``texts``), one image (``image``) or a batch (``images``), optionally with
+    a sticky routing key. Images are base64 text or ``data:image/...;base64,`` URIs; an image file can also be
+    uploaded as ``multipart/form-data`` to the same route."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -354,6 +378,7 @@ class InvokeRequest(BaseModel):
             "examples": [
                 {"text": "A warm, funny and beautifully acted film."},
                 {"texts": ["Loved it.", "A tedious mess."], "sticky_key": "user-42"},
+                {"image": "data:image/png;base64,iVBORw0KGgo..."},
             ]
         },
     )
@@ -364,6 +389,14 @@ class InvokeRequest(BaseModel):
         min_length=1,
         description="A batch of input texts (each not empty); one answer per text, in order.",
     )
+    image: InputImage | None = Field(
+        None,
+        description="One input image (image functions): base64 or a data:image/...;base64 URI of a PNG, JPEG, "
+        "WebP or GIF file.",
+    )
+    images: list[InputImage] | None = Field(
+        None, min_length=1, description="A batch of input images (each as `image`); one answer per image, in order."
+    )
     sticky_key: StrictStr | None = Field(
         None,
         min_length=1,
@@ -373,9 +406,36 @@ class InvokeRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_of(self) -> InvokeRequest:
-        if (self.text is None) == (self.texts is None):
-            raise ValueError("give exactly one of 'text' (one input) or 'texts' (a batch)")
+        if sum(value is not None for value in (self.text, self.texts, self.image, self.images)) != 1:
+            raise ValueError(ONE_OF)
         return self
+
+    def inputs(self) -> Inputs:
+        """What to classify, whatever field it came in."""
+        if self.image is not None or self.images is not None:
+            one = self.image is not None
+            return Inputs("image", [self.image] if one else list(self.images or []), one, self.sticky_key)
+        one = self.text is not None
+        return Inputs("text", [self.text] if one else list(self.texts or []), one, self.sticky_key)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The inputs of one invoke request: texts, or images (base64 text or uploaded bytes)."""
+
+    kind: Literal["text", "image"]
+    values: list[Any]
+    single: bool  # `text` / `image` / one uploaded `image` file: one result, not a list
+    sticky_key: str | None = None
+    uploads: list[str] | None = None  # the uploaded files' names (multipart), for error messages
+
+    def field(self, i: int) -> str:
+        """How the ``i``-th input is named in an error message."""
+        if self.uploads is not None:
+            return f"file {self.uploads[i]!r}"
+        if self.single:
+            return self.kind
+        return f"{self.kind}s[{i}]"
 
 
 class InvokeResult(BaseModel):
@@ -760,41 +820,65 @@ class LoopML:
         except (NotDeployedError, RuntimeNotReadyError) as error:
             raise HTTPException(503, str(error), headers={"Retry-After": "5"}) from None
 
-    def checked_texts(self, body: InvokeRequest) -> list[str]:
+    def checked_texts(self, inputs: Inputs) -> list[str]:
         """The request's texts; 413 for a batch over LOOPML_MAX_BATCH or a text over LOOPML_MAX_TEXT_BYTES."""
-        texts = [body.text] if body.texts is None else body.texts
-        if len(texts) > self.limits.max_batch:
-            raise HTTPException(
-                413,
-                f"the batch has {len(texts)} texts; the limit is {self.limits.max_batch} (LOOPML_MAX_BATCH): "
-                "split it into smaller requests",
-            )
+        texts = inputs.values
+        self.check_count(inputs)
         for i, text in enumerate(texts):
-            assert text is not None
             size = len(text.encode("utf-8"))
             if size > self.limits.max_text_bytes:
-                where = "text" if body.texts is None else f"texts[{i}]"
                 raise HTTPException(
                     413,
-                    f"{where} is {size:,} bytes; the limit is {self.limits.max_text_bytes:,} bytes "
+                    f"{inputs.field(i)} is {size:,} bytes; the limit is {self.limits.max_text_bytes:,} bytes "
                     "(LOOPML_MAX_TEXT_BYTES): shorten the text",
                 )
-        return texts  # type: ignore[return-value]
+        return texts
 
-    async def answer(self, name: str, body: InvokeRequest, key_id: str | None) -> list[InvokeResult]:
-        """Route, score, log (durably) and answer every text of ``body``."""
+    def check_count(self, inputs: Inputs) -> None:
+        if len(inputs.values) > self.limits.max_batch:
+            raise HTTPException(
+                413,
+                f"the batch has {len(inputs.values)} {inputs.kind}s; the limit is {self.limits.max_batch} "
+                "(LOOPML_MAX_BATCH): split it into smaller requests",
+            )
+
+    def decoded_images(self, inputs: Inputs) -> list[Any]:
+        """Every image decoded (RGB, upright), or the 4xx that says which one is not usable and why: 413 over
+        LOOPML_MAX_IMAGE_BYTES / LOOPML_MAX_IMAGE_PIXELS, 422 when it is not an image LoopML reads."""
+        self.check_count(inputs)
+        pictures = []
+        for i, value in enumerate(inputs.values):
+            try:
+                pictures.append(decode_image(value, self.limits.image))
+            except ImageTooLarge as error:
+                raise HTTPException(413, f"{inputs.field(i)}: {error}") from None
+            except ImageError as error:
+                raise HTTPException(422, f"{inputs.field(i)}: {error}") from None
+        return pictures
+
+    async def answer(self, name: str, inputs: Inputs, key_id: str | None) -> list[InvokeResult]:
+        """Check, route, score, log (durably) and answer every input of ``inputs``."""
         started = time.perf_counter()
-        texts = self.checked_texts(body)
         serving = self.resolve(name)
+        expected = encoder_input_type(serving.encoder_id)
+        if inputs.kind != expected:
+            send = "'image' or 'images' (or upload a file)" if expected == "image" else "'text' or 'texts'"
+            raise HTTPException(422, f"function {name!r} classifies {expected}s, not {inputs.kind}s: send {send}")
+        if expected == "image":  # decoding is CPU work: off the event loop
+            pictures = await asyncio.to_thread(self.decoded_images, inputs)
+            items: list[Any] = pictures
+            logged = await asyncio.to_thread(lambda: [thumbnail_uri(p) for p in pictures])
+        else:
+            items = logged = self.checked_texts(inputs)
         try:
-            scored = await asyncio.wrap_future(self.runtime.submit(serving, texts, body.sticky_key))
+            scored = await asyncio.wrap_future(self.runtime.submit(serving, items, inputs.sticky_key))
         except (NotDeployedError, RuntimeNotReadyError) as error:
             raise HTTPException(503, str(error), headers={"Retry-After": "5"}) from None
         latency_ms = (time.perf_counter() - started) * 1000.0
         records = [
             InvocationRecord(
                 function=name,
-                input_text=text,
+                input_text=text,  # an image's thumbnail (a data URI of a few kB), not the upload
                 embedding=embedding_to_bytes(item.embedding) if item.embedding is not None else None,
                 scores=item.version_scores,
                 labels=item.version_labels,
@@ -803,9 +887,9 @@ class LoopML:
                 confidence=item.confidence,
                 latency_ms=latency_ms,
                 key_id=key_id,
-                sticky_key=body.sticky_key,
+                sticky_key=inputs.sticky_key,
             )
-            for text, item in zip(texts, scored, strict=True)
+            for text, item in zip(logged, scored, strict=True)
         ]
         try:
             ids = await self.log.alog_many(records)
@@ -839,13 +923,101 @@ def _key_id(request: Request) -> str | None:
 
 
 # --- endpoints ----------------------------------------------------------------------------------
+def _is_multipart(scope: Scope) -> bool:
+    for key, value in scope.get("headers", ()):
+        if key == b"content-type":
+            return value.lower().startswith(b"multipart/form-data")
+    return False
+
+
+class _UploadRoute(APIRoute):
+    """The invoke route for ``multipart/form-data`` bodies only (image files); it comes first, and every other
+    request to the same path goes on to the JSON route, which documents both bodies."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match != Match.NONE and not _is_multipart(scope):
+            return Match.NONE, {}
+        return match, child
+
+
+UPLOAD_FIELDS = ("image", "images")
+
+
+async def invoke_upload(service: Service, request: Request, name: FunctionName) -> Any:
+    """Image files uploaded as ``multipart/form-data``: one file field ``image`` (one result) or one or more
+    ``images`` (a list), and an optional ``sticky_key`` field."""
+    from starlette.datastructures import UploadFile
+    from starlette.formparsers import MultiPartException
+
+    try:
+        form = await request.form(max_files=service.limits.max_batch + 1, max_fields=8)
+    except MultiPartException as error:
+        raise HTTPException(422, f"unreadable multipart body: {error}") from None
+    try:
+        unknown = sorted({key for key in form if key not in (*UPLOAD_FIELDS, "sticky_key")})
+        if unknown:
+            raise HTTPException(422, f"unknown form fields {unknown}: send image files as 'image' or 'images'")
+        files = [(key, value) for key, value in form.multi_items() if key in UPLOAD_FIELDS]
+        if not files or any(not isinstance(value, UploadFile) for _, value in files):
+            raise HTTPException(422, "send the image as a file field named 'image' (or several named 'images')")
+        if {key for key, _ in files} == {"image"} and len(files) > 1:
+            raise HTTPException(422, "one file per 'image' field: send several as 'images'")
+        sticky = form.get("sticky_key")
+        if sticky is not None and (not isinstance(sticky, str) or not 1 <= len(sticky) <= 128):
+            raise HTTPException(422, "sticky_key: 1-128 characters")
+        uploads = [value for _, value in files]
+        data = [await upload.read() for upload in uploads]  # type: ignore[union-attr]
+        inputs = Inputs(
+            "image",
+            data,
+            single=files[0][0] == "image",
+            sticky_key=sticky,  # type: ignore[arg-type]
+            uploads=[upload.filename or f"#{i}" for i, upload in enumerate(uploads)],  # type: ignore[union-attr]
+        )
+    finally:
+        await form.close()
+    results = await service.answer(name, inputs, _key_id(request))
+    if inputs.single:
+        return results[0]
+    return BatchInvokeResponse(function=name, results=results)
+
+
+app.router.add_api_route(
+    "/v1/functions/{name}/invoke",
+    invoke_upload,
+    methods=["POST"],
+    response_model=InvokeResult | BatchInvokeResponse,
+    dependencies=AUTH,
+    include_in_schema=False,
+    route_class_override=_UploadRoute,
+)
+UPLOAD_SCHEMA = {
+    "multipart/form-data": {
+        "schema": {
+            "type": "object",
+            "properties": {
+                "image": {"type": "string", "format": "binary", "description": "One image file: one result."},
+                "images": {
+                    "type": "array",
+                    "items": {"type": "string", "format": "binary"},
+                    "description": "Several image files: a list of results, in order.",
+                },
+                "sticky_key": {"type": "string", "maxLength": 128},
+            },
+        }
+    }
+}
+
+
 @app.post(
     "/v1/functions/{name}/invoke",
     tags=["invoke"],
-    summary="Classify one text or a batch",
+    summary="Classify one input or a batch: texts, or images (JSON or a file upload)",
     response_model=InvokeResult | BatchInvokeResponse,
     responses=_responses(401, 404, 413, 422, 503),
     dependencies=AUTH,
+    openapi_extra={"requestBody": {"content": UPLOAD_SCHEMA}},
 )
 async def invoke(
     service: Service,
@@ -854,12 +1026,15 @@ async def invoke(
     body: Annotated[InvokeRequest, Body(openapi_examples=INVOKE_EXAMPLES)],
 ) -> Any:
     """Answer with the label, its calibrated confidence, every label's score, the version that answered
-    and an invocation id per text. `{"text": ...}` gets one result, `{"texts": [...]}` a list in order.
+    and an invocation id per input. `{"text": ...}` gets one result, `{"texts": [...]}` a list in order; an image
+    function takes `{"image": ...}` / `{"images": [...]}` (base64 or data URIs) or a `multipart/form-data` upload
+    (file field `image`, or `images` for several). A text sent to an image function, or the reverse, is a 422.
     During a canary each text is answered by the canary with the canary's weight (sticky per
     `sticky_key`); the canary scores every text in shadow either way. The answer is returned only after
     the invocation is durably logged."""
-    results = await service.answer(name, body, _key_id(request))
-    if body.texts is None:
+    inputs = body.inputs()
+    results = await service.answer(name, inputs, _key_id(request))
+    if inputs.single:
         return results[0]
     return BatchInvokeResponse(function=name, results=results)
 

@@ -54,3 +54,44 @@ def save_versions(settings: Settings, function: str, count: int) -> list[str]:
     register(settings, function)
     model = tiny_classifier()
     return [save_model(settings, function, model, {"note": "test"}).tag for _ in range(count)]
+
+
+IMAGE_ENCODER = "efficientnet-lite0-112"  # the fast image encoder: the tests train and serve on it
+IMAGE_LABELS = ["light", "dark"]
+
+
+def png(level: int, size: tuple[int, int] = (40, 32), seed: int = 0, mode: str = "RGB") -> bytes:
+    """A PNG of ``size`` pixels around grey ``level`` (0-255), with a little noise (``seed``)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(level + rng.normal(0, 12, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").convert(mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@lru_cache(maxsize=1)
+def tiny_image_classifier() -> TextClassifier:
+    """A real classifier of light vs dark images (EfficientNet-Lite0 at 112 px + AutoML's embedding heads)."""
+    images = [png(220 - i * 3, seed=i) for i in range(8)] + [png(30 + i * 3, seed=100 + i) for i in range(8)]
+    labels = ["light"] * 8 + ["dark"] * 8
+    embeddings = get_encoder(IMAGE_ENCODER).encode(images)
+    return run_automl(
+        [f"image-{i}" for i in range(16)], embeddings, labels, IMAGE_LABELS, folds=3, encoder_id=IMAGE_ENCODER,
+        text_candidates=False,
+    ).model
+
+
+def save_image_versions(settings: Settings, function: str, count: int = 1) -> list[str]:
+    """Register image function ``function`` and save ``count`` versions of the tiny image model."""
+    from serving.model_store import save_model
+
+    registry = FunctionRegistry(settings)
+    if function not in registry.names():
+        registry.add(FunctionSpec(function, "image", list(IMAGE_LABELS), IMAGE_ENCODER))
+    model = tiny_image_classifier()
+    return [save_model(settings, function, model, {"note": "test"}).tag for _ in range(count)]
