@@ -60,8 +60,9 @@ IMAGE_ENCODER = "efficientnet-lite0-112"  # the fast image encoder: the tests tr
 IMAGE_LABELS = ["light", "dark"]
 
 
-def png(level: int, size: tuple[int, int] = (40, 32), seed: int = 0, mode: str = "RGB") -> bytes:
-    """A PNG of ``size`` pixels around grey ``level`` (0-255), with a little noise (``seed``)."""
+def png(level: int, size: tuple[int, int] = (40, 32), seed: int = 0, mode: str = "RGB", fmt: str = "PNG") -> bytes:
+    """An image file (``fmt``, PNG by default) of ``size`` pixels around grey ``level`` (0-255), with a little
+    noise (``seed``), in colour ``mode``."""
     import io
 
     import numpy as np
@@ -70,18 +71,25 @@ def png(level: int, size: tuple[int, int] = (40, 32), seed: int = 0, mode: str =
     rng = np.random.default_rng(seed)
     pixels = np.clip(level + rng.normal(0, 12, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").convert(mode).save(buffer, format="PNG")
+    Image.fromarray(pixels, "RGB").convert(mode).save(buffer, format=fmt)
     return buffer.getvalue()
 
 
 @lru_cache(maxsize=1)
 def tiny_image_classifier() -> TextClassifier:
     """A real classifier of light vs dark images (EfficientNet-Lite0 at 112 px + AutoML's embedding heads)."""
-    images = [png(220 - i * 3, seed=i) for i in range(8)] + [png(30 + i * 3, seed=100 + i) for i in range(8)]
-    labels = ["light"] * 8 + ["dark"] * 8
+    formats = ("PNG", "JPEG", "WEBP")
+    images = [png(250 - i * 2, seed=i, fmt=formats[i % 3]) for i in range(30)]
+    images += [png(5 + i * 2, seed=100 + i, fmt=formats[i % 3]) for i in range(30)]
+    labels = ["light"] * 30 + ["dark"] * 30
     embeddings = get_encoder(IMAGE_ENCODER).encode(images)
     return run_automl(
-        [f"image-{i}" for i in range(16)], embeddings, labels, IMAGE_LABELS, folds=3, encoder_id=IMAGE_ENCODER,
+        [f"image-{i}" for i in range(len(images))],
+        embeddings,
+        labels,
+        IMAGE_LABELS,
+        folds=3,
+        encoder_id=IMAGE_ENCODER,
         text_candidates=False,
     ).model
 

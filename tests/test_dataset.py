@@ -106,3 +106,36 @@ def test_an_image_item_is_identified_by_its_bytes() -> None:
     assert data["content_hash"].to_list()[:2] == [image_hash(red), image_hash(blue)]
     assert data["content_hash"][2] == content_hash("not a picture") == input_hash("not a picture", "image")
     assert input_hash(red) == content_hash(red)  # a text function hashes the text
+
+
+def test_an_image_that_does_not_decode_has_size_zero_and_fails_validation() -> None:
+    """Readable images have their byte size; a truncated one and a non-image have 0, so the inputs check
+    (text_length >= 1) names their tasks; images already embedded (``known``) are not decoded again."""
+    import base64
+
+    from loopml.validation import validate_dataset
+    from tests.serving_support import png
+
+    good = base64.b64encode(png(200, seed=1)).decode()
+    other = base64.b64encode(png(30, seed=2)).decode()
+    truncated = base64.b64encode(png(100, size=(64, 64))[:-50]).decode()
+    rows = tasks_to_rows(
+        [
+            PulledTask(1, good, "t", [ann(1, "x", "t")]),
+            PulledTask(2, other, "t", [ann(2, "y", "t")]),
+            PulledTask(3, truncated, "t", [ann(3, "y", "t")]),
+            PulledTask(4, "not a picture", "t", [ann(4, "x", "t")]),
+        ]
+    )
+    asked: list[list[str]] = []
+    data = build_dataset(rows, input_type="image", known=lambda hashes: asked.append(hashes) or set())
+    sizes = dict(zip(data["task_id"].to_list(), data["text_length"].to_list(), strict=True))
+    assert sizes[1] == len(png(200, seed=1)) and sizes[2] > 0 and sizes[3] == 0 and sizes[4] == 0
+    assert len(asked) == 1 and len(asked[0]) == 4
+    check = next(r for r in validate_dataset(data, ["x", "y"], 1) if r.name == "inputs_not_empty")
+    assert not check.passed and sorted(check.details["task_ids"]) == [3, 4]
+    # a truncated image the cache already knows is taken as readable: the cache only holds decoded images
+    from loopml.dataset import input_hash
+
+    trusted = build_dataset(rows, input_type="image", known=lambda hashes: {input_hash(truncated, "image")})
+    assert dict(zip(trusted["task_id"].to_list(), trusted["text_length"].to_list(), strict=True))[3] > 0

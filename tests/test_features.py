@@ -31,3 +31,12 @@ def test_compaction_keeps_every_vector(tmp_path, monkeypatch) -> None:
     assert len(list(cache.folder.glob("part-*.parquet"))) <= 4
     found = cache.lookup([f"h{i}" for i in range(6)])
     assert sorted(float(v[0]) for v in found.values()) == [0, 1, 2, 3, 4, 5]
+
+
+def test_known_names_the_cached_hashes(tmp_path) -> None:
+    cache = FeatureCache(tmp_path, "enc")
+    assert cache.known(["a"]) == set()
+    cache.store(["a", "b"], np.ones((2, 3), dtype=np.float32))
+    cache.store(["c"], np.ones((1, 3), dtype=np.float32))
+    assert cache.known(["a", "c", "z", "a"]) == {"a", "c"}
+    assert cache.known([]) == set()

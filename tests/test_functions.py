@@ -236,3 +236,18 @@ def test_e2e_duplicate_projects_are_cleaned_up(labelstudio, partitions) -> None:
     finally:
         for project in client.projects_titled(name)[1:]:
             client.delete_project(project.project_id)
+
+
+def test_an_image_function_gets_an_image_project_and_the_image_encoder(settings, api, partitions) -> None:
+    from loopml.encoders import IMAGE_ENCODER, IMAGE_ENCODER_SMALL
+
+    project_id = create_function(settings, "tone", "image", "light,dark", client=api.client())
+    spec = FunctionRegistry(settings).get("tone")
+    assert (spec.input_type, spec.encoder_id) == ("image", IMAGE_ENCODER)
+    assert '<Image name="image" value="$image"' in api.projects[project_id].label_config
+    create_function(settings, "tone-fast", "image", "light,dark", encoder_id=IMAGE_ENCODER_SMALL, client=api.client())
+    assert FunctionRegistry(settings).get("tone-fast").encoder_id == IMAGE_ENCODER_SMALL
+    with pytest.raises(FunctionError, match="unknown image encoder 'minilm-l6-int8'"):
+        create_function(settings, "tone-2", "image", "a,b", encoder_id="minilm-l6-int8", client=api.client())
+    with pytest.raises(FunctionError, match="unknown input type 'audio'; supported: text, image"):
+        create_function(settings, "noise", "audio", "a,b", client=api.client())

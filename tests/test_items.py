@@ -130,3 +130,75 @@ def test_the_command_reports_what_it_added(function, tmp_path: Path, monkeypatch
     with pytest.raises(SystemExit) as exit_info:
         run()
     assert exit_info.value.code == 1 and "no such file" in capsys.readouterr().err
+
+
+@pytest.fixture
+def image_function(tmp_path: Path) -> tuple:
+    api = FakeLabelStudioAPI()
+    client = api.client()
+    settings = replace(get_settings(), home=tmp_path, database_url_override=None)
+    settings.ensure_dirs()
+    from loopml.functions import render_label_config
+
+    project = client.create_project("tone", render_label_config("image", ["light", "dark"]))
+    FunctionRegistry(settings).add(FunctionSpec("tone", "image", ["light", "dark"], "efficientnet-lite0-224", project))
+    return settings, api, client, project
+
+
+def test_image_files_and_folders_become_image_tasks(image_function, tmp_path: Path) -> None:
+    """Folders are searched recursively; with folder labels an image in a folder named after a label carries it;
+    a repeated file is imported once; the task holds the image as a data URI under `image`."""
+    from loopml.images import image_bytes
+    from tests.serving_support import png
+
+    settings, api, client, project = image_function
+    root = tmp_path / "photos"
+    for folder, level in (("light", 230), ("dark", 20), ("unsorted", 128)):
+        (root / folder).mkdir(parents=True)
+        for i in range(2):
+            (root / folder / f"{i}.png").write_bytes(png(level, seed=i))
+    (root / "dark" / "copy.png").write_bytes(png(20, seed=0))  # the same bytes as dark/0.png
+    (root / "notes.txt").write_text("not an image: skipped in a folder")
+    single = tmp_path / "one.jpg"
+    single.write_bytes(png(200, fmt="JPEG"))
+    added = add_items(settings, client, "tone", [root, single], folder_labels=True)
+    assert (added.imported, added.labelled, added.repeated) == (7, 4, 1)
+    tasks = [t for t in api.tasks.values() if t.project == project]
+    assert all(t.data["image"].startswith("data:image/") for t in tasks)
+    labelled = {image_bytes(t.data["image"]): t.annotations[0]["result"][0] for t in tasks if t.annotations}
+    assert labelled[png(230, seed=1)]["value"]["choices"] == ["light"]
+    assert {r["to_name"] for r in labelled.values()} == {"image"}
+    unlabelled = add_items(settings, client, "tone", [root / "light"])  # without folder labels
+    assert unlabelled.labelled == 0
+
+
+def test_bad_image_files_name_the_file_and_import_nothing(image_function, tmp_path: Path) -> None:
+    from tests.serving_support import png
+
+    settings, api, client, project = image_function
+    good = tmp_path / "good.png"
+    good.write_bytes(png(40))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(png(40, size=(64, 64))[:-50])
+    for paths, says in (
+        ([good, broken], "broken.png: the image is truncated"),
+        ([good, tmp_path / "a.txt"], "an image function takes image files"),
+        ([tmp_path / "empty"], "no such file or folder"),
+    ):
+        (tmp_path / "a.txt").write_text("x")
+        with pytest.raises(ItemsError, match=says):
+            add_items(settings, client, "tone", paths)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ItemsError, match="no image files"):
+        add_items(settings, client, "tone", [tmp_path / "empty"])
+    assert not [t for t in api.tasks.values() if t.project == project]
+
+
+def test_imports_are_batched_by_count_and_size() -> None:
+    from loopml.items import BATCH, BATCH_BYTES, batches
+
+    tasks = [{"i": i} for i in range(BATCH + 3)]
+    assert [len(b) for b in batches(tasks, [1] * len(tasks))] == [BATCH, 3]
+    big = BATCH_BYTES // 2 + 1
+    assert [len(b) for b in batches(tasks[:5], [big] * 5)] == [1, 1, 1, 1, 1]
+    assert [len(b) for b in batches(tasks[:3], [BATCH_BYTES * 2, 1, 1])] == [1, 2]  # an oversized one goes alone
