@@ -11,6 +11,7 @@ from dagster import AssetExecutionContext, AssetKey, MetadataValue, Output, asse
 from assets.io_manager import asset_path
 from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource, retried_when_labelstudio_is_down
+from loopml.functions import input_key
 from loopml.labelstudio import PREFILLED_META, choice_result
 
 BUDGET_TAG = "loopml/review_budget"  # set by the drift sensor to raise the budget of the current period
@@ -98,23 +99,25 @@ def _training_embeddings(dataset: pl.DataFrame, features: pl.DataFrame) -> np.nd
     return np.asarray(rows["embedding"].to_list(), dtype=np.float32)
 
 
-def review_task(row: dict[str, Any], answered_by: str, primary: str | None) -> dict[str, Any]:
+def review_task(row: dict[str, Any], answered_by: str, primary: str | None, key: str = "text") -> dict[str, Any]:
     """A call sent for review as a Label Studio task: the answer it got pre-filled (with its score) and, when
     another version (a canary) answered, the serving primary's answer too, which the labelling UI shows (it
-    pre-fills the project's model version). ``meta`` records which version's answer the task carries."""
+    pre-fills the project's model version). ``meta`` records which version's answer the task carries. ``key``:
+    the function's input in the task's data (``text``, or ``image``: the logged thumbnail)."""
     predictions = [
         {
             "model_version": answered_by,
             "score": round(float(row["confidence"]), 4),
-            "result": choice_result(str(row["label"])),
+            "result": choice_result(str(row["label"]), to_name=key),
         }
     ]
     prefilled = answered_by
     if primary and answered_by != primary and row.get("primary_answer"):
-        predictions.insert(0, {"model_version": primary, "result": choice_result(str(row["primary_answer"]))})
+        answer = choice_result(str(row["primary_answer"]), to_name=key)
+        predictions.insert(0, {"model_version": primary, "result": answer})
         prefilled = primary
     return {
-        "data": {"text": row["input_text"], "review_reason": row["reason"]},
+        "data": {key: row["input_text"], "review_reason": row["reason"]},
         "meta": {
             "loopml_source": "review",
             "loopml_reason": row["reason"],
@@ -143,7 +146,7 @@ def review_set(
     earlier runs of the period sent counts against it), caps per reason, no duplicates of tasks already in Label
     Studio. Pushed as tasks with the model's answer pre-filled and the reason in the
     Data Manager (`review_reason` column); once annotated they join the dataset with source `review`."""
-    from loopml.dataset import content_hash
+    from loopml.dataset import input_hash
     from loopml.invocation_frames import load_serving_invocations
     from loopml.review import ReviewContext, ReviewPolicy, parse_caps, select_for_review
     from serving.model_store import version_path
@@ -159,7 +162,9 @@ def review_set(
     client = loopml.labelstudio()
     if spec.labelstudio_project_id is None:
         raise ValueError(f"function {function!r} has no Label Studio project")
-    in_labelstudio = {content_hash(text) for text in client.task_texts(spec.labelstudio_project_id).values()}
+    key = input_key(spec.input_type)
+    texts = client.task_texts(spec.labelstudio_project_id, key=key).values()
+    in_labelstudio = {input_hash(text, spec.input_type) for text in texts}
     counts = {r["label"]: int(r["count"]) for r in dataset["label"].value_counts().to_dicts()}
     period_budget = review_budget(function, dict(context.run.tags))
     sent_before = _sent_in_period(context, now - review_period())
@@ -182,6 +187,7 @@ def review_set(
             mistake_embeddings=mistakes if mistakes.size else np.zeros((0, dim), dtype=np.float32),
             existing_hashes=frozenset(in_labelstudio | set(dataset["content_hash"].to_list())),
             training_embeddings=_training_embeddings(dataset, features),
+            input_type=spec.input_type,
         ),
         policy,
     ).join(
@@ -191,7 +197,7 @@ def review_set(
         on="invocation_id",
         how="left",
     )
-    tasks = [review_task(r, str(r.get("answered_by") or model["tag"]), calls.primary) for r in selected.to_dicts()]
+    tasks = [review_task(r, str(r.get("answered_by") or model["tag"]), calls.primary, key) for r in selected.to_dicts()]
     pushed = client.import_tasks(spec.labelstudio_project_id, tasks) if tasks else 0
     reasons = {r["reason"]: int(r["count"]) for r in selected["reason"].value_counts().to_dicts()}
     stored = asset_path(settings.data_dir, "review_set", function, ".parquet")

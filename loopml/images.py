@@ -163,15 +163,18 @@ def data_uri(data: bytes, limits: ImageLimits = ImageLimits()) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-THUMBNAIL_PIXELS = 128  # the longer side of the thumbnail an invocation of an image function is logged with
+THUMBNAIL_PIXELS = 224  # the shorter side of the thumbnail an image invocation is logged with: the encoder's input
 
 
-def thumbnail_uri(picture: Image.Image, max_side: int = THUMBNAIL_PIXELS) -> str:
-    """A JPEG ``data:`` URI of ``picture`` (RGB) shrunk to at most ``max_side`` pixels on its longer side: what the
-    invocation log keeps of an image (a few kB instead of the whole upload), enough for a reviewer in Label
-    Studio and for the drift report's image properties."""
+def thumbnail_uri(picture: Image.Image, short_side: int = THUMBNAIL_PIXELS) -> str:
+    """A JPEG ``data:`` URI of ``picture`` (RGB) shrunk to at most ``short_side`` pixels on its shorter side: what
+    the invocation log keeps of an image (10-20 kB instead of the whole upload). It is what a reviewer sees in
+    Label Studio, and a reviewed call trains on it: the default encoder reads 224 pixels on the shorter side, so
+    it sees what it saw when the call was answered."""
     small = picture.copy()
-    small.thumbnail((max_side, max_side))
+    scale = short_side / min(small.size)
+    if scale < 1:
+        small.thumbnail((round(small.width * scale), round(small.height * scale)))
     buffer = io.BytesIO()
     small.save(buffer, format="JPEG", quality=85)
     return f"data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"

@@ -801,10 +801,11 @@ class LabelStudioClient:
         )
         return [_task(item, "label") for item in items]
 
-    def task_texts(self, project_id: int) -> dict[int, str]:
-        """``{task id: text}`` of every task in the project (for de-duplicating new tasks)."""
+    def task_texts(self, project_id: int, key: str = "text") -> dict[int, str]:
+        """``{task id: data[key]}`` of every task in the project (for de-duplicating new tasks); ``key`` is the
+        function's input (``text`` or ``image``)."""
         items = self._list(project_id, [], include="id,data", with_annotations=False, page_size=self.id_page_size)
-        return {int(item.id): str((item.data or {}).get("text", "")) for item in items}
+        return {int(item.id): str((item.data or {}).get(key, "")) for item in items}
 
     # --- predictions (pre-annotations) ---------------------------------------------------------------------
 

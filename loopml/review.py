@@ -48,7 +48,7 @@ from datetime import UTC, datetime
 import numpy as np
 import polars as pl
 
-from loopml.dataset import content_hash
+from loopml.dataset import input_hash
 
 REASONS: tuple[str, ...] = (
     "flagged",
@@ -175,8 +175,9 @@ class ReviewContext:
 
     training_label_counts: dict[str, int]
     mistake_embeddings: np.ndarray  # [m, d] items the model got wrong or was unsure of (may be empty [0, d])
-    existing_hashes: frozenset[str]  # content hashes (loopml.dataset.content_hash) of texts already in Label Studio
+    existing_hashes: frozenset[str]  # input hashes (loopml.dataset.input_hash) of inputs already in Label Studio
     training_embeddings: np.ndarray | None = None  # [t, d] the training examples (None: unfamiliar never applies)
+    input_type: str = "text"  # how inputs are hashed: a text's content, an image's bytes
 
 
 @dataclass(frozen=True)
@@ -383,6 +384,7 @@ def select_for_review(
         vectors=lambda rows: embeddings[rep[rows]],
         answers=reps["label"].fill_null("").to_numpy(),
         seed=seed,
+        input_type=context.input_type,
     )
     cold = policy.cold_start(context.training_label_counts)
     return _review_frame(reps, _allocate(signals, picker, policy, cold), signals)
@@ -498,6 +500,7 @@ class _Picker:
     vectors: Callable[[np.ndarray], np.ndarray]  # embeddings of rows
     answers: np.ndarray  # the model's answer (label) of each row; cold-start coverage balances them
     seed: int = 0
+    input_type: str = "text"
     taken: set[str] = field(default_factory=set)
     hashes: dict[int, str] = field(default_factory=dict)
 
@@ -554,7 +557,7 @@ class _Picker:
         while len(found) < limit and len(remaining):
             top, remaining = _best_rows(remaining, signal.priority, self.recency, block)
             for row, text in zip(top.tolist(), self.texts.gather(top).to_list(), strict=True):
-                digest = self.hashes.setdefault(row, content_hash(text))
+                digest = self.hashes.setdefault(row, input_hash(text, self.input_type))
                 if digest in self.existing or digest in self.taken or digest in seen:
                     continue
                 seen.add(digest)

@@ -144,9 +144,9 @@ class FakeLabelStudio:
         self._check()
         return [t for t in self._project_tasks(project_id) if not t.annotations][:limit]
 
-    def task_texts(self, project_id: int) -> dict[int, str]:
+    def task_texts(self, project_id: int, key: str = "text") -> dict[int, str]:
         self._check()
-        return {t.task_id: str(t.data.get("text", "")) for t in self._project_tasks(project_id)}
+        return {t.task_id: str(t.data.get(key, "")) for t in self._project_tasks(project_id)}
 
     def get_label_config(self, project_id: int) -> str:
         self._check()

@@ -256,6 +256,9 @@ def test_a_call_the_canary_answered_goes_to_review_with_the_primarys_answer_too(
     by_primary = review_task(row, "fn:v2", primary="fn:v2")
     assert [p["model_version"] for p in by_primary["predictions"]] == ["fn:v2"]
     assert by_primary["predictions"][0]["score"] == 0.55
+    image = review_task({**row, "input_text": "data:image/jpeg;base64,AAAA"}, "fn:v3", primary="fn:v2", key="image")
+    assert image["data"]["image"] == "data:image/jpeg;base64,AAAA" and "text" not in image["data"]
+    assert {r["to_name"] for p in image["predictions"] for r in p["result"]} == {"image"}  # the Image object
     unknown = review_task({**row, "primary_answer": None}, "fn:v3", primary="fn:v2")  # primary's answer not logged
     assert [p["model_version"] for p in unknown["predictions"]] == ["fn:v3"] and unknown["meta"][
         PREFILLED_META

@@ -567,3 +567,46 @@ def test_an_unchanged_project_costs_one_label_studio_call_per_poll() -> None:
     assert annotation_signature(labelled, 1, previous=annotation_part(acted_on)) is None
     assert labelled.calls == ["fingerprint", "has_annotations"]
     assert annotation_part(None) is None
+
+
+def test_an_image_function_trains_and_deploys(tmp_path, monkeypatch) -> None:
+    """Images through the same assets: the dataset hashes their bytes and checks they decode, features are
+    EfficientNet-Lite0 embeddings, AutoML fits embedding heads only, the version deploys and classifies images."""
+    import base64
+
+    from loopml.encoders import get_encoder
+    from tests.serving_support import IMAGE_ENCODER, png
+
+    monkeypatch.setenv("LOOPML_HOME", str(tmp_path))
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    settings = get_settings()
+    settings.ensure_dirs()
+    key = uuid.uuid4().hex
+    fake = FAKES.setdefault(key, FakeLabelStudio())
+    try:
+        project = fake.create_project("tone", "<View/>")
+        uri = lambda data: "data:image/png;base64," + base64.b64encode(data).decode()  # noqa: E731
+        light = [png(250 - 4 * i, seed=i) for i in range(8)]
+        dark = [png(5 + 4 * i, seed=50 + i) for i in range(8)]
+        fake.import_tasks(project, [{"data": {"image": uri(d)}} for d in light + dark + [png(128, seed=99)]])
+        FunctionRegistry(settings).add(FunctionSpec("tone", "image", ["light", "dark"], IMAGE_ENCODER, project))
+        for tid in fake.projects[project][:16]:
+            fake.create_annotation(tid, "light" if tid < fake.projects[project][8] else "dark", to_name="image")
+        instance = DagsterInstance.ephemeral()
+        instance.add_dynamic_partitions("functions", ["tone"])
+        resources = {"loopml": FakeLoopMLResource(fake_key=key), "loopml_io": LoopMLIOManager()}
+        result = materialize(ASSETS, instance=instance, partition_key="tone", resources=resources)
+        assert result.success
+        checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        assert checks["inputs_not_empty"] and checks["labels_in_label_set"]
+        assert result.asset_materializations_for_node("features")[0].metadata["encoder"].value == IMAGE_ENCODER
+        output = result.output_for_node("model")
+        assert output["tag"] == "tone:v1" and output["label_set"] == ["light", "dark"]
+        assert "tfidf" not in output["winner"]
+        assert result.output_for_node("deployment")["decision"] == "primary"
+        classifier = load_classifier(settings, "tone:v1")
+        images = [png(240, seed=7), png(15, seed=8)]
+        probs = classifier.predict_proba(["a", "b"], get_encoder(IMAGE_ENCODER).encode(images))
+        assert probs[0].argmax() == 0 and probs[1].argmax() == 1
+    finally:
+        FAKES.pop(key, None)

@@ -120,6 +120,80 @@ def test_up_create_annotate_and_the_daemon_trains_a_model(platform_env) -> None:
     STATE.update(settings=settings, project=project, task=unlabelled.task_id, prediction=predictions[0])
 
 
+def test_an_image_function_from_image_files_to_answers_over_http(platform_env, tmp_path) -> None:
+    """`functions create --type image`, `items add` of a folder of images (labels from folder names) and one
+    unlabelled image: the daemon trains and deploys, the API answers JSON and file uploads, and the unlabelled
+    image task gets its pre-annotation."""
+    import base64
+
+    from loopml.functions import FunctionRegistry
+    from loopml.labelstudio import LabelStudioClient
+    from serving.model_store import list_versions
+    from tests.serving_support import IMAGE_ENCODER, png
+
+    assert STATE, "the platform test above did not get as far as a pre-annotated task"
+    name = "platform-tone"
+    created = loopml(
+        platform_env,
+        "functions",
+        "create",
+        name,
+        "--type",
+        "image",
+        "--labels",
+        "light,dark",
+        "--encoder",
+        IMAGE_ENCODER,
+    )
+    assert created.returncode == 0, created.stdout + created.stderr
+    for label, levels in (("light", range(250, 200, -5)), ("dark", range(5, 55, 5))):
+        (tmp_path / label).mkdir()
+        for i, level in enumerate(levels):
+            (tmp_path / label / f"{i}.png").write_bytes(png(level, seed=level))
+    open_image = tmp_path / "open.png"
+    open_image.write_bytes(png(235, seed=1000))
+    added = loopml(
+        platform_env, "items", "add", name, str(tmp_path / "light"), str(tmp_path / "dark"), "--folder-labels"
+    )
+    assert added.returncode == 0 and f"added 20 items to {name} (20 labelled)" in added.stdout, (
+        added.stdout + added.stderr
+    )
+    assert loopml(platform_env, "items", "add", name, str(open_image)).returncode == 0
+
+    settings = STATE["settings"]
+    client = LabelStudioClient.from_settings(settings)
+    project = FunctionRegistry(settings).get(name).labelstudio_project_id
+    deadline = time.time() + 900  # a bound for a broken loop, not a speed target
+    while time.time() < deadline and not list_versions(settings, name):
+        time.sleep(1)
+    assert list_versions(settings, name), (settings.run_dir / "dagster-daemon.log").read_text()[-3000:]
+
+    secret = loopml(platform_env, "keys", "create", "platform-images").stdout.strip().splitlines()[-1]
+    headers = {"Authorization": f"Bearer {secret}"}
+    url = f"{settings.serving_url}/v1/functions/{name}/invoke"
+    answer: dict = {}
+    deadline = time.time() + 300
+    while time.time() < deadline and answer.get("version") != f"{name}:v1":
+        response = requests.post(url, json={"image": base64.b64encode(png(245, seed=7)).decode()}, headers=headers)
+        answer = response.json() if response.ok else {}
+        time.sleep(0.5)
+    assert answer.get("label") == "light", answer
+    upload = requests.post(url, files={"image": ("x.png", png(10, seed=8), "image/png")}, headers=headers, timeout=30)
+    assert upload.status_code == 200 and upload.json()["label"] == "dark", upload.text
+    wrong = requests.post(url, json={"text": "a text"}, headers=headers, timeout=30)
+    assert wrong.status_code == 422 and "classifies images" in wrong.json()["detail"]
+
+    (unlabelled,) = client.unlabeled_tasks(project, limit=10)
+    assert unlabelled.data["image"].startswith("data:image/png;base64,")
+    predictions: list = []
+    deadline = time.time() + 600
+    while time.time() < deadline and not predictions:
+        predictions = client.task_predictions(unlabelled.task_id)
+        time.sleep(1)
+    assert [(p["model_version"], p["label"]) for p in predictions] == [(f"{name}:v1", "light")], predictions
+    STATE.update(image_project=project, image_task=unlabelled.task_id, image_prediction=predictions[0])
+
+
 def test_the_user_sees_the_lifecycle_in_dagster_and_the_prediction_in_label_studio(platform_env) -> None:
     """Headless Chromium: the asset graph with its partition, and a Label Studio task with its pre-annotation.
     Screenshots are kept in test-artifacts/browser/."""
@@ -148,11 +222,11 @@ def test_the_user_sees_the_lifecycle_in_dagster_and_the_prediction_in_label_stud
             # the first visit: no new-user dialog over the graph (dagster.yaml has nux disabled)
             assert not browser.find_elements("xpath", "//button[normalize-space()='Skip']")
             screenshot(browser, f"dagster-{group}")
-            assert all(a in text for a in assets) and (not partitioned or "1 partition" in text), text[:2000]
+            assert all(a in text for a in assets) and (not partitioned or "2 partitions" in text), text[:2000]
         browser.get(f"{settings.dagster_url}/assets/model?view=partitions")
-        text = wait_for_text(browser, lambda t: "platform-sentiment" in t)
+        text = wait_for_text(browser, lambda t: "platform-sentiment" in t and "platform-tone" in t)
         screenshot(browser, "dagster-model-partitions")
-        assert "platform-sentiment" in text and "Materialized (1)" in text, text[:2000]
+        assert "Materialized (2)" in text, text[:2000]  # the text function and the image function
 
         creds = ensure_credentials(settings)
         browser.get(f"{settings.labelstudio_url}/user/login")
@@ -167,6 +241,18 @@ def test_the_user_sees_the_lifecycle_in_dagster_and_the_prediction_in_label_stud
         text = wait_for_text(browser, lambda t: score in t and "a warm and wonderful film" in t)
         screenshot(browser, "labelstudio-task-with-prediction")
         assert "a warm and wonderful film" in text and score in text and "v1" in text, text[-3000:]
+
+        if "image_task" in STATE:  # the image function's task: the picture shows, with its pre-annotation
+            browser.get(f"{settings.labelstudio_url}/projects/{STATE['image_project']}/data?task={STATE['image_task']}")
+            score = f"{100 * STATE['image_prediction']['score']:.2f}%"
+            text = wait_for_text(browser, lambda t: score in t)
+            shown = browser.execute_script(
+                "return [...document.querySelectorAll('img, image')].filter(e => (e.currentSrc || e.href?.baseVal "
+                "|| e.src || '').startsWith('data:image/png') && (e.naturalWidth || e.getBBox?.().width || 0) > 0)"
+                ".length"
+            )
+            screenshot(browser, "labelstudio-image-task-with-prediction")
+            assert shown >= 1 and score in text and "one:v1" in text  # Label Studio shortens the version's name
 
 
 def test_down_stops_everything(platform_env) -> None:

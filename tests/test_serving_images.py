@@ -144,17 +144,17 @@ def test_bad_images_get_a_clear_4xx_and_the_service_keeps_answering(served: Serv
 
 
 def test_the_log_keeps_a_thumbnail_not_the_upload(served: Served) -> None:
-    """An image invocation is logged with a small JPEG thumbnail (a data URI), whatever size came in."""
+    """An image invocation is logged with a JPEG thumbnail (a data URI), 224 pixels on its shorter side."""
     from loopml.images import decode_image
 
-    photo = encoded(230, "JPEG", size=(600, 400))  # noisy: about 100 kB
+    photo = encoded(230, "JPEG", size=(900, 600))  # noisy: about 150 kB
     response = served.post({"image": b64(photo)})
     assert response.status_code == 200, response.text
     logged = served.log.get(response.json()["invocation_id"])["input_text"]
     assert logged.startswith("data:image/jpeg;base64,")
-    assert len(logged) < len(b64(photo)) / 4
+    assert len(logged) < len(b64(photo)) / 3
     thumbnail = decode_image(logged)
-    assert max(thumbnail.size) == 128 and thumbnail.size[0] > thumbnail.size[1]
+    assert thumbnail.size == (336, 224)  # the shorter side at the encoder's 224 pixels, the aspect kept
 
 
 def test_the_openapi_document_states_both_bodies(served: Served) -> None:
