@@ -41,12 +41,12 @@ install-browser:  ## headless Chromium and its driver for the browser test (Debi
 	  echo "==> installing chromium and chromium-driver (apt, about a minute)"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; }
 
-install-images:  ## Fashion-MNIST, the image data of the image benchmarks (Debian package, once)
+install-images:  ## Fashion-MNIST, the image demo function's and benchmarks' data (Debian package, once)
 	@[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || { \
 	  echo "==> installing dataset-fashion-mnist (apt)"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; }
 
-demo: install  ## start the platform (Label Studio, Dagster, the serving API) with demo data and print the URLs
+demo: install install-images  ## start the platform (Label Studio, Dagster, the serving API) with demo data and print the URLs
 	$(RUN_ENV) $(VENV)/bin/loopml demo
 
 up: install  ## start Label Studio, Dagster and the serving API without demo data
@@ -58,7 +58,7 @@ down:  ## stop the services started by `make up` / `make demo`
 status:  ## show what is running
 	$(VENV)/bin/loopml status
 
-test: install install-browser  ## install what the tests need and run the whole suite (end-to-end included)
+test: install install-browser install-images  ## install what the tests need and run the whole suite (end-to-end included)
 	$(RUN_ENV) $(VENV)/bin/python -m pytest
 
 test-fast: install  ## unit and in-process tests only (no Label Studio server)

@@ -1,4 +1,8 @@
-"""The demo: two text functions on real data shipped in packages, and a simulated annotator.
+"""The demo: two text functions and an image function on real data shipped in packages, a simulated annotator and
+a simulated product calling the API.
+
+The image function (Fashion-MNIST, from Debian's ``dataset-fashion-mnist``, installed by ``make demo``) is left
+out, with a message, where that package is missing.
 
 The annotator labels tasks through the Label Studio API from the data set's ground truth (kept under
 LOOPML_HOME/demo, never shown to Label Studio), at a configurable pace, so the loop turns by itself.
@@ -16,35 +20,61 @@ from pathlib import Path
 import polars as pl
 
 from loopml.config import Settings
-from loopml.dataset import content_hash
+from loopml.dataset import input_hash
 
 
 @dataclass(frozen=True)
 class DemoFunction:
     name: str
     labels: list[str]
-    loader: Callable[[], tuple[list[str], list[str]]]
+    loader: Callable[[], tuple[list, list[str]]]  # texts, or images as data URIs; and their true labels
+    input_type: str = "text"
 
 
-def demo_functions() -> list[DemoFunction]:
-    from loopml.demo_data import load_bbc_news, load_rotten_tomatoes
+def load_fashion_images() -> tuple[list[str], list[str]]:
+    """Fashion-MNIST's first 10,000 training images as data URIs (what the demo imports and calls with)."""
+    from loopml.demo_data import load_fashion_mnist
+    from loopml.images import data_uri
 
-    return [
+    images, labels = load_fashion_mnist("train", limit=10_000)
+    return [data_uri(image) for image in images], labels
+
+
+def demo_functions(echo: Callable[[str], None] | None = None) -> list[DemoFunction]:
+    """The demo's functions; the image one only where its data set is installed (``echo`` says when not)."""
+    from loopml.demo_data import (
+        FASHION_MNIST_LABELS,
+        DemoDataMissing,
+        load_bbc_news,
+        load_fashion_mnist,
+        load_rotten_tomatoes,
+    )
+
+    functions = [
         DemoFunction("review-sentiment", ["positive", "negative"], load_rotten_tomatoes),
         DemoFunction("news-topic", ["business", "entertainment", "politics", "sports", "tech"], load_bbc_news),
     ]
+    try:
+        load_fashion_mnist("test", limit=1)
+    except DemoDataMissing as missing:
+        if echo is not None:
+            echo(f"the image demo function is left out: {missing}")
+        return functions
+    return [*functions, DemoFunction("fashion-item", list(FASHION_MNIST_LABELS), load_fashion_images, "image")]
 
 
 def truth_path(settings: Settings, function: str) -> Path:
     return settings.home / "demo" / f"{function}.truth.parquet"
 
 
-def sample_items(texts: list[str], labels: list[str], items: int, seed: int = 0) -> tuple[list[str], list[str]]:
+def sample_items(
+    texts: list[str], labels: list[str], items: int, seed: int = 0, input_type: str = "text"
+) -> tuple[list[str], list[str]]:
     """A deterministic random sample of ``items`` (all when fewer), duplicates removed."""
     seen: set[str] = set()
     pairs = []
     for text, label in zip(texts, labels, strict=True):
-        key = content_hash(text)
+        key = input_hash(text, input_type)
         if text.strip() and key not in seen:
             seen.add(key)
             pairs.append((text, label))
@@ -55,21 +85,23 @@ def sample_items(texts: list[str], labels: list[str], items: int, seed: int = 0)
 
 def setup_demo(settings: Settings, items: int, echo: Callable[[str], None] = print) -> None:
     """Create the demo functions (once) and import their items into Label Studio as unlabelled tasks."""
-    from loopml.functions import FunctionRegistry, create_function
+    from loopml.functions import FunctionRegistry, create_function, input_key
     from loopml.labelstudio import LabelStudioClient
 
     registry = FunctionRegistry(settings)
     client = LabelStudioClient.from_settings(settings)
-    for demo in demo_functions():
+    for demo in demo_functions(echo):
         if demo.name in registry.names():
             echo(f"demo function {demo.name} exists already")
             continue
-        texts, labels = sample_items(*demo.loader(), items=items)
+        texts, labels = sample_items(*demo.loader(), items=items, input_type=demo.input_type)
         path = truth_path(settings, demo.name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        pl.DataFrame({"content_hash": [content_hash(t) for t in texts], "label": labels}).write_parquet(path)
-        project_id = create_function(settings, demo.name, "text", demo.labels)
-        count = client.import_tasks(project_id, [{"data": {"text": text}} for text in texts])
+        hashes = [input_hash(t, demo.input_type) for t in texts]
+        pl.DataFrame({"content_hash": hashes, "label": labels}).write_parquet(path)
+        project_id = create_function(settings, demo.name, demo.input_type, demo.labels)
+        key = input_key(demo.input_type)
+        count = client.import_tasks(project_id, [{"data": {key: text}} for text in texts])
         echo(f"demo function {demo.name}: {count} tasks imported into Label Studio project {project_id}")
 
 
@@ -93,14 +125,18 @@ def run_annotator(settings: Settings, pace: float, noise: float, max_annotations
     rng = random.Random(1)
     registry = FunctionRegistry(settings)
     client = LabelStudioClient.from_settings(settings)
+    from loopml.functions import input_key
+
     truths: dict[str, dict[str, str]] = {}
     projects: dict[str, int] = {}
+    input_types: dict[str, str] = {}
     for demo in demo_functions():
         path = truth_path(settings, demo.name)
         if demo.name in registry.names() and path.exists():
             frame = pl.read_parquet(path)
             truths[demo.name] = dict(zip(frame["content_hash"], frame["label"], strict=True))
             projects[demo.name] = registry.get(demo.name).labelstudio_project_id or 0
+            input_types[demo.name] = demo.input_type
     queues: dict[str, list] = {name: [] for name in truths}
     done = 0
     while truths and (max_annotations is None or done < max_annotations):
@@ -113,12 +149,13 @@ def run_annotator(settings: Settings, pace: float, noise: float, max_annotations
                         truths.pop(name)
                         continue
                 task = queues[name].pop(0)
-                label = truths[name].get(content_hash(task.data.get("text", "")))
+                kind = input_types[name]
+                label = truths[name].get(input_hash(str(task.data.get(input_key(kind), "")), kind))
                 if label is None:
                     continue
                 if rng.random() < noise:
                     label = rng.choice([other for other in set(truths[name].values()) if other != label])
-                client.create_annotation(task.task_id, label)
+                client.create_annotation(task.task_id, label, to_name=input_key(kind))
                 done += 1
                 print(f"{name}: task {task.task_id} -> {label} ({done} so far)", flush=True)
             except LabelStudioUnavailable as error:
@@ -167,7 +204,9 @@ def run_client(settings: Settings, rate: float, feedback: float, max_calls: int 
 
     rng = random.Random(seed)
     headers = {"Authorization": f"Bearer {demo_client_key(settings)}"}
-    pools = {demo.name: list(zip(*demo.loader(), strict=True)) for demo in demo_functions()}
+    functions = demo_functions()
+    pools = {demo.name: list(zip(*demo.loader(), strict=True)) for demo in functions}
+    fields = {demo.name: "image" if demo.input_type == "image" else "text" for demo in functions}
     calls = 0
     session = requests.Session()
     while max_calls is None or calls < max_calls:
@@ -175,7 +214,10 @@ def run_client(settings: Settings, rate: float, feedback: float, max_calls: int 
         text, truth = rng.choice(pools[name])
         try:
             response = session.post(
-                f"{settings.serving_url}/v1/functions/{name}/invoke", json={"text": text}, headers=headers, timeout=10
+                f"{settings.serving_url}/v1/functions/{name}/invoke",
+                json={fields[name]: text},
+                headers=headers,
+                timeout=10,
             )
         except requests.RequestException as error:
             print(f"serving API not reachable ({error}); retrying in 5 s", flush=True)
