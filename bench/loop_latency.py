@@ -7,7 +7,8 @@ temporary LOOPML_HOME on spare ports, with the product's default settings. Two m
    Studio API as a person would; timed from the annotation that lets it train (every label has its minimum,
    LOOPML_MIN_EXAMPLES_PER_LABEL, and two of each in the training split) until the serving API answers with the
    first version.
-2. A function with N labelled RottenTomatoes texts: single annotations saved through the Label Studio API, each
+2. A function with N labelled RottenTomatoes texts (and with ``--images N`` an image function with N labelled
+   Fashion-MNIST images, on the default image encoder): single annotations saved through the Label Studio API, each
    timed until the next version is registered and until the serving API answers with it as canary. No traffic
    reaches the canary here, so before each round the bench promotes the previous canary by hand (what the
    controller does after a healthy ramp): each round starts with no rollout in progress.
@@ -15,7 +16,7 @@ temporary LOOPML_HOME on spare ports, with the product's default settings. Two m
 Prints the raw speed of the encoder on this machine (the learning stages scale with it), p50/p95 and a
 breakdown per stage from Dagster's run and step stats; "not learning" is everything but embed and train.
 
-    .venv/bin/python bench/loop_latency.py [--labelled 2000] [--rounds 8] [--new-functions 3]
+    .venv/bin/python bench/loop_latency.py [--labelled 2000] [--rounds 8] [--new-functions 3] [--images 1000]
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def main() -> None:
     parser.add_argument("--labelled", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--new-functions", type=int, default=3)
+    parser.add_argument(
+        "--images", type=int, default=0, help="also an image function with this many labelled Fashion-MNIST images"
+    )
+    parser.add_argument("--image-rounds", type=int, default=8)
     parser.add_argument("--keep", action="store_true", help="leave the services running")
     args = parser.parse_args()
 
@@ -47,7 +52,10 @@ def main() -> None:
     subprocess.run([*loopml, "up"], check=True, cwd=ROOT)
     try:
         new_function_rounds(args.new_functions)
-        run_rounds(args.labelled, args.rounds)
+        if args.rounds:
+            run_rounds(args.labelled, args.rounds)
+        if args.images:
+            run_rounds(args.images, args.image_rounds, input_type="image")
     finally:
         if not args.keep:
             subprocess.run([*loopml, "down"], cwd=ROOT)
@@ -152,50 +160,58 @@ def promote_canary(settings, function: str) -> None:
         store.promote(function, "bench: the previous round's canary, promoted by hand", actor="bench")
 
 
-def run_rounds(labelled: int, rounds: int) -> None:
+def run_rounds(labelled: int, rounds: int, input_type: str = "text") -> None:
+    """A function with ``labelled`` labelled items (RottenTomatoes texts, or Fashion-MNIST images for
+    ``input_type="image"``), then ``rounds`` single annotations, each timed to the next version."""
     from dagster import DagsterInstance
 
     from loopml.config import get_settings
-    from loopml.demo import sample_items
-    from loopml.demo_data import load_rotten_tomatoes
-    from loopml.functions import create_function
-    from loopml.labelstudio import LabelStudioClient
+    from loopml.demo import load_fashion_images, sample_items
+    from loopml.demo_data import FASHION_MNIST_LABELS, load_rotten_tomatoes
+    from loopml.functions import create_function, input_key
+    from loopml.labelstudio import LabelStudioClient, choice_result
     from serving.model_store import list_versions
 
     settings = get_settings()
     client = LabelStudioClient.from_settings(settings)
-    texts, labels = sample_items(*load_rotten_tomatoes(), items=labelled + rounds)
-    project = create_function(settings, "bench-sentiment", "text", ["positive", "negative"])
-    choice = lambda label: [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [label]}}]  # noqa: E731
+    if input_type == "image":
+        name, label_set, loaded = "bench-fashion", list(FASHION_MNIST_LABELS), load_fashion_images()
+    else:
+        name, label_set, loaded = "bench-sentiment", ["positive", "negative"], load_rotten_tomatoes()
+    texts, labels = sample_items(*loaded, items=labelled + rounds, input_type=input_type)
+    key = input_key(input_type)
+    project = create_function(settings, name, input_type, label_set)
     client.import_tasks(
         project,
         [
-            {"data": {"text": t}, "annotations": [{"result": choice(lab)}]}
+            {"data": {key: t}, "annotations": [{"result": choice_result(lab, to_name=key)}]}
             for t, lab in zip(texts[:labelled], labels[:labelled], strict=True)
         ],
     )
-    client.import_tasks(project, [{"data": {"text": t}} for t in texts[labelled:]])
+    client.import_tasks(project, [{"data": {key: t}} for t in texts[labelled:]])
     print(f"imported {labelled} labelled + {rounds} unlabelled tasks; waiting for the first version ...", flush=True)
-    wait_for_version(settings, "bench-sentiment", 1, timeout_s=300)
+    started = time.time()
+    wait_for_version(settings, name, 1, timeout_s=900)
     instance = DagsterInstance.get()
-    wait_until_trained_on(instance, "bench-sentiment", labelled)
+    wait_until_trained_on(instance, name, labelled)
+    print(f"trained on all {labelled} in {time.time() - started:.0f} s", flush=True)
     from loopml.apikeys import create_key
 
     headers = {"Authorization": f"Bearer {create_key(settings, 'bench')[1]}"}
     unlabelled = client.unlabeled_tasks(project, limit=rounds)
     rows = []
     for i, task in enumerate(unlabelled):
-        promote_canary(settings, "bench-sentiment")
-        have = len(list_versions(settings, "bench-sentiment"))
+        promote_canary(settings, name)
+        have = len(list_versions(settings, name))
         time.sleep(1.0)
         t0 = time.time()
-        client.create_annotation(task.task_id, labels[labelled + i] if labelled + i < len(labels) else "positive")
-        wait_for_version(settings, "bench-sentiment", have + 1, timeout_s=120)
+        client.create_annotation(task.task_id, labels[min(labelled + i, len(labels) - 1)], to_name=key)
+        wait_for_version(settings, name, have + 1, timeout_s=120)
         total = time.time() - t0
-        new_tag = list_versions(settings, "bench-sentiment")[-1].tag
-        serving = wait_for_serving(settings, "bench-sentiment", new_tag, headers, timeout_s=60)
+        new_tag = list_versions(settings, name)[-1].tag
+        serving = wait_for_serving(settings, name, new_tag, headers, timeout_s=60)
         serving_total = (serving - t0) if serving else float("nan")
-        run = wait_for_run(instance, t0)
+        run = wait_for_run(instance, t0, name)
         steps = {s.step_key: s.end_time - s.start_time for s in instance.get_run_step_stats(run.dagster_run.run_id)}
         learning = steps.get("features", 0.0) + steps.get("model", 0.0)
         rows.append(
@@ -215,7 +231,7 @@ def run_rounds(labelled: int, rounds: int) -> None:
             }
         )
         print(f"round {i + 1}: registered {total:.2f} s, serving {serving_total:.2f} s", flush=True)
-    print_table(rows, f"Annotation saved -> new version registered / answering as canary ({labelled} labelled texts)")
+    print_table(rows, f"Annotation saved -> new version registered / answering as canary ({labelled} labelled {key}s)")
 
 
 def wait_until_trained_on(instance, function: str, annotated: int, timeout_s: float = 600) -> None:
@@ -243,8 +259,8 @@ def wait_until_trained_on(instance, function: str, annotated: int, timeout_s: fl
     raise TimeoutError(f"{function} was not trained on its {annotated} annotated tasks in {timeout_s} s")
 
 
-def wait_for_run(instance, t0: float, timeout_s: float = 60):
-    """The training run created after ``t0``, once it has finished."""
+def wait_for_run(instance, t0: float, function: str, timeout_s: float = 60):
+    """The training run of ``function`` created after ``t0``, once it has finished."""
     from datetime import UTC, datetime
 
     from dagster import DagsterRunStatus, RunsFilter
@@ -252,7 +268,9 @@ def wait_for_run(instance, t0: float, timeout_s: float = 60):
     since = datetime.fromtimestamp(t0, UTC)
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        records = instance.get_run_records(filters=RunsFilter(job_name="train_function", created_after=since))
+        records = instance.get_run_records(
+            filters=RunsFilter(job_name="train_function", created_after=since, tags={"dagster/partition": function})
+        )
         done = [r for r in records if r.dagster_run.status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE)]
         if records and len(done) == len(records):
             return min(done, key=lambda r: r.create_timestamp)
