@@ -168,3 +168,20 @@ def test_encoders_are_listed_by_what_they_read() -> None:
     assert {DEFAULT_TEXT_ENCODER, E5_SMALL_ENCODER} <= text and not text & {IMAGE_ENCODER, IMAGE_ENCODER_SMALL}
     assert image == {IMAGE_ENCODER, IMAGE_ENCODER_SMALL}  # (other tests register text encoders of their own)
     assert encoder_input_type(IMAGE_ENCODER) == "image" and encoder_input_type(DEFAULT_TEXT_ENCODER) == "text"
+
+
+def test_torch_work_runs_on_one_thread_per_process() -> None:
+    """From the main thread torch work runs inline; from any other thread (the serving lanes) on one dedicated
+    thread, the same for every caller: torch's thread pool slows down once two threads have used it."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from loopml.encoders import torch_call
+
+    def name() -> str:
+        return threading.current_thread().name
+
+    assert torch_call(name) == threading.main_thread().name
+    with ThreadPoolExecutor(2) as lanes:
+        names = {lanes.submit(torch_call, name).result() for _ in range(6)}
+    assert len(names) == 1 and names.pop().startswith("torch")
