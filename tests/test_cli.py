@@ -39,7 +39,7 @@ def test_invalid_label_set_is_refused(monkeypatch, capsys) -> None:
 
 def test_unknown_input_type(monkeypatch, capsys) -> None:
     code, out = loopml(monkeypatch, capsys, "functions", "create", "ok-name", "--type", "video", "--labels", "a,b")
-    assert code == 2 and "unknown input type 'video'" in out
+    assert code == 2 and "'video' is not one of 'text', 'image'" in out
 
 
 def test_unknown_encoder_is_refused_before_anything_is_created(monkeypatch, capsys) -> None:

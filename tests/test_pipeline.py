@@ -608,5 +608,18 @@ def test_an_image_function_trains_and_deploys(tmp_path, monkeypatch) -> None:
         images = [png(240, seed=7), png(15, seed=8)]
         probs = classifier.predict_proba(["a", "b"], get_encoder(IMAGE_ENCODER).encode(images))
         assert probs[0].argmax() == 0 and probs[1].argmax() == 1
+
+        # inspection and monitoring run on an image function too (no calls logged yet: a report says so)
+        from assets.inspection import label_issues
+        from assets.monitoring import drift_report
+
+        for asset in (label_issues, drift_report):
+            later = materialize(
+                [asset, *[a.to_source_asset() for a in ASSETS]],
+                instance=instance,
+                partition_key="tone",
+                resources=resources,
+            )
+            assert later.success, asset.key
     finally:
         FAKES.pop(key, None)

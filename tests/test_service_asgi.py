@@ -6,6 +6,8 @@ Real tiny models (MiniLM embeddings + AutoML) in a temporary model store; deploy
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 import time
 from collections import Counter
@@ -20,12 +22,16 @@ from loopml.apikeys import create_key, revoke_key
 from loopml.config import Settings, get_settings
 from loopml.deployments import DeploymentStore
 from loopml.invocation_log import InvocationLog
-from tests.serving_support import register, save_versions
+from tests.serving_support import png, register, save_image_versions, save_versions
 
 FUNCTION = "review-sentiment"
 INVOKE = f"/v1/functions/{FUNCTION}/invoke"
 MAX_TEXT_BYTES = 5000
 MAX_BATCH = 200
+IMAGE_FUNCTION = "photo-tone"  # light vs dark images (EfficientNet-Lite0 at 112 px + AutoML)
+IMAGE_INVOKE = f"/v1/functions/{IMAGE_FUNCTION}/invoke"
+MAX_IMAGE_BYTES = 200_000
+MAX_IMAGE_PIXELS = 1_000_000
 
 
 @dataclass
@@ -70,6 +76,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         mp.delenv("LOOPML_DATABASE_URL", raising=False)
         mp.setenv("LOOPML_MAX_TEXT_BYTES", str(MAX_TEXT_BYTES))
         mp.setenv("LOOPML_MAX_BATCH", str(MAX_BATCH))
+        mp.setenv("LOOPML_MAX_IMAGE_BYTES", str(MAX_IMAGE_BYTES))
+        mp.setenv("LOOPML_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
         mp.setenv("LOOPML_SERVING_GPU", "0")
         settings = get_settings()
         settings.ensure_dirs()
@@ -77,6 +85,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         register(settings, "news-topic", ["business", "sport", "tech"])  # registered, never deployed
         store = DeploymentStore(settings)
         store.set_primary(FUNCTION, tags[0], "test")
+        store.set_primary(IMAGE_FUNCTION, save_image_versions(settings, IMAGE_FUNCTION)[0], "test")
         key_id, key = create_key(settings, "tests")
         with TestClient(LoopML.to_asgi()) as client:
             deadline = time.monotonic() + 60
@@ -421,3 +430,112 @@ def test_the_label_studio_hook_signals_the_annotation_sensor(served: Served) -> 
     assert response.status_code == 202 and response.json() == {"function": "brand-new", "accepted": True}
     assert annotation_signals(served.settings.run_dir)["brand-new"] > before
     assert served.client.post("/v1/hooks/labelstudio/Not A Name", json=event, headers=served.headers).status_code == 422
+
+
+# --- image functions: JSON (base64, data URIs), multipart uploads, formats and bad images ---------------------
+def post(served: Served, body: dict[str, Any], path: str = IMAGE_INVOKE) -> Any:
+    return served.client.post(path, json=body, headers=served.headers)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def encoded(level: int, fmt: str, mode: str = "RGB", size: tuple[int, int] = (40, 32)) -> bytes:
+    return png(level, size=size, mode=mode, fmt=fmt, seed=level)
+
+
+def test_an_image_function_answers_base64_data_uris_and_batches(served: Served) -> None:
+    light, dark = png(235, seed=7), png(20, seed=8)
+    one = post(served, {"image": b64(light)})
+    assert one.status_code == 200, one.text
+    assert one.json()["label"] == "light" and one.json()["version"] == f"{IMAGE_FUNCTION}:v1"
+    uri = post(served, {"image": f"data:image/png;base64,{b64(dark)}"})
+    assert uri.status_code == 200 and uri.json()["label"] == "dark"
+    batch = post(served, {"images": [b64(dark), b64(light), b64(dark)], "sticky_key": "user-1"})
+    assert batch.status_code == 200, batch.text
+    assert [r["label"] for r in batch.json()["results"]] == ["dark", "light", "dark"]
+
+
+def test_formats_and_modes_are_read(served: Served) -> None:
+    """PNG, JPEG, WebP and GIF (its first frame); grey, palette and transparent images are made RGB."""
+    for fmt, mode in (("JPEG", "RGB"), ("WEBP", "RGB"), ("GIF", "P"), ("PNG", "L"), ("PNG", "RGBA"), ("PNG", "LA")):
+        response = post(served, {"image": b64(encoded(25, fmt, mode))})
+        assert response.status_code == 200, (fmt, mode, response.text)
+        assert response.json()["label"] == "dark", (fmt, mode)
+
+
+def test_multipart_uploads(served: Served) -> None:
+    """One file field `image` gets one result; `images` a list in order; sticky_key rides along as a field."""
+    one = served.client.post(IMAGE_INVOKE, files={"image": ("a.png", png(230), "image/png")}, headers=served.headers)
+    assert one.status_code == 200, one.text
+    assert one.json()["label"] == "light"
+    several = served.client.post(
+        IMAGE_INVOKE,
+        files=[("images", ("d.png", png(15), "image/png")), ("images", ("l.jpg", encoded(235, "JPEG"), "image/jpeg"))],
+        data={"sticky_key": "user-9"},
+        headers=served.headers,
+    )
+    assert several.status_code == 200, several.text
+    assert [r["label"] for r in several.json()["results"]] == ["dark", "light"]
+    assert served.client.post(IMAGE_INVOKE, files={"image": ("a.png", png(230))}).status_code == 401  # a key first
+    wrong = served.client.post(
+        IMAGE_INVOKE, files={"picture": ("a.png", png(230), "image/png")}, headers=served.headers
+    )
+    assert wrong.status_code == 422 and "picture" in wrong.json()["detail"]
+
+
+def test_bad_images_get_a_clear_4xx_and_the_service_keeps_answering(served: Served) -> None:
+    from PIL import Image
+
+    truncated = png(100, size=(64, 64))[:-40]
+    big = io.BytesIO()
+    Image.new("L", (2000, 1000)).save(big, format="PNG")  # 2,000,000 pixels: over the pixel limit, a small file
+    cases = [
+        ({"image": b64(b"this is not an image at all")}, 422, "not an image"),
+        ({"image": "%%% not base64 %%%"}, 422, "base64"),
+        ({"image": b64(truncated)}, 422, "truncated"),
+        ({"image": b64(b"\x00" * (MAX_IMAGE_BYTES + 10))}, 413, "LOOPML_MAX_IMAGE_BYTES"),
+        ({"image": b64(big.getvalue())}, 413, "LOOPML_MAX_IMAGE_PIXELS"),
+        ({"images": [b64(png(30)), b64(b"nope")]}, 422, "images[1]"),
+        ({"image": ""}, 422, "empty"),
+        ({"image": b64(png(30)), "text": "both"}, 422, "exactly one"),
+        ({"text": "a text"}, 422, "classifies images"),
+    ]
+    for body, status, words in cases:
+        response = post(served, body)
+        assert response.status_code == status, (body if len(str(body)) < 200 else words, response.text)
+        payload = response.json()
+        assert payload["error"] in ("invalid_request", "request_too_large")
+        assert words in payload["detail"], (words, payload["detail"])
+    upload = served.client.post(
+        IMAGE_INVOKE, files={"image": ("x.png", truncated, "image/png")}, headers=served.headers
+    )
+    assert upload.status_code == 422 and "'x.png'" in upload.json()["detail"]
+    reverse = post(served, {"image": b64(png(30))}, path=INVOKE)
+    assert reverse.status_code == 422 and "classifies texts" in reverse.json()["detail"]
+    assert post(served, {"image": b64(png(240))}).json()["label"] == "light"  # still serving
+    assert served.client.get("/v1/health").status_code == 200
+
+
+def test_the_log_keeps_a_thumbnail_not_the_upload(served: Served) -> None:
+    """An image invocation is logged with a JPEG thumbnail (a data URI), 224 pixels on its shorter side."""
+    from loopml.images import decode_image
+
+    photo = encoded(230, "JPEG", size=(900, 600))  # noisy: about 150 kB
+    response = post(served, {"image": b64(photo)})
+    assert response.status_code == 200, response.text
+    logged = served.log.get(response.json()["invocation_id"])["input_text"]
+    assert logged.startswith("data:image/jpeg;base64,")
+    assert len(logged) < len(b64(photo)) / 3
+    thumbnail = decode_image(logged)
+    assert thumbnail.size == (336, 224)  # the shorter side at the encoder's 224 pixels, the aspect kept
+
+
+def test_the_openapi_document_states_both_bodies(served: Served) -> None:
+    spec = served.client.get("/openapi.json", headers=served.headers).json()
+    body = spec["paths"]["/v1/functions/{name}/invoke"]["post"]["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data"} <= set(body)
+    assert {"image", "images"} <= set(body["multipart/form-data"]["schema"]["properties"])
+    request = spec["components"]["schemas"]["InvokeRequest"]["properties"]
+    assert {"text", "texts", "image", "images", "sticky_key"} <= set(request)
