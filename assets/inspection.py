@@ -9,6 +9,7 @@ from dagster import AssetExecutionContext, MetadataValue, Output, asset
 from assets.io_manager import asset_path
 from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource, retried_when_labelstudio_is_down
+from loopml.functions import input_key
 from loopml.labelstudio import Prediction
 
 PUSH_TOP = 25  # suspected errors sent back to Label Studio per run
@@ -98,7 +99,13 @@ def label_issues(
         loopml.labelstudio().import_predictions(
             spec.labelstudio_project_id,
             [
-                Prediction(int(r["task_id"]), r["suggested_label"], float(r["score"]), ISSUE_MODEL_VERSION)
+                Prediction(
+                    int(r["task_id"]),
+                    r["suggested_label"],
+                    float(r["score"]),
+                    ISSUE_MODEL_VERSION,
+                    to_name=input_key(spec.input_type),  # the Text or Image object of the project's config
+                )
                 for r in to_push.to_dicts()
             ],
         )

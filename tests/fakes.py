@@ -158,8 +158,11 @@ class FakeLabelStudio:
 
     def import_predictions(self, project_id: int, predictions: list[Prediction]) -> int:
         self._check()
+        config = self.label_configs.get(project_id, "")
         for p in predictions:
             assert p.task_id in self.projects[project_id], f"task {p.task_id} is not in project {project_id}"
+            if 'toName="' in config:  # as Label Studio, which creates no prediction for an object not in the config
+                assert f'toName="{p.to_name}"' in config, f"prediction to {p.to_name!r}, not in the label config"
             self.predictions.setdefault(p.task_id, []).append(p)
         return len(predictions)
 

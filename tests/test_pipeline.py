@@ -584,7 +584,9 @@ def test_an_image_function_trains_and_deploys(tmp_path, monkeypatch) -> None:
     key = uuid.uuid4().hex
     fake = FAKES.setdefault(key, FakeLabelStudio())
     try:
-        project = fake.create_project("tone", "<View/>")
+        from loopml.functions import render_label_config
+
+        project = fake.create_project("tone", render_label_config("image", ["light", "dark"]))
         uri = lambda data: "data:image/png;base64," + base64.b64encode(data).decode()  # noqa: E731
         light = [png(250 - 4 * i, seed=i) for i in range(8)]
         dark = [png(5 + 4 * i, seed=50 + i) for i in range(8)]
@@ -592,6 +594,7 @@ def test_an_image_function_trains_and_deploys(tmp_path, monkeypatch) -> None:
         FunctionRegistry(settings).add(FunctionSpec("tone", "image", ["light", "dark"], IMAGE_ENCODER, project))
         for tid in fake.projects[project][:16]:
             fake.create_annotation(tid, "light" if tid < fake.projects[project][8] else "dark", to_name="image")
+        mislabelled = fake.projects[project][16]  # the mid-grey one, labelled after the first version below
         instance = DagsterInstance.ephemeral()
         instance.add_dynamic_partitions("functions", ["tone"])
         resources = {"loopml": FakeLoopMLResource(fake_key=key), "loopml_io": LoopMLIOManager()}
@@ -609,10 +612,22 @@ def test_an_image_function_trains_and_deploys(tmp_path, monkeypatch) -> None:
         probs = classifier.predict_proba(["a", "b"], get_encoder(IMAGE_ENCODER).encode(images))
         assert probs[0].argmax() == 0 and probs[1].argmax() == 1
 
-        # inspection and monitoring run on an image function too (no calls logged yet: a report says so)
-        from assets.inspection import label_issues
+        # inspection and monitoring run on an image function too (no calls logged yet: a report says so); a
+        # clearly light image labelled dark comes back to Label Studio as a label issue on the Image object
+        from assets.inspection import ISSUE_MODEL_VERSION, label_issues
         from assets.monitoring import drift_report
 
+        wrong = fake.import_tasks(project, [{"data": {"image": uri(png(252, seed=77))}}])
+        assert wrong == 1 and mislabelled
+        fake.create_annotation(fake.projects[project][-1], "dark", to_name="image")
+        assert materialize(ASSETS, instance=instance, partition_key="tone", resources=resources).success
+
+        import functools
+
+        import loopml.label_issues
+
+        found = functools.partial(loopml.label_issues.find_label_issues, disagreement_confidence=0.5)
+        monkeypatch.setattr(loopml.label_issues, "find_label_issues", found)  # 18 items: flag plain disagreement
         for asset in (label_issues, drift_report):
             later = materialize(
                 [asset, *[a.to_source_asset() for a in ASSETS]],
@@ -621,5 +636,8 @@ def test_an_image_function_trains_and_deploys(tmp_path, monkeypatch) -> None:
                 resources=resources,
             )
             assert later.success, asset.key
+        issues = [p for ps in fake.predictions.values() for p in ps if p.model_version == ISSUE_MODEL_VERSION]
+        assert issues and {p.to_name for p in issues} == {"image"}
+        assert fake.projects[project][-1] in {p.task_id for p in issues}
     finally:
         FAKES.pop(key, None)
