@@ -1,5 +1,6 @@
 """Stores asset values under LOOPML_HOME/data: polars DataFrames as parquet, anything else as pickle."""
 
+import io
 import os
 import pickle
 from pathlib import Path
@@ -44,7 +45,10 @@ class LoopMLIOManager(ConfigurableIOManager):
     def load_input(self, context: InputContext) -> Any:
         parquet = self._path(context, ".parquet")
         if parquet.exists():
-            return pl.read_parquet(parquet)
+            # the whole file in one read: polars reading a path (or a file object, by its name) opens it more than
+            # once (footer, then pages), and a run that replaced the file in between (training writing the dataset
+            # while inspection read it) failed with "page header reported the wrong page size" or a panic
+            return pl.read_parquet(io.BytesIO(parquet.read_bytes()))
         pickled = self._path(context, ".pickle")
         if pickled.exists():
             return pickle.loads(pickled.read_bytes())

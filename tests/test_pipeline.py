@@ -641,3 +641,47 @@ def test_an_image_function_trains_and_deploys(tmp_path, monkeypatch) -> None:
         assert fake.projects[project][-1] in {p.task_id for p in issues}
     finally:
         FAKES.pop(key, None)
+
+
+def test_a_stored_table_reads_whole_while_another_run_replaces_it(tmp_path) -> None:
+    """An inspection run read the dataset while a training run replaced it: polars, reading by path, opened the
+    file twice and failed ("page header reported the wrong page size", or a panic). The IO manager reads the
+    file's bytes in one go, so each read gets one whole version, however often it is replaced meanwhile."""
+    import threading
+    import time
+
+    import numpy as np
+    import polars as pl
+    from dagster import build_input_context, build_output_context
+
+    manager = LoopMLIOManager(home=str(tmp_path))
+    versions = [pl.DataFrame({"x": np.arange(n), "s": [str(i) for i in range(n)]}) for n in (20_000, 30_000)]
+    manager.handle_output(build_output_context(asset_key="dataset", partition_key="fn"), versions[0])
+    stop = threading.Event()
+
+    from assets.io_manager import asset_path
+
+    path = asset_path(tmp_path / "data", "dataset", "fn", ".parquet")
+
+    def writer() -> None:  # as handle_output does in the training run's process: a new file renamed over the old
+        i = 0
+        while not stop.is_set():
+            versions[i % 2].write_parquet(path.with_suffix(".tmp"))
+            path.with_suffix(".tmp").replace(path)
+            i += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    heights, failures = set(), []
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                heights.add(manager.load_input(build_input_context(asset_key="dataset", partition_key="fn")).height)
+            except BaseException as error:  # noqa: BLE001 - polars panics are BaseExceptions
+                failures.append(repr(error)[:200])
+    finally:
+        stop.set()
+        thread.join()
+    assert not failures, failures[:3]
+    assert heights == {20_000, 30_000}  # both versions were read, each whole
