@@ -5,10 +5,14 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from loopml.annotations import resolve_labels
+
+if TYPE_CHECKING:
+    from loopml.images import ImageLimits
 
 DEFAULT_HOLDOUT_PERCENT = 20
 
@@ -36,7 +40,7 @@ def input_hash(value: str, input_type: str = "text") -> str:
     return content_hash(value)
 
 
-def input_size(value: str, input_type: str = "text", *, known: bool = False) -> int:
+def input_size(value: str, input_type: str = "text", *, known: bool = False, limits: ImageLimits | None = None) -> int:
     """How big an input is, 0 when it cannot be trained on: characters of a (stripped) text; bytes of an image
     that decodes within the limits (:func:`loopml.images.decode_image`: format, pixel count, truncation).
     ``known``: an image embedded before, hence decodable, is not decoded again (decoding a thousand photos takes
@@ -45,7 +49,7 @@ def input_size(value: str, input_type: str = "text", *, known: bool = False) -> 
         return len(normalize_text(value))
     from loopml.images import ImageError, ImageLimits, decode_image, image_bytes
 
-    limits = ImageLimits.from_env()
+    limits = limits or ImageLimits.from_env()
     try:
         if not known:
             decode_image(value, limits)
@@ -77,7 +81,14 @@ def build_dataset(
     texts = resolved["text"].fill_null("").to_list()
     hashes = [input_hash(text, input_type) for text in texts]
     seen = known(hashes) if known is not None and input_type == "image" else set()
-    sizes = [input_size(text, input_type, known=h in seen) for text, h in zip(texts, hashes, strict=True)]
+    limits = None
+    if input_type == "image":
+        from loopml.images import ImageLimits
+
+        limits = ImageLimits.from_env()  # read once, not per item
+    sizes = [
+        input_size(text, input_type, known=h in seen, limits=limits) for text, h in zip(texts, hashes, strict=True)
+    ]
     data = resolved.with_columns(
         pl.Series("content_hash", hashes, dtype=pl.String),
         pl.Series("text_length", sizes, dtype=pl.Int64),

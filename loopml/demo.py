@@ -45,8 +45,8 @@ def demo_functions(echo: Callable[[str], None] | None = None) -> list[DemoFuncti
     from loopml.demo_data import (
         FASHION_MNIST_LABELS,
         DemoDataMissing,
+        fashion_mnist_files,
         load_bbc_news,
-        load_fashion_mnist,
         load_rotten_tomatoes,
     )
 
@@ -55,7 +55,7 @@ def demo_functions(echo: Callable[[str], None] | None = None) -> list[DemoFuncti
         DemoFunction("news-topic", ["business", "entertainment", "politics", "sports", "tech"], load_bbc_news),
     ]
     try:
-        load_fashion_mnist("test", limit=1)
+        fashion_mnist_files()
     except DemoDataMissing as missing:
         if echo is not None:
             echo(f"the image demo function is left out: {missing}")

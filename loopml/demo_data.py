@@ -117,14 +117,10 @@ def _idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
-def load_fashion_mnist(split: str = "train", limit: int | None = None) -> tuple[list[bytes], list[str]]:
-    """Fashion-MNIST (28x28 grey photos of clothes, 10 classes; 60,000 train and 10,000 test images) from
-    Debian's ``dataset-fashion-mnist`` package (``LOOPML_FASHION_MNIST_DIR`` overrides where), as PNG bytes and
-    label names, the first ``limit`` of ``split``."""
-    import io
+def fashion_mnist_files(split: str = "train") -> tuple[Path, Path]:
+    """The images and labels files of Fashion-MNIST's ``split`` (``LOOPML_FASHION_MNIST_DIR`` overrides where);
+    :class:`DemoDataMissing` when the package is not installed. Reads nothing."""
     import os
-
-    from PIL import Image
 
     folder = Path(os.environ.get("LOOPML_FASHION_MNIST_DIR", FASHION_MNIST_DIR))
     prefix = "train" if split == "train" else "t10k"
@@ -133,6 +129,18 @@ def load_fashion_mnist(split: str = "train", limit: int | None = None) -> tuple[
         raise DemoDataMissing(
             f"{images_file} is missing: install Debian's dataset-fashion-mnist (`make install-images`)"
         )
+    return images_file, labels_file
+
+
+def load_fashion_mnist(split: str = "train", limit: int | None = None) -> tuple[list[bytes], list[str]]:
+    """Fashion-MNIST (28x28 grey photos of clothes, 10 classes; 60,000 train and 10,000 test images) from
+    Debian's ``dataset-fashion-mnist`` package (``LOOPML_FASHION_MNIST_DIR`` overrides where), as PNG bytes and
+    label names, the first ``limit`` of ``split``."""
+    import io
+
+    from PIL import Image
+
+    images_file, labels_file = fashion_mnist_files(split)
     pixels, labels = _idx(images_file)[:limit], _idx(labels_file)[:limit]
     encoded = []
     for picture in pixels:

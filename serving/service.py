@@ -842,9 +842,10 @@ class LoopML:
                 "(LOOPML_MAX_BATCH): split it into smaller requests",
             )
 
-    def decoded_images(self, inputs: Inputs) -> list[Any]:
-        """Every image decoded (RGB, upright), or the 4xx that says which one is not usable and why: 413 over
-        LOOPML_MAX_IMAGE_BYTES / LOOPML_MAX_IMAGE_PIXELS, 422 when it is not an image LoopML reads."""
+    def decoded_images(self, inputs: Inputs) -> tuple[list[Any], list[str]]:
+        """Every image decoded (RGB, upright) and its thumbnail for the log, or the 4xx that says which one is not
+        usable and why: 413 over LOOPML_MAX_IMAGE_BYTES / LOOPML_MAX_IMAGE_PIXELS, 422 when it is not an image
+        LoopML reads."""
         self.check_count(inputs)
         pictures = []
         for i, value in enumerate(inputs.values):
@@ -854,7 +855,7 @@ class LoopML:
                 raise HTTPException(413, f"{inputs.field(i)}: {error}") from None
             except ImageError as error:
                 raise HTTPException(422, f"{inputs.field(i)}: {error}") from None
-        return pictures
+        return pictures, [thumbnail_uri(p) for p in pictures]
 
     async def answer(self, name: str, inputs: Inputs, key_id: str | None) -> list[InvokeResult]:
         """Check, route, score, log (durably) and answer every input of ``inputs``."""
@@ -864,10 +865,8 @@ class LoopML:
         if inputs.kind != expected:
             send = "'image' or 'images' (or upload a file)" if expected == "image" else "'text' or 'texts'"
             raise HTTPException(422, f"function {name!r} classifies {expected}s, not {inputs.kind}s: send {send}")
-        if expected == "image":  # decoding is CPU work: off the event loop
-            pictures = await asyncio.to_thread(self.decoded_images, inputs)
-            items: list[Any] = pictures
-            logged = await asyncio.to_thread(lambda: [thumbnail_uri(p) for p in pictures])
+        if expected == "image":  # decoding and thumbnails are CPU work: off the event loop, in one trip
+            items, logged = await asyncio.to_thread(self.decoded_images, inputs)
         else:
             items = logged = self.checked_texts(inputs)
         try:

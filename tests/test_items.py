@@ -68,18 +68,23 @@ def test_not_utf8_missing_and_oversized(tmp_path: Path) -> None:
         read_items(write(tmp_path, "a.txt", "short\n" + "x" * 11 + "\n"), 10)
 
 
-@pytest.fixture
-def function(tmp_path: Path) -> tuple:
+def registered_function(tmp_path: Path, name: str, input_type: str, labels: list[str], encoder_id: str) -> tuple:
+    """A function registered in a fresh home, its project in the fake Label Studio: (settings, api, client,
+    project)."""
+    from loopml.functions import render_label_config
+
     api = FakeLabelStudioAPI()
     client = api.client()
     settings = replace(get_settings(), home=tmp_path, database_url_override=None)
     settings.ensure_dirs()
-    from loopml.functions import render_label_config
-
-    project = client.create_project("sentiment", render_label_config("text", ["positive", "negative"]))
-    spec = FunctionSpec("sentiment", "text", ["positive", "negative"], "minilm-l6-int8", project)
-    FunctionRegistry(settings).add(spec)
+    project = client.create_project(name, render_label_config(input_type, labels))
+    FunctionRegistry(settings).add(FunctionSpec(name, input_type, labels, encoder_id, project))
     return settings, api, client, project
+
+
+@pytest.fixture
+def function(tmp_path: Path) -> tuple:
+    return registered_function(tmp_path, "sentiment", "text", ["positive", "negative"], "minilm-l6-int8")
 
 
 def test_items_become_tasks_and_labels_become_annotations(function, tmp_path: Path) -> None:
@@ -134,15 +139,7 @@ def test_the_command_reports_what_it_added(function, tmp_path: Path, monkeypatch
 
 @pytest.fixture
 def image_function(tmp_path: Path) -> tuple:
-    api = FakeLabelStudioAPI()
-    client = api.client()
-    settings = replace(get_settings(), home=tmp_path, database_url_override=None)
-    settings.ensure_dirs()
-    from loopml.functions import render_label_config
-
-    project = client.create_project("tone", render_label_config("image", ["light", "dark"]))
-    FunctionRegistry(settings).add(FunctionSpec("tone", "image", ["light", "dark"], "efficientnet-lite0-224", project))
-    return settings, api, client, project
+    return registered_function(tmp_path, "tone", "image", ["light", "dark"], "efficientnet-lite0-224")
 
 
 def test_image_files_and_folders_become_image_tasks(image_function, tmp_path: Path) -> None:
