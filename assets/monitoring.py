@@ -18,7 +18,9 @@ MIN_HOLDOUT = 50  # holdout items needed to use the holdout as the reference
 MIN_OOF_REFERENCE = 200  # with the out-of-fold fallback, fewer training items than this: no drift verdict yet
 
 
-def _reference(settings, dataset: pl.DataFrame, features: pl.DataFrame, model: dict, primary: str | None):
+def _reference(
+    settings, dataset: pl.DataFrame, features: pl.DataFrame, model: dict, primary: str | None, input_type: str
+):
     """What "no drift" looks like: the holdout (never trained on) as the serving model answers it, so the
     labels and confidences are comparable with live answers. With a small holdout, the training items with
     their out-of-fold answers instead (a little less confident than the refit model: read confidence drift
@@ -36,14 +38,14 @@ def _reference(settings, dataset: pl.DataFrame, features: pl.DataFrame, model: d
         proba = classifier.predict_proba(texts, embeddings)
         label_set = list(classifier.label_set)
         labels = [label_set[int(i)] for i in proba.argmax(axis=1)]
-        return DriftInput(embeddings, labels, proba.max(axis=1), texts), label_set, "holdout"
+        return DriftInput(embeddings, labels, proba.max(axis=1), texts, input_type), label_set, "holdout"
     ids, _given, label_set, proba = read_oof(version_path(settings, model["tag"]) / "oof_proba.parquet")
     oof = pl.DataFrame(
         {"content_hash": ids, "label": [label_set[int(i)] for i in proba.argmax(axis=1)], "conf": proba.max(axis=1)}
     ).join(items.select("content_hash", "text", "embedding"), on="content_hash", how="inner")
     embeddings = np.asarray(oof["embedding"].to_list(), dtype=np.float32).reshape(oof.height, -1)
     return (
-        DriftInput(embeddings, oof["label"], oof["conf"], oof["text"].fill_null("")),
+        DriftInput(embeddings, oof["label"], oof["conf"], oof["text"].fill_null(""), input_type),
         label_set,
         "training out-of-fold",
     )
@@ -65,8 +67,10 @@ def drift_report(
     context: AssetExecutionContext, loopml: LoopMLResource, dataset: pl.DataFrame, features: pl.DataFrame, model: dict
 ) -> Output[dict]:
     """Evidently report comparing the training data (its holdout, as the serving model answers it) with recent
-    calls: input drift on embeddings (reduced by
-    PCA first), output drift (label and confidence distributions), and data quality of the inputs. The HTML
+    calls: input drift on embeddings (reduced by PCA first), output drift (label and confidence distributions),
+    and the inputs' quality (texts: length, words, empty, duplicated; images: width, height, brightness,
+    channels, duplicated, unreadable; the distributions of length, or of width, height and brightness, are
+    tested for drift). The HTML
     report is saved under LOOPML_HOME/reports and linked here; the key figures are metadata, and the drift
     sensor acts on them (raises the review budget, optionally retrains)."""
     from loopml.drift import DEFAULT_MIN_ROWS, DriftInput, build_drift_report
@@ -75,12 +79,14 @@ def drift_report(
     function = context.partition_key
     settings = loopml.settings()
     state = DeploymentStore(settings).get(function)
+    input_type = loopml.registry().get(function).input_type
     now = datetime.now(UTC)
     since = now - drift_window()
 
-    reference, label_set, basis = _reference(settings, dataset, features, model, state.primary_tag if state else None)
+    primary = state.primary_tag if state else None
+    reference, label_set, basis = _reference(settings, dataset, features, model, primary, input_type)
     calls = load_serving_invocations(settings, function, since=since, limit=MAX_CURRENT)
-    current = DriftInput.from_invocations(calls)
+    current = DriftInput.from_invocations(calls, input_type)
     html = settings.home / "reports" / function / f"drift-{now:%Y%m%dT%H%M%S}.html"
     html.parent.mkdir(parents=True, exist_ok=True)
     summary = build_drift_report(

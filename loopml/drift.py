@@ -10,9 +10,12 @@ embeddings, answered labels, confidences, texts) and saves an Evidently HTML rep
   ``input_drift_share`` of the components have. (Per-component tests take milliseconds; whole-embedding
   methods take far longer on hundreds of dimensions.)
 - **Outputs**: drift of the label distribution (categorical) and of the confidence distribution.
-- **Input quality**: mean text length and word count, shares of empty, duplicated and non-ASCII texts: as
-  key figures over all rows, and in the report as per-row figures of the sampled rows (Evidently
-  ``MeanValue``, reference beside current); the text-length distribution is also tested for drift.
+- **Input quality**: for texts, mean text length and word count, shares of empty, duplicated and non-ASCII
+  texts: as key figures over all rows, and in the report as per-row figures of the sampled rows (Evidently
+  ``MeanValue``, reference beside current); the text-length distribution is also tested for drift. For
+  images, their properties (width, height, mean brightness, channels as sent; a logged call's thumbnail keeps
+  its original's) and the shares of duplicated and unreadable images, over the sampled rows (each image is
+  decoded); width, height and brightness distributions are tested for drift.
 
 The report leaves out per-component plots and per-column summary presets on purpose: Evidently builds a
 plotly figure for every metric, which is most of a report's time.
@@ -57,6 +60,8 @@ __all__ = [
     "DriftInput",
     "DriftSummary",
     "build_drift_report",
+    "image_quality",
+    "input_quality",
     "text_quality",
 ]
 
@@ -69,6 +74,8 @@ DISTANCE_THRESHOLD = 0.1
 P_VALUE_MAX_ROWS = 1_000  # up to this many rows on the smaller side: p-value tests, above: distances
 
 QUALITY_COLUMNS = ("text_length", "word_count", "is_empty", "is_duplicate", "has_non_ascii")
+IMAGE_QUALITY_COLUMNS = ("width", "height", "brightness", "channels", "is_duplicate", "is_unreadable")
+DRIFT_TESTED = {"text": ("text_length",), "image": ("width", "height", "brightness")}  # distributions tested
 COMPONENTS = "(embedding components)"  # the key of the components' drift count in the report's results
 
 OK = "ok"
@@ -77,7 +84,8 @@ NOT_ENOUGH_DATA = "not_enough_data"
 
 @dataclass
 class DriftInput:
-    """One side of a drift comparison: row-aligned embeddings ``[n, d]``, labels, confidences and texts.
+    """One side of a drift comparison: row-aligned embeddings ``[n, d]``, labels, confidences and inputs
+    (``texts``: the texts, or for ``input_type="image"`` the images as data URIs or base64).
 
     For the reference, ``labels`` should be the model's own labels on the training data (out-of-fold
     predictions) rather than the annotations, so that both sides are model outputs: a model that is
@@ -88,6 +96,7 @@ class DriftInput:
     labels: Sequence[str] | np.ndarray | pl.Series
     confidences: Sequence[float] | np.ndarray | pl.Series
     texts: Sequence[str] | np.ndarray | pl.Series
+    input_type: str = "text"
 
     def __post_init__(self) -> None:
         self.embeddings = np.asarray(self.embeddings, dtype=np.float32)
@@ -102,9 +111,9 @@ class DriftInput:
         return len(self.embeddings)
 
     @classmethod
-    def from_invocations(cls, invocations: InvocationFrame) -> DriftInput:
+    def from_invocations(cls, invocations: InvocationFrame, input_type: str = "text") -> DriftInput:
         """The invocations that carry an embedding (see :func:`loopml.invocation_frames.load_invocations`):
-        their answered labels, confidences and input texts."""
+        their answered labels, confidences and inputs (an image call's logged thumbnail)."""
         keep = np.asarray(invocations.has_embedding, dtype=bool)
         frame = invocations.frame
         if not keep.all():
@@ -114,6 +123,7 @@ class DriftInput:
             labels=frame["label"],
             confidences=frame["confidence"],
             texts=frame["input_text"],
+            input_type=input_type,
         )
 
 
@@ -143,6 +153,9 @@ class DriftSummary:
     confidence_drifted: bool = False
     text_length_drift_score: float | None = None
     text_length_drifted: bool = False
+    input_type: str = "text"
+    property_drift: dict[str, float] = field(default_factory=dict)  # drift score per tested input property
+    properties_drifted: list[str] = field(default_factory=list)
     reference_confidence_mean: float | None = None
     current_confidence_mean: float | None = None
     quality: dict[str, float] = field(default_factory=dict)
@@ -160,6 +173,10 @@ class DriftSummary:
                 out.update({f"label_share:{k}": float(v) for k, v in value.items()})
             elif key == "reference_label_shares":
                 out.update({f"reference_label_share:{k}": float(v) for k, v in value.items()})
+            elif key == "property_drift":
+                out.update({f"property_drift:{k}": float(v) for k, v in value.items()})
+            elif key == "properties_drifted":
+                out[key] = ", ".join(value) or "none"
             elif value is not None:
                 out[key] = value
         return out
@@ -190,6 +207,45 @@ def text_quality(texts: Sequence[str] | np.ndarray | pl.Series) -> dict[str, flo
     return {key: float(value or 0.0) for key, value in stats.row(0, named=True).items()}
 
 
+def image_rows(images: Sequence[str] | np.ndarray | pl.Series) -> pl.DataFrame:
+    """Per image: its properties (:func:`loopml.images.image_properties`) and 0/1 flags ``is_duplicate`` (the
+    same bytes as an earlier row) and ``is_unreadable`` (its properties are then null). Decodes every image."""
+    from loopml.images import IMAGE_PROPERTIES, ImageError, ImageLimits, decode_image, image_properties
+
+    limits = ImageLimits.from_env()
+    values = _strings(images).fill_null("").to_list()
+    rows: list[dict[str, float | None]] = []
+    for value in values:
+        try:
+            rows.append({**image_properties(decode_image(value, limits)), "is_unreadable": 0.0})
+        except ImageError:
+            rows.append({**dict.fromkeys(IMAGE_PROPERTIES), "is_unreadable": 1.0})
+    schema = {name: pl.Float64 for name in (*IMAGE_PROPERTIES, "is_unreadable")}
+    frame = pl.DataFrame(rows, schema=schema)
+    duplicate = (~pl.Series(values, dtype=pl.String).is_first_distinct()).cast(pl.Float64)
+    return frame.with_columns(duplicate.alias("is_duplicate"))
+
+
+def image_quality(images: Sequence[str] | np.ndarray | pl.Series) -> dict[str, float]:
+    """Input-quality figures of ``images``: mean width, height, brightness and channels of the readable ones,
+    and the shares of duplicated and unreadable images."""
+    return _image_quality(image_rows(images))
+
+
+def _image_quality(rows: pl.DataFrame) -> dict[str, float]:
+    means = rows.select(
+        *(pl.col(name).mean().alias(f"{name}_mean") for name in ("width", "height", "brightness", "channels")),
+        pl.col("is_duplicate").mean().alias("duplicate_share"),
+        pl.col("is_unreadable").mean().alias("unreadable_share"),
+    )
+    return {key: float(value or 0.0) for key, value in means.row(0, named=True).items()}
+
+
+def input_quality(inputs: Sequence[str] | np.ndarray | pl.Series, input_type: str = "text") -> dict[str, float]:
+    """:func:`text_quality` or :func:`image_quality`, by the function's input type."""
+    return image_quality(inputs) if input_type == "image" else text_quality(inputs)
+
+
 def build_drift_report(
     reference: DriftInput,
     current: DriftInput,
@@ -213,7 +269,19 @@ def build_drift_report(
     summary = DriftSummary(
         status=OK, message="", drifted=False, n_reference=n_ref, n_current=n_cur, html_path=str(html_path)
     )
-    ref_quality, cur_quality = text_quality(reference.texts), text_quality(current.texts)
+    input_type = current.input_type
+    if reference.input_type != input_type:
+        raise ValueError(f"a {reference.input_type} reference cannot judge {input_type} inputs")
+    summary.input_type = input_type
+    rng = np.random.default_rng(seed)
+    fit_rows, ref_rows = _split_reference(n_ref, max_rows, min_rows, rng)
+    cur_rows = _sample(n_cur, max_rows, rng)
+    per_row: list[pl.DataFrame | None] = [None, None]
+    if input_type == "image":  # decoding is the cost: the sampled rows only, each decoded once
+        per_row = [image_rows(_take(reference.texts, ref_rows)), image_rows(_take(current.texts, cur_rows))]
+        ref_quality, cur_quality = (_image_quality(rows) for rows in per_row)
+    else:
+        ref_quality, cur_quality = text_quality(reference.texts), text_quality(current.texts)
     summary.quality = {f"reference_{k}": v for k, v in ref_quality.items()} | {
         f"current_{k}": v for k, v in cur_quality.items()
     }
@@ -238,23 +306,26 @@ def build_drift_report(
             f"the embeddings differ in dimension (reference {reference.embeddings.shape[1]}, current "
             f"{current.embeddings.shape[1]}): both sides must come from the function's encoder"
         )
-    rng = np.random.default_rng(seed)
-    fit_rows, ref_rows = _split_reference(n_ref, max_rows, min_rows, rng)
-    cur_rows = _sample(n_cur, max_rows, rng)
     summary.sampled_reference, summary.sampled_current = len(ref_rows), len(cur_rows)
     ref_frame, cur_frame, components, explained = _frames(
-        reference, current, fit_rows, ref_rows, cur_rows, labels, n_components, seed
+        reference, current, fit_rows, ref_rows, cur_rows, labels, n_components, seed, per_row
     )
     summary.n_components, summary.explained_variance = len(components), explained
 
-    results = _run_report(ref_frame, cur_frame, components, html_path, title, input_drift_share, p_value_threshold)
+    results = _run_report(
+        ref_frame, cur_frame, components, html_path, title, input_drift_share, p_value_threshold, input_type
+    )
     drifted_components = int(results.get(COMPONENTS, (0.0, False, None))[0] or 0)
     summary.input_drifted_components = drifted_components
     summary.input_drift_share = drifted_components / len(components) if components else 0.0
     summary.input_drifted = bool(components) and summary.input_drift_share >= input_drift_share
     summary.label_drift_score, summary.label_drifted, summary.label_drift_method = results["label"]
     summary.confidence_drift_score, summary.confidence_drifted, summary.confidence_drift_method = results["confidence"]
-    summary.text_length_drift_score, summary.text_length_drifted, _ = results["text_length"]
+    tested = {name: results[name] for name in DRIFT_TESTED[input_type] if name in results}
+    summary.property_drift = {name: score for name, (score, _, _) in tested.items() if score is not None}
+    summary.properties_drifted = [name for name, (_, drifted, _) in tested.items() if drifted]
+    if "text_length" in results:
+        summary.text_length_drift_score, summary.text_length_drifted, _ = results["text_length"]
     summary.drifted = summary.input_drifted or summary.label_drifted or summary.confidence_drifted
     parts = [
         f"inputs: {drifted_components}/{len(components)} embedding components drifted"
@@ -262,6 +333,8 @@ def build_drift_report(
         f"labels: {_describe(results['label'])}",
         f"confidence: {_describe(results['confidence'])}",
     ]
+    if input_type == "image":
+        parts.append(f"image properties drifted: {', '.join(summary.properties_drifted) or 'none'}")
     summary.message = ("drift detected; " if summary.drifted else "no drift; ") + "; ".join(parts)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -345,8 +418,10 @@ def _frames(
     label_set: list[str],
     n_components: int,
     seed: int,
+    per_row: Sequence[pl.DataFrame | None] = (None, None),
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[str], float | None]:
-    """The two Evidently inputs: PCA components of the embeddings, label, confidence, text statistics."""
+    """The two Evidently inputs: PCA components of the embeddings, label, confidence, and the inputs' per-row
+    figures (text statistics, or ``per_row``: the sampled images' :func:`image_rows`)."""
     from sklearn.decomposition import PCA
 
     fit = reference.embeddings[fit_rows]
@@ -361,7 +436,20 @@ def _frames(
         explained = float(pca.explained_variance_ratio_.sum())
     frames = []
     text, label = pl.col("t"), pl.col("label")
-    for side, rows, pcs in zip((reference, current), (ref_rows, cur_rows), projected, strict=True):
+    for side, rows, pcs, images in zip((reference, current), (ref_rows, cur_rows), projected, per_row, strict=True):
+        if images is not None:
+            columns = pl.DataFrame(
+                {
+                    "label": _strings(_take(side.labels, rows)).fill_null("(missing)"),
+                    "confidence": _floats(_take(side.confidences, rows)),
+                }
+            ).select(
+                *(pl.lit(pl.Series(name, pcs[:, i])) for i, name in enumerate(components) if pcs is not None),
+                pl.when(label.is_in(label_set)).then(label).otherwise(pl.lit("(other)")).alias("label"),
+                pl.col("confidence"),
+            )
+            frames.append(pl.concat([columns, images.select(IMAGE_QUALITY_COLUMNS)], how="horizontal").to_pandas())
+            continue
         columns = pl.DataFrame(
             {
                 "t": _strings(_take(side.texts, rows)).fill_null(""),
@@ -390,12 +478,14 @@ def _run_report(
     title: str,
     input_drift_share: float,
     p_value_threshold: float,
+    input_type: str = "text",
 ) -> dict[str, tuple[float | None, bool, str | None]]:
     """Run the Evidently report, save its HTML, and return per column (drift score, drifted, method)."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import DriftedColumnsCount, MeanValue, ValueDrift
 
-    numerical = [*components, "confidence", *QUALITY_COLUMNS]
+    quality = IMAGE_QUALITY_COLUMNS if input_type == "image" else QUALITY_COLUMNS
+    numerical = [*components, "confidence", *quality]
     definition = DataDefinition(numerical_columns=numerical, categorical_columns=["label"])
     small = min(len(ref_frame), len(cur_frame)) <= P_VALUE_MAX_ROWS
     n_labels = len(set(ref_frame["label"]) | set(cur_frame["label"]))
@@ -413,11 +503,13 @@ def _run_report(
                 columns=components, drift_share=input_drift_share, num_method=num, num_threshold=num_threshold
             )
         )
-    # Input quality: the text-length distributions side by side, and the mean of each per-row figure (the
-    # 0/1 flags' means are the empty, duplicate and non-ASCII shares of the sampled rows). No pass/fail
-    # tests on these: they are descriptive.
-    metrics.append(ValueDrift(column="text_length", method=num, threshold=num_threshold))
-    metrics.extend(MeanValue(column=column, tests=[]) for column in QUALITY_COLUMNS)
+    # Input quality: the text-length (or image width, height and brightness) distributions side by side, and
+    # the mean of each per-row figure (the 0/1 flags' means are the shares of the sampled rows). No pass/fail
+    # tests on the means: they are descriptive.
+    for column in DRIFT_TESTED[input_type]:
+        if ref_frame[column].notna().any() and cur_frame[column].notna().any():
+            metrics.append(ValueDrift(column=column, method=num, threshold=num_threshold))
+    metrics.extend(MeanValue(column=column, tests=[]) for column in quality)
     snapshot = Report(metrics, include_tests=True).run(
         Dataset.from_pandas(cur_frame, data_definition=definition),
         Dataset.from_pandas(ref_frame, data_definition=definition),

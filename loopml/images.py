@@ -135,9 +135,29 @@ def decode_image(value: str | bytes, limits: ImageLimits = ImageLimits()) -> Ima
         picture.seek(0)  # a GIF's (or an animated WebP's) first frame
         picture.load()
         picture = ImageOps.exif_transpose(picture)
-        return _rgb(picture)
+        channels = _source_channels(picture)
+        rgb = _rgb(picture)  # exif_transpose returned a copy: its info is this picture's own
+        rgb.info[SOURCE_CHANNELS] = channels
+        return rgb
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageError(f"the image is truncated or corrupt: {error}") from None
+
+
+SOURCE_CHANNELS = "loopml_source_channels"  # in a decoded picture's ``info``: the channels the caller sent
+_PROPERTIES_COMMENT = re.compile(rb"^loopml:w=(\d+);h=(\d+);c=(\d+)$")
+
+
+def _source_channels(picture: Image.Image) -> int:
+    """Channels of the picture as it was sent: 1 (grey), 3 (colour) or 4 (with transparency); a palette counts as
+    what it holds. A thumbnail made by LoopML says its original's channels in its comment."""
+    match = _PROPERTIES_COMMENT.match(picture.info.get("comment", b"") or b"")
+    if match:
+        return int(match.group(3))
+    if picture.mode == "P":
+        return 4 if "transparency" in picture.info else 3
+    if "transparency" in picture.info and picture.mode in ("L", "RGB"):
+        return len(picture.getbands()) + 1
+    return len(picture.getbands()) - (1 if picture.mode == "CMYK" else 0)
 
 
 def _rgb(picture: Image.Image) -> Image.Image:
@@ -170,25 +190,37 @@ def thumbnail_uri(picture: Image.Image, short_side: int = THUMBNAIL_PIXELS) -> s
     """A JPEG ``data:`` URI of ``picture`` (RGB) shrunk to at most ``short_side`` pixels on its shorter side: what
     the invocation log keeps of an image (10-20 kB instead of the whole upload). It is what a reviewer sees in
     Label Studio, and a reviewed call trains on it: the default encoder reads 224 pixels on the shorter side, so
-    it sees what it saw when the call was answered."""
+    it sees what it saw when the call was answered. The JPEG's comment keeps the original's width, height and
+    channels (:func:`image_properties` reads them back), for the drift report."""
     small = picture.copy()
     scale = short_side / min(small.size)
     if scale < 1:
         small.thumbnail((round(small.width * scale), round(small.height * scale)))
+    props = image_properties(picture, brightness=False)
+    comment = f"loopml:w={props['width']:.0f};h={props['height']:.0f};c={props['channels']:.0f}"
     buffer = io.BytesIO()
-    small.save(buffer, format="JPEG", quality=85)
+    small.save(buffer, format="JPEG", quality=85, comment=comment.encode("ascii"))
     return f"data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 
-def image_properties(picture: Image.Image) -> dict[str, float]:
-    """Width, height, mean brightness (0-255, on the grey picture) and channel count of a decoded picture: the
-    image properties the drift report follows."""
+IMAGE_PROPERTIES = ("width", "height", "brightness", "channels")
+
+
+def image_properties(picture: Image.Image, *, brightness: bool = True) -> dict[str, float]:
+    """Width, height, mean brightness (0-255, of the grey picture) and channel count (as sent: 1 grey, 3 colour,
+    4 with transparency) of a picture from :func:`decode_image`: the image properties the drift report follows.
+    For a thumbnail LoopML logged, width, height and channels are its original's."""
     from PIL import ImageStat
 
-    grey = picture.convert("L")
-    return {
-        "width": float(picture.width),
-        "height": float(picture.height),
-        "brightness": float(ImageStat.Stat(grey).mean[0]),
-        "channels": float(len(picture.getbands())),
+    width, height = picture.size
+    channels = picture.info.get(SOURCE_CHANNELS)
+    match = _PROPERTIES_COMMENT.match(picture.info.get("comment", b"") or b"")
+    if match:
+        width, height, channels = (int(g) for g in match.groups())
+    props = {
+        "width": float(width),
+        "height": float(height),
+        "brightness": float(ImageStat.Stat(picture.convert("L")).mean[0]) if brightness else float("nan"),
+        "channels": float(channels if channels is not None else _source_channels(picture)),
     }
+    return props

@@ -11,7 +11,15 @@ import polars as pl
 import pytest
 
 from loopml.config import PROJECT_ROOT
-from loopml.drift import NOT_ENOUGH_DATA, OK, DriftInput, DriftSummary, build_drift_report, text_quality
+from loopml.drift import (
+    NOT_ENOUGH_DATA,
+    OK,
+    DriftInput,
+    DriftSummary,
+    build_drift_report,
+    image_quality,
+    text_quality,
+)
 from loopml.invocation_frames import InvocationFrame
 
 LABELS = ["business", "sport", "tech"]
@@ -155,3 +163,53 @@ def test_embeddings_of_another_encoder_are_refused(reference: DriftInput, tmp_pa
     other = DriftInput(other.embeddings[:, :10], other.labels, other.confidences, other.texts)
     with pytest.raises(ValueError, match="differ in dimension"):
         build_drift_report(reference, other, tmp_path / "x.html", label_set=LABELS)
+
+
+def image_stream(n: int, seed: int, brightness: float = 120.0, size: int = 64, mode: str = "RGB") -> DriftInput:
+    """``n`` image calls (PNG data URIs of noisy flat pictures) on the embeddings of :func:`stream`."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(n):
+        level = float(np.clip(rng.normal(brightness, 15), 0, 255))
+        side = int(size + rng.integers(-4, 5))
+        pixels = np.clip(rng.normal(level, 10, size=(side, side, 3)), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).convert(mode).save(buffer, format="PNG")
+        images.append("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode())
+    calls = stream(n, seed)
+    return DriftInput(calls.embeddings, calls.labels, calls.confidences, images, input_type="image")
+
+
+def test_image_properties_drift_when_pictures_change_and_not_otherwise(tmp_path: Path) -> None:
+    """An image function's report follows width, height, brightness and channels: darker, bigger pictures sent
+    as grey drift on brightness, width and height; the same kind of pictures do not."""
+    reference = image_stream(300, seed=1)
+    same = build_drift_report(reference, image_stream(200, seed=2), tmp_path / "same.html", label_set=LABELS)
+    assert same.status == OK and same.input_type == "image"
+    assert same.properties_drifted == [], same.message
+    assert set(same.property_drift) == {"width", "height", "brightness"}
+    assert same.quality["current_channels_mean"] == 3.0 and same.quality["current_unreadable_share"] == 0.0
+
+    darker = image_stream(200, seed=3, brightness=60.0, size=96, mode="L")
+    moved = build_drift_report(reference, darker, tmp_path / "moved.html", label_set=LABELS)
+    assert set(moved.properties_drifted) == {"width", "height", "brightness"}, moved.message
+    assert moved.quality["current_channels_mean"] == 1.0
+    assert moved.quality["current_brightness_mean"] < 70 < moved.quality["reference_brightness_mean"]
+    assert "image properties drifted: width, height, brightness" in moved.message
+    metadata = moved.as_metadata()
+    assert metadata["properties_drifted"] == "width, height, brightness"
+    assert metadata["property_drift:brightness"] < 0.01  # a p-value at this size
+    assert "brightness" in (tmp_path / "moved.html").read_text(encoding="utf-8")
+
+
+def test_image_quality_counts_unreadable_and_duplicated_images() -> None:
+    images = list(image_stream(3, seed=4).texts)
+    quality = image_quality([*images, images[0], "data:image/png;base64,AAAA", ""])
+    assert quality["duplicate_share"] == pytest.approx(1 / 6)
+    assert quality["unreadable_share"] == pytest.approx(2 / 6)
+    assert 55 <= quality["width_mean"] <= 73 and quality["channels_mean"] == 3.0

@@ -17,6 +17,7 @@ from loopml.images import (
     image_bytes,
     image_hash,
     image_properties,
+    thumbnail_uri,
 )
 
 
@@ -118,3 +119,23 @@ def test_data_uri_names_the_real_format_and_round_trips() -> None:
 def test_image_properties() -> None:
     props = image_properties(decode_image(encoded(Image.new("RGB", (5, 3), (255, 255, 255)), "PNG")))
     assert props == {"width": 5.0, "height": 3.0, "brightness": 255.0, "channels": 3.0}
+
+
+@pytest.mark.parametrize(("mode", "channels"), [("L", 1), ("RGB", 3), ("RGBA", 4), ("P", 3)])
+def test_channels_are_those_sent_though_every_picture_decodes_to_rgb(mode: str, channels: int) -> None:
+    picture = decode_image(encoded(Image.new(mode, (6, 4)), "PNG"))
+    assert picture.mode == "RGB"
+    assert image_properties(picture)["channels"] == channels
+
+
+def test_a_thumbnail_keeps_its_originals_size_and_channels() -> None:
+    """The invocation log keeps a small JPEG of an image call; the drift report reads the original's width, height
+    and channels from it, and the brightness from its pixels."""
+    original = decode_image(encoded(Image.new("RGBA", (900, 600), (40, 40, 40, 255)), "PNG"))
+    thumbnail = decode_image(thumbnail_uri(original))
+    assert min(thumbnail.size) == 224  # the picture is small ...
+    props = image_properties(thumbnail)
+    assert (props["width"], props["height"], props["channels"]) == (900.0, 600.0, 4.0)  # ... its figures are not
+    assert props["brightness"] == pytest.approx(40, abs=2)
+    again = image_properties(decode_image(thumbnail_uri(thumbnail)))  # a thumbnail of a thumbnail still knows
+    assert (again["width"], again["height"], again["channels"]) == (900.0, 600.0, 4.0)

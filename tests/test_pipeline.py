@@ -633,6 +633,30 @@ def test_an_image_function_trains_and_deploys(tmp_path, monkeypatch) -> None:
 
         found = functools.partial(loopml.label_issues.find_label_issues, disagreement_confidence=0.5)
         monkeypatch.setattr(loopml.label_issues, "find_label_issues", found)  # 18 items: flag plain disagreement
+        # three calls as the serving API logs them: a thumbnail that keeps its grey 300x200 original's figures
+        from loopml.images import decode_image, thumbnail_uri
+        from loopml.invocation_log import InvocationLog, InvocationRecord, embedding_to_bytes
+
+        calls = [png(30 * i, size=(300, 200), seed=i, mode="L") for i in range(3)]
+        log = InvocationLog(settings)
+        log.log_many(
+            [
+                InvocationRecord(
+                    function="tone",
+                    input_text=thumbnail_uri(decode_image(call)),
+                    embedding=embedding_to_bytes(vector),
+                    scores={"tone:v1": [0.2, 0.8]},
+                    labels={"tone:v1": ["light", "dark"]},
+                    answered_by="tone:v1",
+                    label="dark",
+                    confidence=0.8,
+                    latency_ms=5.0,
+                )
+                for call, vector in zip(calls, get_encoder(IMAGE_ENCODER).encode(calls), strict=True)
+            ]
+        )
+        log.close()
+        metadata = {}
         for asset in (label_issues, drift_report):
             later = materialize(
                 [asset, *[a.to_source_asset() for a in ASSETS]],
@@ -641,6 +665,12 @@ def test_an_image_function_trains_and_deploys(tmp_path, monkeypatch) -> None:
                 resources=resources,
             )
             assert later.success, asset.key
+            metadata = later.asset_materializations_for_node(asset.key.path[-1])[0].metadata
+        # the drift report of an image function follows image properties, not text lengths
+        assert metadata["input_type"].value == "image" and "current_text_length_mean" not in metadata
+        assert metadata["current_width_mean"].value == 300.0 and metadata["current_channels_mean"].value == 1.0
+        assert metadata["reference_width_mean"].value == 40.0 and metadata["reference_channels_mean"].value == 3.0
+        assert metadata["current_brightness_mean"].value < 60 < metadata["reference_brightness_mean"].value
         issues = [p for ps in fake.predictions.values() for p in ps if p.model_version == ISSUE_MODEL_VERSION]
         assert issues and {p.to_name for p in issues} == {"image"}
         assert fake.projects[project][-1] in {p.task_id for p in issues}
