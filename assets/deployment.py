@@ -59,19 +59,20 @@ def item_embeddings(frame: pl.DataFrame, cache: FeatureCache, encoder_id: str) -
     return matrix
 
 
+def _gate_check_spec(asset_name: str) -> AssetCheckSpec:
+    return AssetCheckSpec(
+        "gate",
+        asset=asset_name,
+        description="The candidate is not worse than the primary on the holdout and passes every must-pass example.",
+    )
+
+
 @asset(
     partitions_def=functions_partitions,
     group_name="deploy",
     io_manager_key="loopml_io",
     kinds={"bentoml"},
-    check_specs=[
-        AssetCheckSpec(
-            "gate",
-            asset="deployment",
-            description="The candidate is not worse than the primary on the holdout and passes every must-pass "
-            "example.",
-        )
-    ],
+    check_specs=[_gate_check_spec("deployment")],
 )
 def deployment(
     context: AssetExecutionContext,
@@ -93,6 +94,41 @@ def deployment(
     canary controller requests a ``deploy_function`` run, which gates the newest version against the primary
     of that moment. A rollout older than that (too little traffic to decide) is replaced.
     """
+    yield from gate_and_roll_out(context, loopml, str(model["tag"]), dataset, features)
+
+
+@asset(
+    partitions_def=functions_partitions,
+    group_name="train_deep",
+    io_manager_key="loopml_io",
+    kinds={"bentoml"},
+    check_specs=[_gate_check_spec("deep_deployment")],
+)
+def deep_deployment(
+    context: AssetExecutionContext,
+    loopml: LoopMLResource,
+    deep_model: dict[str, Any],
+    dataset: pl.DataFrame,
+    features: pl.DataFrame,
+) -> Iterator[Output[dict[str, Any]] | AssetCheckResult]:
+    """A deep-tier version that cross-validation selected goes through the very gate and canary rollout of
+    ``deployment``; when none was selected there is nothing to deploy (decision ``not_selected``)."""
+    if not deep_model.get("selected"):
+        reason = str(deep_model.get("reason", "no deep version was selected"))
+        yield Output({"decision": "not_selected", "candidate": None, "reason": reason}, metadata={"reason": reason})
+        yield AssetCheckResult(check_name="gate", passed=True, description=f"nothing to gate: {reason}")
+        return
+    yield from gate_and_roll_out(context, loopml, str(deep_model["tag"]), dataset, features)
+
+
+def gate_and_roll_out(
+    context: AssetExecutionContext,
+    loopml: LoopMLResource,
+    candidate_tag: str,
+    dataset: pl.DataFrame,
+    features: pl.DataFrame,
+) -> Iterator[Output[dict[str, Any]] | AssetCheckResult]:
+    """The gate and the rollout decision for version ``candidate_tag`` (see :func:`deployment`)."""
     from serving.model_store import load_classifier
 
     settings = loopml.settings()
@@ -100,7 +136,6 @@ def deployment(
     spec = loopml.registry().get(function)
     store = DeploymentStore(settings)
     state = store.get(function)
-    candidate_tag = str(model["tag"])
     tolerance = float(os.environ.get("LOOPML_GATE_TOLERANCE", DEFAULT_TOLERANCE))
     patience = float(os.environ.get("LOOPML_ROLLOUT_PATIENCE_SECONDS", ROLLOUT_PATIENCE_SECONDS))
     initial_weight = float(os.environ.get("LOOPML_CANARY_INITIAL_WEIGHT", CANARY_STEPS[0]))

@@ -4,7 +4,8 @@ from dagster import AssetSpec, Definitions
 
 from assets.annotations import annotations
 from assets.dataset import dataset
-from assets.deployment import deployment
+from assets.deep_model import deep_model
+from assets.deployment import deep_deployment, deployment
 from assets.features import features
 from assets.inspection import label_issues
 from assets.io_manager import LoopMLIOManager
@@ -22,9 +23,10 @@ from pipelines.jobs import (
     monitor_function,
     preannotate_function,
     review_function,
+    train_deep_function,
     train_function,
 )
-from pipelines.schedules import hourly_monitoring, nightly_retraining
+from pipelines.schedules import hourly_monitoring, nightly_deep_training, nightly_retraining
 from pipelines.sensors import annotation_sensor, function_discovery_sensor
 
 # Written by the serving API, not by Dagster: shown in the graph so the data flow reads end to end.
@@ -49,6 +51,8 @@ defs = Definitions(
         label_issues,
         review_set,
         drift_report,
+        deep_model,
+        deep_deployment,
     ],
     jobs=[
         train_function,
@@ -57,6 +61,7 @@ defs = Definitions(
         preannotate_function,
         monitor_function,
         review_function,
+        train_deep_function,
     ],
     sensors=[
         function_discovery_sensor,
@@ -66,6 +71,6 @@ defs = Definitions(
         preannotation_sensor,
         drift_sensor,
     ],
-    schedules=[nightly_retraining, hourly_monitoring],
+    schedules=[nightly_retraining, nightly_deep_training, hourly_monitoring],
     resources={"loopml": LoopMLResource(), "loopml_io": LoopMLIOManager()},
 )

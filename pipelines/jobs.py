@@ -24,6 +24,12 @@ train_function = function_job(
     # a run whose process crashed is retried once; a run that failed on data (a failed check) is not
     **{"dagster/max_retries": 1, "dagster/retry_on_asset_or_op_failure": "false"},
 )
+train_deep_function = function_job(
+    "train_deep_function",
+    ("deep_model", "deep_deployment"),
+    "Image functions: fine-tune the backbone's last block and a head (the deep tier, minutes), keep it only when "
+    "cross-validation says it beats the AutoML version, and gate/roll it out like any version.",
+)
 deploy_function = function_job(
     "deploy_function",
     ("deployment",),

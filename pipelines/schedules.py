@@ -1,4 +1,5 @@
-"""Schedules: nightly retraining and hourly monitoring of every function that serves a model."""
+"""Schedules: nightly retraining (and the image deep tier) and hourly monitoring of every function that serves a
+model."""
 
 import os
 from collections.abc import Iterator
@@ -8,7 +9,7 @@ from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext
 from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource
 from loopml.deployments import DeploymentStore
-from pipelines.jobs import monitor_function, train_function
+from pipelines.jobs import monitor_function, train_deep_function, train_function
 
 
 def serving_functions(context: ScheduleEvaluationContext, loopml: LoopMLResource) -> tuple[list[str], list[str]]:
@@ -39,6 +40,27 @@ def nightly_retraining(context: ScheduleEvaluationContext, loopml: LoopMLResourc
         yield RunRequest(
             partition_key=function, run_key=f"nightly:{function}:{day}", tags={"loopml/trigger": "nightly"}
         )
+
+
+@schedule(
+    job=train_deep_function,
+    cron_schedule=os.environ.get("LOOPML_DEEP_CRON", "0 4 * * *"),
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="Nightly (04:00, LOOPML_DEEP_CRON), for every image function that serves a model: the deep tier "
+    "(a fine-tuned backbone tail) trains in its own run and is kept only when cross-validation says it is better.",
+)
+def nightly_deep_training(
+    context: ScheduleEvaluationContext, loopml: LoopMLResource
+) -> Iterator[RunRequest | SkipReason]:
+    day = context.scheduled_execution_time.strftime("%Y-%m-%d")
+    serving, waiting = serving_functions(context, loopml)
+    registry = loopml.registry()
+    kinds = {spec.name: spec.input_type for spec in registry.list()}
+    images = [f for f in serving if kinds.get(f) == "image"]
+    if not images:
+        yield SkipReason("no image function serves a model yet") if serving else _skip(waiting)
+    for function in images:
+        yield RunRequest(partition_key=function, run_key=f"deep:{function}:{day}", tags={"loopml/trigger": "nightly"})
 
 
 @schedule(

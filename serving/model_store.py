@@ -92,11 +92,18 @@ def save_model(settings: Settings, function: str, classifier: TextClassifier, me
 
 
 def load_classifier(settings: Settings, tag: str) -> TextClassifier:
+    """The classifier of version ``tag``: the AutoML's (:class:`loopml.automl.TextClassifier`) or, for a version of
+    the image deep tier, a :class:`loopml.automl.deep.DeepImageClassifier` (same ``predict_proba`` interface)."""
     from loopml.automl import TextClassifier
 
     bentoml = _bentoml(settings)
     model = bentoml.models.get(tag, _model_store=model_store(settings))
-    return TextClassifier.load(Path(model.path) / "classifier")
+    path = Path(model.path) / "classifier"
+    if (path / "tail.pt").exists():
+        from loopml.automl.deep import DeepImageClassifier
+
+        return DeepImageClassifier.load(path)  # type: ignore[return-value]
+    return TextClassifier.load(path)
 
 
 def version_path(settings: Settings, tag: str) -> Path:

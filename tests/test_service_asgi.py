@@ -539,3 +539,34 @@ def test_the_openapi_document_states_both_bodies(served: Served) -> None:
     assert {"image", "images"} <= set(body["multipart/form-data"]["schema"]["properties"])
     request = spec["components"]["schemas"]["InvokeRequest"]["properties"]
     assert {"text", "texts", "image", "images", "sticky_key"} <= set(request)
+
+
+def test_a_deep_tier_version_serves_as_a_canary_beside_the_automl_primary(served: Served) -> None:
+    """A fine-tuned tail (the image deep tier) is a version like any other: it hot-loads as the canary, answers
+    the share of traffic it is given, is logged with its own tag, and rolls back."""
+    from loopml.automl.deep import DeepConfig, fit_deep_candidate
+    from loopml.encoders import get_encoder
+    from serving.model_store import save_model
+    from tests.serving_support import IMAGE_ENCODER
+
+    images = [png(235 - 3 * i, seed=i) for i in range(8)] + [png(20 + 3 * i, seed=100 + i) for i in range(8)]
+    labels = ["light"] * 8 + ["dark"] * 8
+    config = DeepConfig(epochs=4, views=2, folds=2, batch_size=16, time_budget_s=120)
+    deep = fit_deep_candidate(get_encoder(IMAGE_ENCODER), images, labels, ["light", "dark"], config).model
+    tag = save_model(served.settings, IMAGE_FUNCTION, deep, {"winner": deep.candidate}).tag  # type: ignore[arg-type]
+    primary = served.store.get(IMAGE_FUNCTION).primary_tag
+    served.store.start_canary(IMAGE_FUNCTION, tag, 1.0, "test: all traffic to the deep version")
+    served.wait_for_revision(timeout=30)
+    try:
+        batch = post(served, {"images": [b64(png(18, seed=3)), b64(png(240, seed=4))]})
+        assert batch.status_code == 200, batch.text
+        results = batch.json()["results"]
+        assert [r["label"] for r in results] == ["dark", "light"]
+        assert {r["version"] for r in results} == {tag}
+        logged = served.log.get(results[0]["invocation_id"])
+        assert logged is not None and logged["answered_by"] == tag
+    finally:
+        served.store.rollback(IMAGE_FUNCTION, "test done")
+        served.wait_for_revision(timeout=30)
+    after = post(served, {"image": b64(png(240, seed=5))})
+    assert after.status_code == 200 and after.json()["version"] == primary

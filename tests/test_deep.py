@@ -1,0 +1,138 @@
+"""The image deep tier: a fine-tuned backbone tail learns, is judged against the AutoML model on the same items'
+out-of-fold answers, is registered only when it wins by more than the noise, and then serves as its own version
+through the same gate and canary as any other."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+from dagster import materialize
+
+from loopml.automl.deep import DeepConfig, DeepImageClassifier, compare_out_of_fold, fit_deep_candidate
+from loopml.deployments import DeploymentStore
+from loopml.encoders import get_encoder
+from loopml.functions import FunctionSpec, render_label_config
+from serving.model_store import list_versions, load_classifier
+from tests.serving_support import IMAGE_ENCODER, png
+from tests.test_pipeline import ASSETS, annotate_all, env, fake_function, run  # noqa: F401 - env is a fixture
+
+SMALL = DeepConfig(epochs=4, views=2, folds=2, batch_size=16, time_budget_s=120, min_per_class=4)
+
+
+def uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def tones(n: int, seed: int = 0) -> tuple[list[bytes], list[str]]:
+    """``n`` light and ``n`` dark noisy pictures with their labels."""
+    light = [png(235 - 3 * i, seed=seed + i) for i in range(n)]
+    dark = [png(20 + 3 * i, seed=seed + 100 + i) for i in range(n)]
+    return light + dark, ["light"] * n + ["dark"] * n
+
+
+def test_the_paired_comparison_needs_a_gain_beyond_the_noise() -> None:
+    rng = np.random.default_rng(0)
+    automl = rng.random(400) < 0.8
+    assert not compare_out_of_fold(automl, automl).better  # equal: no churn
+    noisy = automl.copy()
+    noisy[rng.choice(400, 6, replace=False)] ^= True  # a handful of items changed either way: noise
+    assert not compare_out_of_fold(noisy, automl).better
+    better = automl | (rng.random(400) < 0.5)  # right wherever AutoML was, and on half of its mistakes
+    result = compare_out_of_fold(better, automl)
+    assert result.better and result.gain > 2 * result.standard_error
+    assert "better by the 2-standard-error rule" in result.reason
+    assert not compare_out_of_fold(automl, better).better  # worse is never better
+
+
+def test_a_deep_candidate_learns_calibrates_and_round_trips(tmp_path) -> None:
+    """Cross-validated, calibrated and refit; the saved version holds the tail only (a few MB) and answers the
+    same after loading; it reads the pictures themselves, not pooled embeddings."""
+    images, labels = tones(8)
+    encoder = get_encoder(IMAGE_ENCODER)
+    result = fit_deep_candidate(encoder, [uri(i) for i in images], labels, ["light", "dark"], SMALL)
+    assert result.cv_accuracy >= 0.9 and result.temperature > 0
+    assert len(result.epochs) == 3 and result.oof_proba.shape == (16, 2)
+    model = result.model
+    assert not model.needs_embeddings
+    assert 1_000_000 < model.memory_bytes() < 10_000_000  # the last block, head convolution and classifier
+    fresh, _ = tones(3, seed=500)
+    proba = model.predict_proba(fresh)
+    assert proba.shape == (6, 2) and np.allclose(proba.sum(axis=1), 1)
+    assert model.predict(fresh) == ["light"] * 3 + ["dark"] * 3
+    model.save(tmp_path / "deep")
+    loaded = DeepImageClassifier.load(tmp_path / "deep")
+    assert np.allclose(loaded.predict_proba(fresh), proba, atol=1e-5)
+    assert loaded.label_set == ["light", "dark"] and loaded.encoder_id == IMAGE_ENCODER
+
+
+def test_the_deep_tier_runs_in_its_own_job_and_deploys_only_on_evidence(tmp_path, monkeypatch) -> None:
+    """After the AutoML loop, ``deep_model`` + ``deep_deployment``: where AutoML is already right on every item
+    nothing is registered; a candidate that cross-validation calls better becomes the next version and goes
+    through the gate to a canary, loaded as a deep version; a text function is skipped with the reason."""
+    import loopml.automl.deep
+    from assets.deep_model import deep_model
+    from assets.deployment import deep_deployment
+
+    monkeypatch.setenv("LOOPML_DEEP_MIN_PER_CLASS", "4")
+    monkeypatch.setenv("LOOPML_DEEP_EPOCHS", "3")
+    monkeypatch.setenv("LOOPML_DEEP_TIME_BUDGET_S", "120")
+    images, labels = tones(10)
+    spec = FunctionSpec("tone", "image", ["light", "dark"], IMAGE_ENCODER)
+    with fake_function(
+        tmp_path,
+        monkeypatch,
+        spec,
+        [{"data": {"image": uri(i)}} for i in images],
+        render_label_config("image", spec.labels),
+    ) as made:
+        settings, fake, project, instance, resources = (
+            made[k] for k in ("settings", "fake", "project", "instance", "resources")
+        )
+        for tid, label in zip(fake.projects[project], labels, strict=True):
+            fake.create_annotation(tid, label, to_name="image")
+        assert materialize(ASSETS, instance=instance, partition_key="tone", resources=resources).success
+        deep = [deep_model, deep_deployment, *[a.to_source_asset() for a in ASSETS]]
+
+        first = materialize(deep, instance=instance, partition_key="tone", resources=resources)
+        assert first.success
+        output = first.output_for_node("deep_model")
+        assert output["selected"] is False and "not better" in output["reason"]
+        assert output["automl_cv_accuracy"] == 1.0 and output["compared_with"] == "tone:v1"
+        assert first.output_for_node("deep_deployment")["decision"] == "not_selected"
+        assert [v.tag for v in list_versions(settings, "tone")] == ["tone:v1"]
+
+        real = loopml.automl.deep.compare_out_of_fold
+
+        def evidence(deep_ok: np.ndarray, automl_ok: np.ndarray) -> loopml.automl.deep.DeepComparison:
+            half = np.arange(len(automl_ok)) % 2 == 0  # as if AutoML had missed every other item
+            return real(np.ones(len(deep_ok), dtype=bool), half)
+
+        # the evidence says "better": the decision path is under test here, the statistics above
+        monkeypatch.setattr(loopml.automl.deep, "compare_out_of_fold", evidence)
+        second = materialize(deep, instance=instance, partition_key="tone", resources=resources)
+        assert second.success
+        output = second.output_for_node("deep_model")
+        assert output["selected"] is True and output["tag"] == "tone:v2"
+        assert 1_000_000 < output["memory_bytes"] < 10_000_000
+        deployed = second.output_for_node("deep_deployment")
+        assert deployed["decision"] == "canary" and deployed["candidate"] == "tone:v2"
+        assert DeploymentStore(settings).get("tone").canary_tag == "tone:v2"
+        classifier = load_classifier(settings, "tone:v2")
+        assert isinstance(classifier, DeepImageClassifier)
+        assert classifier.predict(tones(2, seed=900)[0]) == ["light", "light", "dark", "dark"]
+
+
+def test_a_text_function_skips_the_deep_tier(env) -> None:
+    from assets.deep_model import deep_model
+
+    annotate_all(env["fake"], env["project"])
+    assert run(env).success
+    result = materialize(
+        [deep_model, *[a.to_source_asset() for a in ASSETS]],
+        instance=env["instance"],
+        partition_key="sentiment",
+        resources=env["resources"],
+    )
+    output = result.output_for_node("deep_model")
+    assert output["selected"] is False and "classifies texts" in output["reason"]
