@@ -170,17 +170,24 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per HTTP load run")
     parser.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients")
     parser.add_argument("--train", type=int, default=500, help="training images for the benchmark model")
+    parser.add_argument("--gpu", action="store_true", help="serve on the GPU (bench/gpu.sh); default: the CPU")
     args = parser.parse_args()
+    global BATCH_SIZES
+    if args.gpu:
+        BATCH_SIZES = [*BATCH_SIZES, 64, 128]
+    device = "GPU" if args.gpu else "CPU"
 
     home = Path(tempfile.mkdtemp(prefix="loopml-bench-serving-images-"))
-    os.environ.update(LOOPML_HOME=str(home), BENTOML_HOME=str(home / "bentoml"), LOOPML_SERVING_GPU="0")
+    os.environ.update(
+        LOOPML_HOME=str(home), BENTOML_HOME=str(home / "bentoml"), LOOPML_SERVING_GPU="auto" if args.gpu else "0"
+    )
     os.environ.pop("LOOPML_DATABASE_URL", None)
     from loopml.apikeys import create_key
     from loopml.config import get_settings
     from loopml.demo_data import load_fashion_mnist
 
     train_and_deploy(args.train)
-    images, _ = load_fashion_mnist("test", limit=500)
+    images, _ = load_fashion_mnist("test", limit=2000 if args.gpu else 500)
     payloads = [base64.b64encode(image).decode() for image in images]
     _, key = create_key(get_settings(), "bench")
     raw = {size: backbone(images, size) for size in BATCH_SIZES}
@@ -201,7 +208,7 @@ def main() -> None:
     best_http = max(float(r[2]) for r in rows) if rows else 0.0
     best_http = max(best_http, max(float(r[3]) for r in rows))
     table(
-        "Image function on the CPU: the backbone in process vs the real server (images/s)",
+        f"Image function on the {device}: the backbone in process vs the real server (images/s)",
         ["images per request", "backbone", "HTTP, 1 client", f"HTTP, {args.clients} clients", "HTTP / backbone"],
         rows,
     )

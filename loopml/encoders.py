@@ -342,6 +342,11 @@ class EfficientNetLiteEncoder:
             out[i] = (np.asarray(picture, dtype=np.float32).transpose(2, 0, 1) - self.MEAN) / self.STD
         return out
 
+    @property
+    def providers(self) -> list[str]:
+        """Where it runs, in onnxruntime's words (the serving API sizes its batches and reports its device by it)."""
+        return ["CUDAExecutionProvider"] if self.device == "cuda" else ["CPUExecutionProvider"]
+
     def cpu_batch(self) -> int:
         """The batch a CPU runs fastest (bench/image_encoder.py, 2 cores: 4 images at 224 px, 16 at 112 px; larger
         batches fall out of the caches). A GPU takes the caller's batch."""
@@ -367,8 +372,27 @@ def _maybe_progress(items: range, progress: bool, total: int) -> range:
     return tqdm(items, total=total, desc="embedding", unit="batch")  # type: ignore[return-value]
 
 
+def text_encoder_path() -> str:
+    """Which runtime runs MiniLM: ``LOOPML_TEXT_ENCODER_PATH`` ``onnx`` (int8, the CPU's), ``torch`` (half
+    precision on CUDA, float32 on a CPU) or ``auto`` (the default: torch when a GPU is there and allowed)."""
+    choice = os.environ.get("LOOPML_TEXT_ENCODER_PATH", "auto").strip().lower()
+    if choice in ("onnx", "torch"):
+        return choice
+    if not os.path.exists("/dev/nvidiactl"):  # no NVIDIA driver: no need to import torch to know
+        return "onnx"
+    return "torch" if torch_device() == "cuda" else "onnx"
+
+
+def _minilm(encoder_id: str) -> Encoder:
+    if text_encoder_path() == "torch":
+        from loopml.minilm_torch import MiniLMTorchEncoder
+
+        return MiniLMTorchEncoder(encoder_id)
+    return MiniLMOnnxEncoder(encoder_id)
+
+
 _FACTORIES: dict[str, Callable[[str], Encoder]] = {
-    DEFAULT_TEXT_ENCODER: MiniLMOnnxEncoder,
+    DEFAULT_TEXT_ENCODER: _minilm,
     E5_SMALL_ENCODER: E5SmallEncoder,
     IMAGE_ENCODER: EfficientNetLiteEncoder,
     IMAGE_ENCODER_SMALL: EfficientNetLiteEncoder,

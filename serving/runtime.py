@@ -236,9 +236,13 @@ def _prefetchable(classifier: TextClassifier) -> _PrefetchedVectorizer | None:
 
 def _default_loader(settings: Settings) -> Callable[[str], TextClassifier]:
     def load(tag: str) -> TextClassifier:
+        from loopml.encoders import torch_device
         from serving.model_store import load_classifier
 
-        return load_classifier(settings, tag)
+        classifier = load_classifier(settings, tag)
+        if os.path.exists("/dev/nvidiactl") and torch_device() == "cuda":
+            classifier.to("cuda")  # heads beside the backbone on the GPU (a deep version places itself)
+        return classifier
 
     return load
 

@@ -21,6 +21,18 @@ from loopml.labelstudio_server import check_api_key, ensure_credentials, start_l
 
 _ENV_KEYS = ("LOOPML_HOME", "LOOPML_LABELSTUDIO_HOST", "LOOPML_LABELSTUDIO_PORT")
 
+# tests/gpu needs a CUDA device: bench/gpu.sh runs it (LOOPML_GPU_TESTS=1); everywhere else the summary says so
+GPU_TESTS = os.environ.get("LOOPML_GPU_TESTS") == "1"
+collect_ignore = [] if GPU_TESTS else ["gpu"]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not GPU_TESTS:
+        terminalreporter.write_line(
+            "tests/gpu (CUDA) not run here: it needs an NVIDIA GPU; `bash bench/gpu.sh` runs it on one. The device-"
+            "generic paths it covers are tested on the CPU (tests/test_gpu_paths.py)."
+        )
+
 
 @pytest.fixture(autouse=True)
 def _no_retry_waits(monkeypatch: pytest.MonkeyPatch) -> None:

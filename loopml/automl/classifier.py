@@ -39,14 +39,20 @@ class EmbeddingHead:
 
     def logits(self, embeddings: np.ndarray) -> np.ndarray:
         t = self.tensors
-        x = (torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)) - t["center"]) / self.scale
+        x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(t["center"].device)
+        x = (x - t["center"]) / self.scale
         with torch.no_grad():
             if self.kind == "linear":
                 out = torch.addmm(t["bias"], x, t["weight"])
             else:
                 hidden = torch.relu(torch.addmm(t["b1"], x, t["w1"]))
                 out = torch.addmm(t["b2"], hidden, t["w2"])
-        return out.numpy().astype(np.float64)
+        return out.cpu().numpy().astype(np.float64)
+
+    def to(self, device: str) -> EmbeddingHead:
+        """Move the head's tensors to ``device`` (``cuda`` beside a GPU backbone); answers stay numpy."""
+        self.tensors = {k: v.to(device) for k, v in self.tensors.items()}
+        return self
 
     @property
     def dim(self) -> int:
@@ -81,6 +87,12 @@ class TextClassifier:
     @property
     def needs_embeddings(self) -> bool:
         return self.embedding_head is not None
+
+    def to(self, device: str) -> TextClassifier:
+        """Run the embedding head on ``device`` (the TF-IDF head is sparse CPU work and stays)."""
+        if self.embedding_head is not None:
+            self.embedding_head.to(device)
+        return self
 
     def predict_proba(self, texts: list[str], embeddings: np.ndarray | None = None) -> np.ndarray:
         """``[n, len(label_set)]`` calibrated probabilities.

@@ -371,6 +371,10 @@ class DeepImageClassifier:
     def needs_embeddings(self) -> bool:
         return False
 
+    def to(self, device: str) -> DeepImageClassifier:
+        """Nothing to do here: the tail follows the shared backbone's device on its first call."""
+        return self
+
     def memory_bytes(self) -> int:
         """What this version adds to a serving process: its tail's weights and buffers."""
         return self.tail.parameter_bytes()
