@@ -136,3 +136,40 @@ def test_a_text_function_skips_the_deep_tier(env) -> None:
     )
     output = result.output_for_node("deep_model")
     assert output["selected"] is False and "classifies texts" in output["reason"]
+
+
+def test_the_deep_tier_runs_nightly_for_image_functions_that_serve_a_model(settings) -> None:
+    """``nightly_deep_training`` asks for one ``train_deep_function`` run per image function with a primary; a
+    text function and an image function without a model get none."""
+    from datetime import UTC, datetime
+
+    from dagster import SkipReason, build_schedule_context, instance_for_test
+
+    from assets.resources import LoopMLResource
+    from loopml.functions import FunctionRegistry
+    from pipelines.definitions import defs
+    from pipelines.schedules import nightly_deep_training
+
+    schedule = defs.resolve_schedule_def("nightly_deep_training")
+    assert schedule.cron_schedule == "0 4 * * *"
+    job = defs.resolve_job_def(schedule.job_name)
+    assert {n.name for n in job.graph.node_defs} == {"deep_model", "deep_deployment"}
+    registry = FunctionRegistry(settings)
+    for name, kind in (("photos", "image"), ("fresh-photos", "image"), ("sentiment", "text")):
+        registry.add(FunctionSpec(name, kind, ["a", "b"], IMAGE_ENCODER if kind == "image" else "minilm-l6-int8"))
+    when = datetime(2026, 12, 5, 4, 0, tzinfo=UTC)
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("functions", ["photos", "fresh-photos", "sentiment"])
+
+        def evaluate() -> list:
+            resources = {"loopml": LoopMLResource()}
+            with build_schedule_context(instance=instance, scheduled_execution_time=when, resources=resources) as ctx:
+                return list(nightly_deep_training(ctx))
+
+        (skipped,) = evaluate()
+        assert isinstance(skipped, SkipReason)
+        store = DeploymentStore(settings)
+        store.set_primary("photos", "photos:v1", "first version")
+        store.set_primary("sentiment", "sentiment:v1", "first version")
+        requests = evaluate()
+    assert [(r.partition_key, r.run_key) for r in requests] == [("photos", "deep:photos:2026-12-05")]
