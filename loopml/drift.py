@@ -435,24 +435,10 @@ def _frames(
         projected = [pca.transform(reference.embeddings[ref_rows]), pca.transform(current.embeddings[cur_rows])]
         explained = float(pca.explained_variance_ratio_.sum())
     frames = []
-    text, label = pl.col("t"), pl.col("label")
+    label = pl.col("label")
     for side, rows, pcs, images in zip((reference, current), (ref_rows, cur_rows), projected, per_row, strict=True):
-        if images is not None:
-            columns = pl.DataFrame(
-                {
-                    "label": _strings(_take(side.labels, rows)).fill_null("(missing)"),
-                    "confidence": _floats(_take(side.confidences, rows)),
-                }
-            ).select(
-                *(pl.lit(pl.Series(name, pcs[:, i])) for i, name in enumerate(components) if pcs is not None),
-                pl.when(label.is_in(label_set)).then(label).otherwise(pl.lit("(other)")).alias("label"),
-                pl.col("confidence"),
-            )
-            frames.append(pl.concat([columns, images.select(IMAGE_QUALITY_COLUMNS)], how="horizontal").to_pandas())
-            continue
         columns = pl.DataFrame(
             {
-                "t": _strings(_take(side.texts, rows)).fill_null(""),
                 "label": _strings(_take(side.labels, rows)).fill_null("(missing)"),
                 "confidence": _floats(_take(side.confidences, rows)),
             }
@@ -460,14 +446,22 @@ def _frames(
             *(pl.lit(pl.Series(name, pcs[:, i])) for i, name in enumerate(components) if pcs is not None),
             pl.when(label.is_in(label_set)).then(label).otherwise(pl.lit("(other)")).alias("label"),
             pl.col("confidence"),
-            text.str.len_chars().cast(pl.Float64).alias("text_length"),
-            _word_count(text).cast(pl.Float64).alias("word_count"),
-            (text.str.strip_chars() == "").cast(pl.Float64).alias("is_empty"),
-            (~text.is_first_distinct()).cast(pl.Float64).alias("is_duplicate"),
-            text.str.contains(_NON_ASCII).cast(pl.Float64).alias("has_non_ascii"),
         )
-        frames.append(columns.to_pandas())
+        quality = images.select(IMAGE_QUALITY_COLUMNS) if images is not None else _text_rows(_take(side.texts, rows))
+        frames.append(pl.concat([columns, quality], how="horizontal").to_pandas())
     return frames[0], frames[1], components, explained
+
+
+def _text_rows(texts: Sequence[str] | np.ndarray | pl.Series) -> pl.DataFrame:
+    """Per text: the figures of :data:`QUALITY_COLUMNS` (0/1 flags as floats)."""
+    text = pl.col("t")
+    return pl.DataFrame({"t": _strings(texts).fill_null("")}).select(
+        text.str.len_chars().cast(pl.Float64).alias("text_length"),
+        _word_count(text).cast(pl.Float64).alias("word_count"),
+        (text.str.strip_chars() == "").cast(pl.Float64).alias("is_empty"),
+        (~text.is_first_distinct()).cast(pl.Float64).alias("is_duplicate"),
+        text.str.contains(_NON_ASCII).cast(pl.Float64).alias("has_non_ascii"),
+    )
 
 
 def _run_report(

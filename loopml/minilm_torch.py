@@ -131,8 +131,7 @@ class MiniLMTorchEncoder:
         self.id = encoder_id
         self.device = device or torch_device()
         self.half = self.device == "cuda"
-        self._tokenizer = MiniLMOnnxEncoder._load_tokenizer(folder / "tokenizer.json")
-        self._tokenizer.enable_truncation(max_length=self.max_tokens)
+        self._tokenizer = MiniLMOnnxEncoder._load_tokenizer(folder / "tokenizer.json")  # truncates at 256 tokens
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
 
         def load() -> _MiniLM:

@@ -129,6 +129,13 @@ def _frozen_prefix(model: nn.Module, pixels: torch.Tensor, train_blocks: int) ->
     return x
 
 
+def _prefix_on_device(encoder: EfficientNetLiteEncoder, pixels: np.ndarray, train_blocks: int) -> torch.Tensor:
+    """The frozen prefix's maps of network inputs ``pixels`` on the encoder's device and precision (call under
+    ``torch.inference_mode`` on the torch thread, :func:`loopml.encoders.torch_call`)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(encoder.device, memory_format=torch.channels_last)
+    return _frozen_prefix(encoder._model, tensor.half() if encoder.half else tensor, train_blocks)
+
+
 def _views(pixels: np.ndarray, views: int, rng: np.random.Generator) -> list[np.ndarray]:
     """``views`` augmented copies of a ``[n, 3, s, s]`` batch: itself, mirrored, then random crops of 80-100 % of
     the side (resized back to ``s``), mirrored at random."""
@@ -158,13 +165,10 @@ def prefix_maps(
     rng = np.random.default_rng(seed)
     batch = 16 if encoder.device == "cpu" else 128
     parts: list[list[torch.Tensor]] = [[] for _ in range(views)]
-    model = encoder._model
 
     def run(pixels: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(encoder.device, memory_format=torch.channels_last)
         with torch.inference_mode():
-            maps = _frozen_prefix(model, tensor.half() if encoder.half else tensor, train_blocks)
-        return maps.float().cpu().contiguous()
+            return _prefix_on_device(encoder, pixels, train_blocks).float().cpu().contiguous()
 
     for start in range(0, len(images), batch):
         pixels = encoder.pixels(images[start : start + batch])
@@ -189,7 +193,7 @@ def _fit_tail(
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader, TensorDataset
 
-    from loopml.automl.heads import _quiet_lightning
+    from loopml.automl.heads import _quiet_lightning, quiet_trainer
 
     torch.manual_seed(config.seed)
     views, n = maps.shape[0], maps.shape[1]
@@ -226,18 +230,7 @@ def _fit_tail(
 
     module = Module()
     with _quiet_lightning():
-        trainer = pl.Trainer(
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            accelerator="auto",
-            devices=1,
-            max_epochs=config.epochs,
-            max_time=datetime.timedelta(seconds=max(1.0, seconds)),
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-        )
+        trainer = quiet_trainer(max_epochs=config.epochs, max_time=datetime.timedelta(seconds=max(1.0, seconds)))
         trainer.fit(module, train_dataloaders=loader)
     tail = module.tail.cpu().eval()
     return tail, int(trainer.current_epoch)
@@ -398,11 +391,8 @@ class DeepImageClassifier:
 
         def run(pixels: np.ndarray) -> np.ndarray:
             self._placed(encoder)  # type: ignore[arg-type]
-            tensor = torch.from_numpy(pixels).to(encoder.device, memory_format=torch.channels_last)  # type: ignore[attr-defined]
             with torch.inference_mode():
-                if encoder.half:  # type: ignore[attr-defined]
-                    tensor = tensor.half()
-                maps = _frozen_prefix(encoder._model, tensor, train_blocks)  # type: ignore[attr-defined]
+                maps = _prefix_on_device(encoder, pixels, train_blocks)  # type: ignore[arg-type]
                 return self.tail(maps).double().cpu().numpy()
 
         batch = 16 if encoder.device == "cpu" else 128  # type: ignore[attr-defined]

@@ -210,6 +210,22 @@ def _single_batch_loader(batch: dict[str, torch.Tensor]) -> DataLoader:
     return DataLoader([batch], batch_size=None, shuffle=False, num_workers=0)
 
 
+def quiet_trainer(**options: Any) -> pl.Trainer:
+    """A Lightning ``Trainer`` for LoopML's in-process fits: one device (the GPU when there is one), no logger,
+    checkpoints, progress bar, summary or validation; ``options`` add to or override these."""
+    settings: dict[str, Any] = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "accelerator": "auto",
+        "devices": 1,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+    }
+    return pl.Trainer(**(settings | options))
+
+
 @contextmanager
 def _quiet_lightning() -> Iterator[None]:
     """Silence Lightning's start-up banner, tips and data-loader advice for one fit."""
@@ -306,18 +322,7 @@ def train_heads(
         "mlp_penalty": mlp_penalty,
     }
     with _quiet_lightning():
-        trainer = pl.Trainer(
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            accelerator="auto",
-            devices=1,
-            max_epochs=1,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-        )
-        trainer.fit(bank, train_dataloaders=_single_batch_loader(batch))
+        quiet_trainer(max_epochs=1).fit(bank, train_dataloaders=_single_batch_loader(batch))
     return _collect(bank)
 
 
