@@ -26,6 +26,7 @@ import numpy as np
 
 from loopml.config import usable_cores
 from loopml.packages import package_dir
+from loopml.text_input import clip_texts
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -66,6 +67,9 @@ class Encoder(Protocol):
 def _package_dir(package: str) -> Path:
     """The folder of an installed package, found without importing it."""
     return package_dir(package)
+
+
+TOKENIZE_CHUNK = 16  # texts tokenized under one hold of the tokenizer's lock
 
 
 class MiniLMOnnxEncoder:
@@ -164,9 +168,15 @@ class MiniLMOnnxEncoder:
         return list(self._session.get_providers())
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
-        with self._lock:
-            encodings = self._tokenizer.encode_batch([t if t else " " for t in texts])
-        return [e.ids for e in encodings]
+        """Token ids of ``texts``, a few at a time: the lock is held per chunk, so that a short request of another
+        scoring lane waits for one chunk of long texts at most, not for a whole batch of them."""
+        clipped = [t if t else " " for t in clip_texts(texts)]
+        ids: list[list[int]] = []
+        for start in range(0, len(clipped), TOKENIZE_CHUNK):
+            with self._lock:
+                encodings = self._tokenizer.encode_batch(clipped[start : start + TOKENIZE_CHUNK])
+            ids.extend(e.ids for e in encodings)
+        return ids
 
     def _embed_batch(self, ids: list[list[int]]) -> np.ndarray:
         """Run one padded batch through the model and pool it into unit vectors."""
@@ -227,7 +237,7 @@ class E5SmallEncoder:
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """Encode ``texts`` into an ``(n, 384)`` float32 array of unit vectors (rows in input order)."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        clean = [t if t and t.strip() else " " for t in texts]
+        clean = [t if t.strip() else " " for t in clip_texts(texts)]
         starts = range(0, len(clean), max(1, batch_size))
         for start in _maybe_progress(starts, progress, total=len(starts)):
             batch = clean[start : start + batch_size]

@@ -23,6 +23,7 @@ from torch import nn
 
 from loopml.encoders import DEFAULT_TEXT_ENCODER, torch_call, torch_device
 from loopml.packages import package_dir
+from loopml.text_input import clip_texts
 
 __all__ = ["MiniLMTorchEncoder", "read_safetensors"]
 
@@ -162,7 +163,7 @@ class MiniLMTorchEncoder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        ids = [e.ids for e in self._tokenizer.encode_batch([t if t else " " for t in texts])]
+        ids = [e.ids for e in self._tokenizer.encode_batch([t if t else " " for t in clip_texts(texts)])]
         order = np.argsort([len(x) for x in ids], kind="stable")
         for start in range(0, len(order), max(1, batch_size)):
             chunk = order[start : start + batch_size]

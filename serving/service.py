@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -54,7 +55,16 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPBearer
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -74,6 +84,7 @@ from loopml.invocation_log import (
     embedding_to_bytes,
 )
 from loopml.loop_signals import mark_annotations_changed
+from serving.request_body import BodyError, bounded_errors, read_json
 from serving.runtime import (
     ROLE_CANARY,
     FunctionServing,
@@ -91,6 +102,7 @@ PROBE_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/v1/health"})
 DOC_PATHS = frozenset({"/", "/docs", "/openapi.json", "/docs.json", "/schema.json"})
 DOC_PREFIXES = ("/static_content/",)
 _FALSE = ("0", "false", "no", "off")
+SMALL_BODY_BYTES = 64 << 10  # bodies of the routes other than invoke (feedback, hooks): FastAPI decodes them
 
 
 # --- configuration ------------------------------------------------------------------------------
@@ -188,6 +200,46 @@ class FailedRequestLogMiddleware:
                 )
 
 
+class JsonErrorMiddleware:
+    """Answers in the documented JSON error shape where BentoML's own router would answer plain text: a path no
+    route serves (404) or a method a route does not take (405)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held: Message | None = None
+
+        async def rewrite(message: Message) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start" and message["status"] in (404, 405):
+                content_type = dict(message.get("headers", [])).get(b"content-type", b"")
+                if content_type.startswith(b"text/plain"):
+                    held = message
+                    return
+            if held is not None and message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                status = int(held["status"])
+                path, method = scope.get("path", "?"), scope.get("method", "?")
+                detail = (
+                    f"no route {path!r}: see /docs for the API"
+                    if status == 404
+                    else f"{path!r} does not take {method}: see /docs for the API"
+                )
+                body = _error_body("not_found" if status == 404 else "method_not_allowed", detail)
+                headers = [(k, v) for k, v in held.get("headers", []) if k not in (b"content-type", b"content-length")]
+                await _send_json(send, status, body, headers)
+                held = None
+                return
+            await send(message)
+
+        await self.app(scope, receive, rewrite)
+
+
 # --- authentication -----------------------------------------------------------------------------
 def _error_body(error: str, detail: Any) -> bytes:
     import json
@@ -270,20 +322,22 @@ class ApiKeyMiddleware:
             )
             return
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > limits.max_request_bytes:
+        invoking = scope.get("path", "").endswith("/invoke")
+        limit = limits.max_request_bytes if invoking else SMALL_BODY_BYTES
+        if length is not None and length.isdigit() and int(length) > limit:
             await _send_json(
                 send,
                 413,
                 _error_body(
                     "request_too_large",
-                    f"the request body is {int(length):,} bytes; the limit is {limits.max_request_bytes:,} "
-                    "(LOOPML_MAX_REQUEST_BYTES): split the batch",
+                    f"the request body is {int(length):,} bytes; the limit is {limit:,} "
+                    + ("(LOOPML_MAX_REQUEST_BYTES): split the batch" if invoking else "for this route"),
                 ),
             )
             return
         scope.setdefault("state", {})["key_id"] = key_id
         if length is None and scope.get("method") in ("POST", "PUT", "PATCH"):
-            receive = await _bounded_body(receive, send, limits.max_request_bytes)
+            receive = await _bounded_body(receive, send, limit)
             if receive is None:
                 return
         await self.app(scope, receive, send)
@@ -345,9 +399,20 @@ FunctionName = Annotated[
 ]
 
 
+# a character that shows: not white space, not a C0/C1 control, not a zero-width or bidi control
+_VISIBLE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
 def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("the text is empty: send the text to classify")
+    lone = _SURROGATE.search(value)
+    if lone is not None:
+        raise ValueError(
+            f"the text holds a lone surrogate (\\u{ord(lone.group()):04x} at character {lone.start()}), which is not "
+            "Unicode text: encode characters outside the BMP as a surrogate pair or as UTF-8"
+        )
+    if _VISIBLE.search(value) is None:
+        raise ValueError("the text is empty (only spaces or control characters): send the text to classify")
     return value
 
 
@@ -379,7 +444,11 @@ class InvokeRequest(BaseModel):
                 {"text": "A warm, funny and beautifully acted film."},
                 {"texts": ["Loved it.", "A tedious mess."], "sticky_key": "user-42"},
                 {"image": "data:image/png;base64,iVBORw0KGgo..."},
-            ]
+            ],
+            "oneOf": [  # exactly one of them is given and not null
+                {"required": [name], "properties": {name: {"type": kind}}}
+                for name, kind in (("text", "string"), ("texts", "array"), ("image", "string"), ("images", "array"))
+            ],
         },
     )
 
@@ -482,7 +551,11 @@ class FeedbackRequest(BaseModel):
             "examples": [
                 {"flagged": True, "true_label": "negative"},
                 {"flagged": True, "comment": "sarcasm"},
-            ]
+            ],
+            "anyOf": [
+                {"required": ["flagged"], "properties": {"flagged": {"const": True}}},
+                {"required": ["true_label"]},
+            ],
         },
     )
 
@@ -553,7 +626,10 @@ class FieldError(BaseModel):
 class ErrorResponse(BaseModel):
     error: str = Field(description="A short code: unauthorized, not_found, invalid_request, request_too_large, ...")
     detail: Any = Field(description="What went wrong and what to do next.")
-    errors: list[FieldError] | None = Field(None, description="422 only: one entry per invalid field.")
+    errors: list[FieldError] | None = Field(
+        None, description="422 only: one entry per invalid field (the first 10; `errors_left_out` counts the rest)."
+    )
+    errors_left_out: int | None = Field(None, description="422 only: invalid fields not listed in `errors`.")
 
 
 _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
@@ -675,11 +751,17 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
         }
         for e in exc.errors()
     ]
-    summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    return JSONResponse({"error": "invalid_request", "detail": summary, "errors": errors}, status_code=422)
+    shown, left_out = bounded_errors(errors)
+    summary = "; ".join(f"{e['field']}: {e['message']}" for e in shown)
+    body: dict[str, Any] = {"error": "invalid_request", "detail": summary, "errors": shown}
+    if left_out:
+        body["detail"] += f"; and {left_out:,} more errors"
+        body["errors_left_out"] = left_out
+    return JSONResponse(body, status_code=422)
 
 
 _CODES = {
+    400: "invalid_request",
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
@@ -691,11 +773,39 @@ _CODES = {
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 400:  # FastAPI could not decode a JSON body (invalid UTF-8, too deep, not JSON)
+        return JSONResponse(
+            {"error": "invalid_request", "detail": "the body is not valid UTF-8 JSON: send a JSON object"},
+            status_code=422,
+        )
     return JSONResponse(
         {"error": _CODES.get(exc.status_code, "error"), "detail": exc.detail},
         status_code=exc.status_code,
         headers=getattr(exc, "headers", None),
     )
+
+
+def _openapi() -> dict[str, Any]:
+    """FastAPI's document, plus the JSON invoke body (read by :meth:`LoopML.invoke_request`, not by FastAPI)."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+            tags=app.openapi_tags,
+        )
+        request = InvokeRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(request.pop("$defs", {}))
+        components["InvokeRequest"] = request
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+app.openapi = _openapi  # type: ignore[method-assign]
 
 
 @app.get("/", include_in_schema=False)
@@ -820,6 +930,24 @@ class LoopML:
         except (NotDeployedError, RuntimeNotReadyError) as error:
             raise HTTPException(503, str(error), headers={"Retry-After": "5"}) from None
 
+    async def invoke_request(self, raw: bytes) -> InvokeRequest:
+        """The JSON invoke body decoded and validated at a bounded cost (:mod:`serving.request_body`), off the
+        event loop: a batch over LOOPML_MAX_BATCH is refused (413) from its length, before any item is validated,
+        and a body with more JSON values than a largest valid request is refused before it is decoded."""
+        try:
+            data = await read_json(raw, self.limits.max_batch + 8, "values (one per input)")
+        except BodyError as error:
+            raise HTTPException(error.status, str(error)) from None
+        if isinstance(data, dict):
+            for key in ("texts", "images"):
+                value = data.get(key)
+                if isinstance(value, list):
+                    self.check_count(Inputs("text" if key == "texts" else "image", value, single=False))
+        try:
+            return await asyncio.to_thread(InvokeRequest.model_validate, data)
+        except ValidationError as error:
+            raise RequestValidationError(error.errors(include_input=False, include_url=False)) from None
+
     def checked_texts(self, inputs: Inputs) -> list[str]:
         """The request's texts; 413 for a batch over LOOPML_MAX_BATCH or a text over LOOPML_MAX_TEXT_BYTES."""
         texts = inputs.values
@@ -867,6 +995,8 @@ class LoopML:
             raise HTTPException(422, f"function {name!r} classifies {expected}s, not {inputs.kind}s: send {send}")
         if expected == "image":  # decoding and thumbnails are CPU work: off the event loop, in one trip
             items, logged = await asyncio.to_thread(self.decoded_images, inputs)
+        elif sum(len(text) for text in inputs.values) > 65536:  # measuring many bytes: off the event loop
+            items = logged = await asyncio.to_thread(self.checked_texts, inputs)
         else:
             items = logged = self.checked_texts(inputs)
         try:
@@ -904,6 +1034,7 @@ class LoopML:
 if access_log_mode() == "errors":
     LoopML.add_asgi_middleware(FailedRequestLogMiddleware)  # added first: outermost, so it sees the 401s too
 LoopML.add_asgi_middleware(ApiKeyMiddleware)
+LoopML.add_asgi_middleware(JsonErrorMiddleware)
 
 
 async def current_service(request: Request) -> LoopML:
@@ -1016,21 +1147,28 @@ UPLOAD_SCHEMA = {
     response_model=InvokeResult | BatchInvokeResponse,
     responses=_responses(401, 404, 413, 422, 503),
     dependencies=AUTH,
-    openapi_extra={"requestBody": {"content": UPLOAD_SCHEMA}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": "#/components/schemas/InvokeRequest"},
+                    "examples": INVOKE_EXAMPLES,
+                },
+                **UPLOAD_SCHEMA,
+            },
+        }
+    },
 )
-async def invoke(
-    service: Service,
-    request: Request,
-    name: FunctionName,
-    body: Annotated[InvokeRequest, Body(openapi_examples=INVOKE_EXAMPLES)],
-) -> Any:
+async def invoke(service: Service, request: Request, name: FunctionName) -> Any:
     """Answer with the label, its calibrated confidence, every label's score, the version that answered
     and an invocation id per input. `{"text": ...}` gets one result, `{"texts": [...]}` a list in order; an image
     function takes `{"image": ...}` / `{"images": [...]}` (base64 or data URIs) or a `multipart/form-data` upload
-    (file field `image`, or `images` for several). A text sent to an image function, or the reverse, is a 422.
-    During a canary each text is answered by the canary with the canary's weight (sticky per
-    `sticky_key`); the canary scores every text in shadow either way. The answer is returned only after
-    the invocation is durably logged."""
+    (file field `image`, or `images` for several). Exactly one of `text`, `texts`, `image`, `images`. A text sent
+    to an image function, or the reverse, is a 422. During a canary each text is answered by the canary with the
+    canary's weight (sticky per `sticky_key`); the canary scores every text in shadow either way. The answer is
+    returned only after the invocation is durably logged."""
+    body = await service.invoke_request(await request.body())
     inputs = body.inputs()
     results = await service.answer(name, inputs, _key_id(request))
     if inputs.single:

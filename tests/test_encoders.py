@@ -185,3 +185,19 @@ def test_torch_work_runs_on_one_thread_per_process() -> None:
     with ThreadPoolExecutor(2) as lanes:
         names = {lanes.submit(torch_call, name).result() for _ in range(6)}
     assert len(names) == 1 and names.pop().startswith("torch")
+
+
+def test_models_read_a_text_up_to_the_same_prefix(encoder: Encoder) -> None:
+    """Nothing past MODEL_TEXT_CHARS reaches the encoder or the TF-IDF words, in training as in serving: a 1 MiB
+    text costs what its first 16 KiB cost and gives the same features."""
+    from loopml.automl.text_features import TfidfWords
+    from loopml.text_input import MODEL_TEXT_CHARS, clip_texts
+
+    head = ("a rather good film " * 2000)[:MODEL_TEXT_CHARS]
+    long = head + "awful dreadful terrible " * 40_000
+    assert clip_texts([long, None, "short"]) == [head, "", "short"]
+    vectors = encoder.encode([head, long])
+    np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-6)
+    words = TfidfWords()
+    words.fit_transform([head, "awful dreadful terrible film", "a good film"])
+    np.testing.assert_allclose(words.transform([long]).toarray(), words.transform([head]).toarray())

@@ -4,121 +4,27 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import psutil
 import pytest
 import requests
 
-from loopml.apikeys import create_key
-from loopml.config import PROJECT_ROOT, Settings, get_settings
 from loopml.deployments import DeploymentStore
 from loopml.invocation_log import InvocationLog
-from tests.conftest import free_port
-from tests.serving_support import save_versions
+from tests.real_server import Server, running_server, server_tree
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 FUNCTION = "review-sentiment"
-READY_TIMEOUT_S = 90.0
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    url: str
-    settings: Settings
-    tags: list[str]
-    key: str
-    log_path: Path
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
-
-    def invoke(self, session: requests.Session, body: dict) -> requests.Response:
-        return session.post(f"{self.url}/v1/functions/{FUNCTION}/invoke", json=body, headers=self.headers, timeout=10)
-
-
-def server_tree(proc: subprocess.Popen) -> list[psutil.Process]:
-    """The arbiter and its workers. Circus starts each worker in a session of its own (``setsid``), so a
-    signal to the arbiter's process group does not reach them: they are found as descendants."""
-    try:
-        parent = psutil.Process(proc.pid)
-        return [parent, *parent.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    """SIGTERM the arbiter (it stops its workers), then SIGKILL anything of the tree still there."""
-    tree = server_tree(proc)
-    if proc.poll() is None:
-        proc.terminate()
-    _, alive = psutil.wait_procs(tree, timeout=20)
-    for process in alive:
-        process.kill()
-    proc.wait(10)
-
-
-def serve_command(port: int) -> list[str]:
-    """The documented start command (run from the repository root)."""
-    bentoml = Path(sys.executable).with_name("bentoml")
-    return [str(bentoml), "serve", "serving.service:LoopML", "--host", "127.0.0.1", "--port", str(port)]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("serve-e2e")
-    port = free_port()
-    env = {
-        **os.environ,
-        "LOOPML_HOME": str(home),
-        "BENTOML_HOME": str(home / "bentoml"),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "LOOPML_SERVING_PORT": str(port),
-        "LOOPML_SERVING_GPU": "0",
-    }
-    env.pop("LOOPML_DATABASE_URL", None)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOOPML_HOME", str(home))
-        mp.delenv("LOOPML_DATABASE_URL", raising=False)
-        settings = get_settings()
-        settings.ensure_dirs()
-        tags = save_versions(settings, FUNCTION, 2)
-        DeploymentStore(settings).set_primary(FUNCTION, tags[0], "e2e")
-        _, key = create_key(settings, "e2e")
-        log_path = home / "serving.log"
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(
-                serve_command(port),
-                cwd=PROJECT_ROOT,
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            while True:
-                assert proc.poll() is None, f"bentoml serve exited: {log_path.read_text()[-3000:]}"
-                try:
-                    if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:  # not listening yet, or the worker is still starting
-                    pass
-                assert time.monotonic() < deadline, f"not ready in {READY_TIMEOUT_S} s: {log_path.read_text()[-3000:]}"
-                time.sleep(0.2)
-            yield Server(proc, url, settings, tags, key, log_path)
-        finally:
-            stop_server(proc)
+    with running_server(tmp_path_factory.mktemp("serve-e2e"), FUNCTION) as server:
+        yield server
 
 
 def test_auth_and_invoke(server: Server) -> None:

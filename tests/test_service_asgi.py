@@ -570,3 +570,24 @@ def test_a_deep_tier_version_serves_as_a_canary_beside_the_automl_primary(served
         served.wait_for_revision(timeout=30)
     after = post(served, {"image": b64(png(240, seed=5))})
     assert after.status_code == 200 and after.json()["version"] == primary
+
+
+def test_the_openapi_document_states_the_one_of_rules(served: Served) -> None:
+    schemas = served.client.get("/openapi.json", headers=served.headers).json()["components"]["schemas"]
+    one_of = schemas["InvokeRequest"]["oneOf"]
+    assert [branch["required"] for branch in one_of] == [["text"], ["texts"], ["image"], ["images"]]
+    any_of = schemas["FeedbackRequest"]["anyOf"]
+    assert {"required": ["true_label"]} in any_of
+    assert {"required": ["flagged"], "properties": {"flagged": {"const": True}}} in any_of
+    assert "errors_left_out" in schemas["ErrorResponse"]["properties"]
+
+
+def test_bodies_of_the_small_routes_are_bounded(served: Served) -> None:
+    """FastAPI decodes the feedback body itself: it is refused over 64 KiB, before it is read."""
+    answer = served.invoke({"text": "A superb film."})
+    response = served.client.post(
+        f"/v1/invocations/{answer['invocation_id']}/feedback",
+        json={"flagged": True, "comment": "x" * (70 << 10)},
+        headers=served.headers,
+    )
+    assert response.status_code == 413 and "for this route" in response.json()["detail"]

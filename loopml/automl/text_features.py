@@ -23,6 +23,8 @@ import polars as pl
 import regex
 import scipy.sparse as sp
 
+from loopml.text_input import clip_texts
+
 __all__ = ["TfidfWords"]
 
 _TOKEN_PATTERN = r"\w+|[^\w\s]+"
@@ -115,7 +117,7 @@ class TfidfWords:
 
     def fit_transform(self, texts: list[str]) -> sp.csr_matrix:
         """Learn words, bigrams and IDF weights from ``texts`` and return their TF-IDF rows."""
-        tokens = _tokens(texts)
+        tokens = _tokens(clip_texts(texts))
         self._words = tokens.get_column("w").unique().sort().to_list()
         doc, ids = self._word_ids(tokens)
         n_docs = len(texts)
@@ -132,7 +134,8 @@ class TfidfWords:
 
     def transform(self, texts: list[str]) -> sp.csr_matrix:
         """TF-IDF rows of ``texts`` in the fitted feature space (unseen terms are ignored)."""
-        if sum(len(t) for t in texts if t) <= SMALL_INPUT_CHARS:
+        texts = clip_texts(texts)
+        if sum(len(t) for t in texts) <= SMALL_INPUT_CHARS:
             doc, words = _small_tokens(texts)
             ids = self._lookup(words)
         else:

@@ -1,0 +1,127 @@
+"""A real ``bentoml serve serving.service:LoopML`` process for the end-to-end and fault tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from loopml.apikeys import create_key
+from loopml.config import PROJECT_ROOT, Settings, get_settings
+from loopml.deployments import DeploymentStore
+from tests.conftest import free_port
+from tests.serving_support import save_versions
+
+READY_TIMEOUT_S = 90.0
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    url: str
+    settings: Settings
+    tags: list[str]
+    key: str
+    log_path: Path
+    function: str = "review-sentiment"
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def invoke(self, session: requests.Session, body: dict, timeout: float = 10) -> requests.Response:
+        return session.post(
+            f"{self.url}/v1/functions/{self.function}/invoke", json=body, headers=self.headers, timeout=timeout
+        )
+
+
+def server_tree(proc: subprocess.Popen) -> list[psutil.Process]:
+    """The arbiter and its workers. Circus starts each worker in a session of its own (``setsid``), so a
+    signal to the arbiter's process group does not reach them: they are found as descendants."""
+    try:
+        parent = psutil.Process(proc.pid)
+        return [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM the arbiter (it stops its workers), then SIGKILL anything of the tree still there."""
+    tree = server_tree(proc)
+    if proc.poll() is None:
+        proc.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=20)
+    for process in alive:
+        process.kill()
+    proc.wait(10)
+
+
+def serve_command(port: int) -> list[str]:
+    """The documented start command (run from the repository root)."""
+    bentoml = Path(sys.executable).with_name("bentoml")
+    return [str(bentoml), "serve", "serving.service:LoopML", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log_path: Path, timeout: float = READY_TIMEOUT_S) -> None:
+    """Until ``/readyz`` answers 200 (the process must stay up meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"bentoml serve exited: {log_path.read_text()[-3000:]}"
+        try:
+            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:  # not listening yet, or the worker is still starting
+            pass
+        assert time.monotonic() < deadline, f"not ready in {timeout} s: {log_path.read_text()[-3000:]}"
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def running_server(home: Path, function: str, versions: int = 2, **extra_env: str) -> Iterator[Server]:
+    """A serving process on a free port with ``versions`` versions of the tiny text model of ``function`` (the
+    first one primary) and one API key, in ``home``; stopped (its whole tree) on exit."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "LOOPML_HOME": str(home),
+        "BENTOML_HOME": str(home / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "LOOPML_SERVING_PORT": str(port),
+        "LOOPML_SERVING_GPU": "0",
+        **extra_env,
+    }
+    env.pop("LOOPML_DATABASE_URL", None)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOOPML_HOME", str(home))
+        mp.delenv("LOOPML_DATABASE_URL", raising=False)
+        settings = get_settings()
+        settings.ensure_dirs()
+        tags = save_versions(settings, function, versions)
+        DeploymentStore(settings).set_primary(function, tags[0], "e2e")
+        _, key = create_key(settings, "e2e")
+        log_path = home / "serving.log"
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(
+                serve_command(port),
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(proc, url, log_path)
+            yield Server(proc, url, settings, tags, key, log_path, function, env)
+        finally:
+            stop_server(proc)
