@@ -43,7 +43,7 @@ def hook_key(settings: Settings) -> str:
         secret = str(json.loads(path.read_text()).get("secret", ""))
         if secret and verify(settings, secret) is not None:
             return secret
-    _, secret = create_key(settings, KEY_NAME)
+    _, secret = create_key(settings, KEY_NAME, rights=("hooks",))  # it can signal changes, nothing more
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({"secret": secret}))

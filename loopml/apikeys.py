@@ -1,8 +1,13 @@
 """API keys for the serving endpoints: created once, stored as SHA-256 hashes, revocable.
 
-A key looks like ``lml_<key_id>_<secret part>``. ``key_id`` (16 hex characters) is public: it names the key
-in listings and in the invocation log. The whole key is shown once, by :func:`create_key`; the database keeps
-only its SHA-256 hash, so a lost key cannot be recovered, only revoked and replaced.
+A key looks like ``lml_<key_id>_<secret part>``. ``key_id`` (16 hex characters) is public: it names the key in
+listings and in the invocation log. The whole key is shown once, by :func:`create_key`; the database keeps only its
+SHA-256 hash, so a lost key cannot be recovered, only revoked and replaced.
+
+Each key has **rights** (``invoke``, ``feedback``, ``hooks``: Label Studio's webhook, ``admin``: everything,
+BentoML's ``/metrics`` included) and a **scope** of functions (``*``: all of them); the serving API checks both on
+every route (:class:`KeyGrant`). ``loopml keys create NAME`` gives ``invoke,feedback`` on every function unless
+told otherwise (``--rights``, ``--functions``).
 
 :func:`verify` is called on every request. It caches its answers (keyed by the hash, never the key) for at
 most ``ttl_s`` seconds (default 1 s), so a revocation takes effect in every serving process within about a
@@ -31,6 +36,8 @@ __all__ = [
     "ApiKeyError",
     "ApiKeyInfo",
     "ApiKeyVerifier",
+    "KeyGrant",
+    "RIGHTS",
     "create_key",
     "hash_secret",
     "key_id_of",
@@ -45,8 +52,62 @@ MAX_NAME_LENGTH = 128
 _KEY_PATTERN = re.compile(r"^lml_([0-9a-f]{16})_([A-Za-z0-9_-]{20,100})$")
 
 
+RIGHTS = ("invoke", "feedback", "hooks", "admin")
+DEFAULT_RIGHTS = ("invoke", "feedback")
+ALL_FUNCTIONS = "*"
+
+
 class ApiKeyError(ValueError):
     """An impossible API key action (unknown key, bad name); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class KeyGrant:
+    """What a valid key may do: its ``rights`` on its ``functions`` (None: every function). ``admin`` is every
+    right on the key's functions and the routes that belong to no function."""
+
+    key_id: str
+    rights: frozenset[str]
+    functions: frozenset[str] | None
+
+    def allows(self, right: str, function: str | None = None) -> bool:
+        if right not in self.rights and "admin" not in self.rights:
+            return False
+        return function is None or self.functions is None or function in self.functions
+
+    def sees(self, function: str) -> bool:
+        return self.functions is None or function in self.functions
+
+    def describe(self) -> str:
+        scope = "every function" if self.functions is None else ", ".join(sorted(self.functions))
+        return f"{','.join(r for r in RIGHTS if r in self.rights)} on {scope}"
+
+
+def _grant(key_id: str, rights: str, functions: str) -> KeyGrant:
+    names = {f.strip() for f in functions.split(",") if f.strip()}
+    return KeyGrant(
+        key_id,
+        frozenset(r.strip() for r in rights.split(",") if r.strip()),
+        None if ALL_FUNCTIONS in names else frozenset(names),
+    )
+
+
+def _checked_rights(rights: tuple[str, ...] | list[str]) -> str:
+    unknown = sorted(set(rights) - set(RIGHTS))
+    if unknown or not rights:
+        raise ApiKeyError(f"unknown rights {unknown}: give one or more of {', '.join(RIGHTS)}")
+    return ",".join(r for r in RIGHTS if r in rights)
+
+
+def _checked_functions(functions: tuple[str, ...] | list[str] | None) -> str:
+    if not functions or ALL_FUNCTIONS in functions:
+        return ALL_FUNCTIONS
+    from loopml.functions import NAME_PATTERN
+
+    bad = sorted(f for f in functions if not NAME_PATTERN.match(f))
+    if bad:
+        raise ApiKeyError(f"{bad} are not function names (lower-case letters, digits and hyphens)")
+    return ",".join(sorted(set(functions)))
 
 
 @dataclass(frozen=True)
@@ -57,6 +118,8 @@ class ApiKeyInfo:
     name: str
     created_at: datetime
     revoked_at: datetime | None
+    rights: str = ",".join(DEFAULT_RIGHTS)
+    functions: str = ALL_FUNCTIONS
 
     @property
     def active(self) -> bool:
@@ -84,14 +147,21 @@ def _utc(moment: datetime | None) -> datetime | None:
 def _info(row: ApiKeyRow) -> ApiKeyInfo:
     created = _utc(row.created_at)
     assert created is not None
-    return ApiKeyInfo(row.key_id, row.name, created, _utc(row.revoked_at))
+    return ApiKeyInfo(row.key_id, row.name, created, _utc(row.revoked_at), row.rights, row.functions)
 
 
-def create_key(settings: Settings, name: str) -> tuple[str, str]:
-    """Create a key named ``name`` and return ``(key_id, secret)``; the secret is not stored anywhere."""
+def create_key(
+    settings: Settings,
+    name: str,
+    rights: tuple[str, ...] | list[str] = DEFAULT_RIGHTS,
+    functions: tuple[str, ...] | list[str] | None = None,
+) -> tuple[str, str]:
+    """Create a key named ``name`` with ``rights`` on ``functions`` (None or ``*``: every function) and return
+    ``(key_id, secret)``; the secret is not stored anywhere."""
     name = (name or "").strip()
     if not name or len(name) > MAX_NAME_LENGTH:
         raise ApiKeyError(f"give the key a name of 1-{MAX_NAME_LENGTH} characters (for example the caller's name)")
+    rights_text, functions_text = _checked_rights(list(rights)), _checked_functions(functions)
     sessions = session_factory(settings.database_url)
     for _ in range(5):  # a key_id collision is astronomically unlikely; retry anyway
         key_id = secrets.token_hex(8)
@@ -99,7 +169,16 @@ def create_key(settings: Settings, name: str) -> tuple[str, str]:
         with sessions.begin() as session:
             if session.get(ApiKeyRow, key_id) is not None:
                 continue
-            session.add(ApiKeyRow(key_id=key_id, key_hash=hash_secret(secret), name=name, created_at=utcnow()))
+            session.add(
+                ApiKeyRow(
+                    key_id=key_id,
+                    key_hash=hash_secret(secret),
+                    name=name,
+                    created_at=utcnow(),
+                    rights=rights_text,
+                    functions=functions_text,
+                )
+            )
         return key_id, secret
     raise ApiKeyError("could not allocate a unique key id; try again")
 
@@ -142,14 +221,14 @@ class ApiKeyVerifier:
         self._sessions = session_factory(settings.database_url)
         self.ttl_s = ttl_s
         self.max_entries = max_entries
-        self._cache: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[KeyGrant | None, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()
 
-    def cached(self, secret: str | None) -> tuple[bool, str | None]:
+    def cached(self, secret: str | None) -> tuple[bool, KeyGrant | None]:
         """``(True, answer)`` when :meth:`verify` can answer without the database, else ``(False, None)``.
 
         Lets an event loop call :meth:`verify` inline on a hit and in a thread on a miss.
@@ -164,8 +243,8 @@ class ApiKeyVerifier:
                 return True, entry[0]
         return False, None
 
-    def verify(self, secret: str | None) -> str | None:
-        """The key id of ``secret`` when it is a valid, unrevoked key, else None."""
+    def verify(self, secret: str | None) -> KeyGrant | None:
+        """What ``secret`` may do when it is a valid, unrevoked key, else None."""
         hit, answer = self.cached(secret)
         if hit:
             return answer
@@ -182,12 +261,14 @@ class ApiKeyVerifier:
                 self._cache.popitem(last=False)
         return result
 
-    def _lookup(self, key_id: str, digest: str) -> str | None:
+    def _lookup(self, key_id: str, digest: str) -> KeyGrant | None:
         with self._sessions() as session:
             row = session.get(ApiKeyRow, key_id, populate_existing=True)
             if row is None or row.revoked_at is not None:
                 return None
-            return key_id if hmac.compare_digest(row.key_hash, digest) else None
+            if not hmac.compare_digest(row.key_hash, digest):
+                return None
+            return _grant(key_id, row.rights, row.functions)
 
 
 _VERIFIERS: dict[str, ApiKeyVerifier] = {}
@@ -203,6 +284,6 @@ def verifier_for(settings: Settings) -> ApiKeyVerifier:
     return verifier
 
 
-def verify(settings: Settings, secret: str | None) -> str | None:
-    """The key id of ``secret`` when it is a valid, unrevoked key, else None (cached up to 1 s)."""
+def verify(settings: Settings, secret: str | None) -> KeyGrant | None:
+    """What ``secret`` may do when it is a valid, unrevoked key, else None (cached up to 1 s)."""
     return verifier_for(settings).verify(secret)

@@ -64,8 +64,10 @@ def start_platform(settings: Settings) -> None:
     settings.ensure_dirs()
     try:
         services.check_ports(settings)
+        services.check_dagster_bind(settings)
     except services.ServiceError as error:
         raise click.ClickException(str(error)) from None
+    _secure_home(settings)
     _step(f"Label Studio on {settings.labelstudio_url} (data in {settings.labelstudio_data_dir})")
     ensure_credentials(settings)
     services.start_labelstudio_service(settings)
@@ -105,6 +107,21 @@ def start_platform(settings: Settings) -> None:
             f"the Dagster daemon stopped; see {services.log_file(settings, 'dagster-daemon')} and run `loopml up` again"
         )
     _register_hooks(settings)
+
+
+def _secure_home(settings: Settings) -> None:
+    """LOOPML_HOME the owner's alone (0700 folders, 0600 files), and so is whatever the services create later."""
+    import os
+
+    from loopml.permissions import PRIVATE_UMASK, secure_home
+
+    os.umask(PRIVATE_UMASK)  # the services started below inherit it
+    tightened = secure_home(settings.home)
+    if tightened.any:
+        click.echo(
+            f"    made {tightened.folders} folders and {tightened.files} files under {settings.home} private to "
+            f"their owner (they were open to others: {', '.join(tightened.examples)} ...)"
+        )
 
 
 def _register_hooks(settings: Settings) -> None:
@@ -372,14 +389,34 @@ def keys() -> None:
 
 @keys.command("create")
 @click.argument("name")
-def keys_create(name: str) -> None:
-    """Create an API key called NAME; the secret is shown once."""
-    from loopml.apikeys import create_key
+@click.option(
+    "--rights",
+    default="invoke,feedback",
+    show_default=True,
+    help="comma-separated: invoke, feedback, hooks (Label Studio's webhook), admin (everything, /metrics too)",
+)
+@click.option(
+    "--functions", default="*", show_default=True, help="comma-separated function names the key is allowed on (*: all)"
+)
+def keys_create(name: str, rights: str, functions: str) -> None:
+    """Create an API key called NAME with RIGHTS on FUNCTIONS; the secret is shown once."""
+    from loopml.apikeys import ApiKeyError, create_key
 
     settings = get_settings()
     settings.ensure_dirs()
-    key_id, secret = create_key(settings, name)
-    click.echo(f"created key {key_id} ({name}). Store the secret now, it is not shown again:\n{secret}")
+    try:
+        key_id, secret = create_key(
+            settings,
+            name,
+            rights=[r.strip() for r in rights.split(",") if r.strip()],
+            functions=[f.strip() for f in functions.split(",") if f.strip()],
+        )
+    except ApiKeyError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(
+        f"created key {key_id} ({name}: {rights} on {functions}). Store the secret now, it is not shown again:\n"
+        f"{secret}"
+    )
 
 
 @keys.command("list")
@@ -392,7 +429,10 @@ def keys_list() -> None:
         click.echo("no API keys; create one with `loopml keys create NAME`")
     for row in rows:
         revoked = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
-        click.echo(f"  {row.key_id:<14} {row.name:<24} created {row.created_at:%Y-%m-%d %H:%M}  {revoked}")
+        click.echo(
+            f"  {row.key_id:<14} {row.name:<24} created {row.created_at:%Y-%m-%d %H:%M}  {revoked:<24} "
+            f"{row.rights} on {row.functions}"
+        )
 
 
 @keys.command("revoke")

@@ -27,6 +27,7 @@ class Settings:
     database_url_override: str | None
     annotation_poll_seconds: int
     min_examples_per_label: int
+    dagster_host: str = "127.0.0.1"  # LOOPML_DAGSTER_HOST; another address needs LOOPML_DAGSTER_EXPOSE=1
 
     @property
     def dagster_home(self) -> Path:
@@ -92,7 +93,8 @@ class Settings:
 
     @property
     def dagster_url(self) -> str:
-        return f"http://127.0.0.1:{self.dagster_port}"
+        host = "127.0.0.1" if self.dagster_host in ("0.0.0.0", "::", "") else self.dagster_host
+        return f"http://{host}:{self.dagster_port}"
 
     def ensure_dirs(self) -> None:
         for path in (
@@ -106,6 +108,7 @@ class Settings:
             self.tmp_dir,
         ):
             path.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.home, 0o700)  # the owner's alone (loopml.permissions: `loopml up` tightens what is inside)
         self.secrets_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.secrets_dir, 0o700)
 
@@ -153,6 +156,7 @@ def get_settings(environ: Mapping[str, str] | None = None) -> Settings:
         labelstudio_port=int(env.get("LOOPML_LABELSTUDIO_PORT", "8080")),
         dagster_port=int(env.get("LOOPML_DAGSTER_PORT", "3000")),
         serving_port=int(env.get("LOOPML_SERVING_PORT", "3100")),
+        dagster_host=env.get("LOOPML_DAGSTER_HOST", "127.0.0.1"),
         database_url_override=env.get("LOOPML_DATABASE_URL") or None,
         annotation_poll_seconds=int(env.get("LOOPML_ANNOTATION_POLL_SECONDS", "10")),
         min_examples_per_label=int(env.get("LOOPML_MIN_EXAMPLES_PER_LABEL", "3")),

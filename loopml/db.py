@@ -36,6 +36,9 @@ def as_utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+LEGACY_RIGHTS = "invoke,feedback,hooks,admin"  # what a key made before key scopes could do
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON}
 
@@ -106,6 +109,10 @@ class ApiKeyRow(Base):
     key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     key_hash: Mapped[str] = mapped_column(String(128), unique=True)
     name: Mapped[str] = mapped_column(String(128), default="")
+    # comma-separated rights (invoke, feedback, hooks, admin) and function names ("*": every function); keys made
+    # before scopes existed keep every right on every function (see _migrate)
+    rights: Mapped[str] = mapped_column(String(64), default="invoke,feedback", server_default=LEGACY_RIGHTS)
+    functions: Mapped[str] = mapped_column(Text, default="*", server_default="*")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
@@ -163,7 +170,22 @@ def get_engine(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True, json_serializer=json.dumps)
     Base.metadata.create_all(engine)
+    _migrate(engine)
     return engine
+
+
+def _migrate(engine: Engine) -> None:
+    """Columns added after a table was first created (``create_all`` adds tables, not columns)."""
+    from sqlalchemy import inspect, text
+
+    columns = {column["name"] for column in inspect(engine).get_columns("api_keys")}
+    with engine.begin() as connection:
+        if "rights" not in columns:
+            connection.execute(
+                text(f"ALTER TABLE api_keys ADD COLUMN rights VARCHAR(64) NOT NULL DEFAULT '{LEGACY_RIGHTS}'")
+            )
+        if "functions" not in columns:
+            connection.execute(text("ALTER TABLE api_keys ADD COLUMN functions TEXT NOT NULL DEFAULT '*'"))
 
 
 def session_factory(url: str) -> sessionmaker[Session]:

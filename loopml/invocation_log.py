@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -58,6 +58,10 @@ class InvocationLogError(RuntimeError):
 
 class InvocationNotFound(LookupError):
     """No invocation has this id."""
+
+
+class FeedbackForbidden(PermissionError):
+    """Feedback from a key that is not allowed on the invocation's function."""
 
 
 class FeedbackError(ValueError):
@@ -350,13 +354,15 @@ class InvocationLog:
         true_label: str | None = None,
         comment: str = "",
         key_id: str | None = None,
+        allowed_on: Callable[[str], bool] | None = None,
     ) -> FeedbackResult:
         """Record a caller's word on an invocation: flagged as wrong and/or its true label.
 
         Raises :class:`InvocationNotFound` for an unknown id and :class:`FeedbackError` when neither
         ``flagged`` nor ``true_label`` is given or the label is neither in the answering version's label set
         nor in the function's current one (a label added after that version was trained is a valid answer:
-        it is exactly what the model could not say).
+        it is exactly what the model could not say). With ``allowed_on`` (the caller's key scope), an invocation of a
+        function it is not allowed on raises :class:`FeedbackForbidden`.
         """
         if not flagged and true_label is None:
             raise FeedbackError("give flagged=true and/or a true_label; empty feedback says nothing")
@@ -365,6 +371,11 @@ class InvocationLog:
             if row is None:
                 raise InvocationNotFound(
                     f"no invocation {invocation_id!r}: use the invocation_id returned by the invoke call"
+                )
+            if allowed_on is not None and not allowed_on(row.function):
+                raise FeedbackForbidden(
+                    f"this API key may not send feedback on invocation {invocation_id!r}: its function is not in "
+                    "the key's scope (`loopml keys create --functions`)"
                 )
             allowed = list((row.labels or {}).get(row.answered_by) or [])
             function = session.get(FunctionRow, row.function)

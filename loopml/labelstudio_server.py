@@ -118,6 +118,8 @@ def labelstudio_env(settings: Settings, creds: LabelStudioCredentials) -> dict[s
         LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
         LABEL_STUDIO_LATEST_VERSION_CHECK="false",
         LABEL_STUDIO_COLLECT_ANALYTICS="false",
+        # invite only: an open sign-up would let anyone who reaches the port see and relabel every project
+        LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
         TZ="UTC",
         PYTHONUNBUFFERED="1",
     )

@@ -266,7 +266,15 @@ def start_dagster_webserver(settings: Settings) -> None:
         spawn(
             settings,
             "dagster-webserver",
-            [_venv_bin("dagster-webserver"), "-w", workspace, "-h", "127.0.0.1", "-p", str(settings.dagster_port)],
+            [
+                _venv_bin("dagster-webserver"),
+                "-w",
+                workspace,
+                "-h",
+                settings.dagster_host,
+                "-p",
+                str(settings.dagster_port),
+            ],
         )
 
 
@@ -352,6 +360,26 @@ PORTS: dict[str, tuple[str, str]] = {  # service -> (settings attribute, environ
     "dagster-webserver": ("dagster_port", "LOOPML_DAGSTER_PORT"),
     "serving": ("serving_port", "LOOPML_SERVING_PORT"),
 }
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_dagster_bind(settings: Settings, environ: dict[str, str] | None = None) -> None:
+    """Dagster's webserver has no authentication and its GraphQL API takes mutations (launch, wipe, delete runs):
+    refuse to bind it beyond loopback unless ``LOOPML_DAGSTER_EXPOSE=1`` says that an authenticating proxy (or a
+    private network) stands in front of it (README: "Exposing Dagster")."""
+    env = os.environ if environ is None else environ
+    if settings.dagster_host in LOOPBACK or settings.dagster_host.startswith("127."):
+        return
+    if env.get("LOOPML_DAGSTER_EXPOSE", "").strip().lower() in ("1", "true", "yes"):
+        return
+    raise ServiceError(
+        f"LOOPML_DAGSTER_HOST={settings.dagster_host} would open Dagster to the network, and Dagster has no "
+        "authentication: anyone reaching the port can launch, cancel and delete runs. Keep it on 127.0.0.1 and put "
+        "an authenticating reverse proxy in front (README: 'Exposing Dagster'), or set LOOPML_DAGSTER_EXPOSE=1 if "
+        "one already guards that address."
+    )
 
 
 def check_ports(settings: Settings) -> None:

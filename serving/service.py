@@ -69,7 +69,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from loopml.apikeys import verifier_for
+from loopml.apikeys import KeyGrant, verifier_for
 from loopml.config import DEFAULT_MAX_TEXT_BYTES, Settings, get_settings, gpu_mode
 from loopml.config import env_int as _env_int
 from loopml.encoders import encoder_input_type
@@ -77,6 +77,7 @@ from loopml.functions import NAME_PATTERN
 from loopml.images import ImageError, ImageLimits, ImageTooLarge, decode_image, thumbnail_uri
 from loopml.invocation_log import (
     FeedbackError,
+    FeedbackForbidden,
     InvocationLog,
     InvocationLogError,
     InvocationNotFound,
@@ -292,7 +293,7 @@ class ApiKeyMiddleware:
         secret = _key_from_headers(headers)
         if scope["type"] == "websocket":  # none are served; refuse any without a valid key all the same
             verifier = verifier_for(settings)
-            if secret is None or await asyncio.to_thread(verifier.verify, secret) is None:
+            if secret is None or await asyncio.to_thread(verifier.verify, secret) is None:  # any valid key
                 await send({"type": "websocket.close", "code": 1008, "reason": "missing or invalid API key"})
                 return
             await self.app(scope, receive, send)
@@ -310,15 +311,23 @@ class ApiKeyMiddleware:
             )
             return
         verifier = verifier_for(settings)
-        hit, key_id = verifier.cached(secret)
+        hit, grant = verifier.cached(secret)
         if not hit:  # a database lookup: keep it off the event loop
-            key_id = await asyncio.to_thread(verifier.verify, secret)
-        if key_id is None:
+            grant = await asyncio.to_thread(verifier.verify, secret)
+        if grant is None:
             await _send_json(
                 send,
                 401,
                 _error_body("unauthorized", "invalid or revoked API key: check the key or create a new one"),
                 [(b"www-authenticate", b'Bearer realm="loopml", error="invalid_token"')],
+            )
+            return
+        path = scope.get("path", "")
+        if not path.startswith("/v1/") and not grant.allows("admin"):  # BentoML's own routes (/metrics, ...)
+            await _send_json(
+                send,
+                403,
+                _error_body("forbidden", f"{path!r} needs a key with the admin right (this key: {grant.describe()})"),
             )
             return
         length = headers.get(b"content-length")
@@ -335,7 +344,7 @@ class ApiKeyMiddleware:
                 ),
             )
             return
-        scope.setdefault("state", {})["key_id"] = key_id
+        scope.setdefault("state", {}).update(key_id=grant.key_id, grant=grant)
         if length is None and scope.get("method") in ("POST", "PUT", "PATCH"):
             receive = await _bounded_body(receive, send, limit)
             if receive is None:
@@ -641,6 +650,14 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
             "(create a key with `loopml keys create NAME`)",
         },
     ),
+    403: (
+        "The API key lacks the right, or the function is outside its scope (`loopml keys create --rights "
+        "--functions`).",
+        {
+            "error": "forbidden",
+            "detail": "this API key may not invoke 'news-topic' (it has: invoke,feedback on review-sentiment)",
+        },
+    ),
     404: (
         "Unknown function or invocation (the message lists the known functions).",
         {
@@ -763,6 +780,7 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
 _CODES = {
     400: "invalid_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "request_too_large",
@@ -1052,6 +1070,23 @@ def _key_id(request: Request) -> str | None:
     return getattr(request.state, "key_id", None)
 
 
+def _grant(request: Request) -> KeyGrant:
+    grant = getattr(request.state, "grant", None)
+    if grant is None:  # the middleware sets it on every route but the probes
+        raise HTTPException(401, "missing API key")
+    return grant  # type: ignore[no-any-return]
+
+
+def _require(request: Request, right: str, function: str | None = None) -> KeyGrant:
+    """The caller's grant, or 403 when it lacks ``right`` on ``function``."""
+    grant = _grant(request)
+    if not grant.allows(right, function):
+        target = f" {function!r}" if function else ""
+        verb = {"invoke": "invoke", "feedback": "send feedback on", "hooks": "signal changes of"}.get(right, right)
+        raise HTTPException(403, f"this API key may not {verb}{target} (it has: {grant.describe()})")
+    return grant
+
+
 # --- endpoints ----------------------------------------------------------------------------------
 def _is_multipart(scope: Scope) -> bool:
     for key, value in scope.get("headers", ()):
@@ -1080,6 +1115,7 @@ async def invoke_upload(service: Service, request: Request, name: FunctionName) 
     from starlette.datastructures import UploadFile
     from starlette.formparsers import MultiPartException
 
+    _require(request, "invoke", name)
     try:
         form = await request.form(max_files=service.limits.max_batch + 1, max_fields=8)
     except MultiPartException as error:
@@ -1145,7 +1181,7 @@ UPLOAD_SCHEMA = {
     tags=["invoke"],
     summary="Classify one input or a batch: texts, or images (JSON or a file upload)",
     response_model=InvokeResult | BatchInvokeResponse,
-    responses=_responses(401, 404, 413, 422, 503),
+    responses=_responses(401, 403, 404, 413, 422, 503),
     dependencies=AUTH,
     openapi_extra={
         "requestBody": {
@@ -1168,6 +1204,7 @@ async def invoke(service: Service, request: Request, name: FunctionName) -> Any:
     to an image function, or the reverse, is a 422. During a canary each text is answered by the canary with the
     canary's weight (sticky per `sticky_key`); the canary scores every text in shadow either way. The answer is
     returned only after the invocation is durably logged."""
+    _require(request, "invoke", name)
     body = await service.invoke_request(await request.body())
     inputs = body.inputs()
     results = await service.answer(name, inputs, _key_id(request))
@@ -1182,7 +1219,7 @@ async def invoke(service: Service, request: Request, name: FunctionName) -> Any:
     summary="Flag an answer and/or give the true label",
     status_code=201,
     response_model=FeedbackResponse,
-    responses=_responses(401, 404, 422),
+    responses=_responses(401, 403, 404, 422),
     dependencies=AUTH,
 )
 async def feedback(
@@ -1192,7 +1229,9 @@ async def feedback(
     body: Annotated[FeedbackRequest, Body(openapi_examples=FEEDBACK_EXAMPLES)],
 ) -> FeedbackResponse:
     """Record that an answer was wrong (`flagged`) and/or what the right label is (`true_label`, one of
-    the answering version's labels). Flagged answers are sent to human review."""
+    the answering version's labels). Flagged answers are sent to human review. The key needs the feedback right
+    on the invocation's function."""
+    grant = _require(request, "feedback")
     try:
         result = await asyncio.to_thread(
             service.log.record_feedback,
@@ -1201,9 +1240,12 @@ async def feedback(
             true_label=body.true_label,
             comment=body.comment,
             key_id=_key_id(request),
+            allowed_on=lambda function: grant.allows("feedback", function),
         )
     except InvocationNotFound as error:
         raise HTTPException(404, str(error)) from None
+    except FeedbackForbidden as error:
+        raise HTTPException(403, str(error)) from None
     except FeedbackError as error:
         raise HTTPException(422, str(error)) from None
     return FeedbackResponse(
@@ -1223,14 +1265,15 @@ async def feedback(
     summary="Label Studio's webhook: an annotation of the function changed",
     status_code=202,
     response_model=HookResponse,
-    responses=_responses(401, 422),
+    responses=_responses(401, 403, 422),
     dependencies=AUTH,
 )
-async def labelstudio_hook(service: Service, name: FunctionName) -> HookResponse:
+async def labelstudio_hook(service: Service, request: Request, name: FunctionName) -> HookResponse:
     """Label Studio calls this on every annotation created, updated or deleted in the function's project (the
     hook is registered by `loopml functions create` and `loopml up`); the annotation sensor then asks Label
     Studio about that function on its next tick (every second) instead of at its next poll. Label Studio's event
     body is not read. Without the hook, changes are found by polling (`LOOPML_ANNOTATION_POLL_SECONDS`)."""
+    _require(request, "hooks", name)
     if not NAME_PATTERN.match(name):
         raise HTTPException(422, f"{name!r} is not a function name (lower-case letters, digits and hyphens)")
     await asyncio.to_thread(mark_annotations_changed, service.settings.run_dir, name)
@@ -1245,11 +1288,13 @@ async def labelstudio_hook(service: Service, name: FunctionName) -> HookResponse
     responses=_responses(401),
     dependencies=AUTH,
 )
-async def list_functions(service: Service) -> FunctionsResponse:
+async def list_functions(service: Service, request: Request) -> FunctionsResponse:
+    """The functions in the key's scope."""
+    grant = _grant(request)
     snapshot = service.runtime.snapshot
     return FunctionsResponse(
         revision=snapshot.revision,
-        functions=[_serving_info(snapshot.functions[name]) for name in sorted(snapshot.functions)],
+        functions=[_serving_info(snapshot.functions[name]) for name in sorted(snapshot.functions) if grant.sees(name)],
     )
 
 
@@ -1258,14 +1303,17 @@ async def list_functions(service: Service) -> FunctionsResponse:
     tags=["functions"],
     summary="One function's serving versions and weights",
     response_model=FunctionInfo,
-    responses=_responses(401, 404, 422),
+    responses=_responses(401, 403, 404, 422),
     dependencies=AUTH,
 )
-async def get_function(service: Service, name: FunctionName) -> FunctionInfo:
+async def get_function(service: Service, request: Request, name: FunctionName) -> FunctionInfo:
+    grant = _grant(request)
+    if not grant.sees(name):
+        raise HTTPException(403, f"{name!r} is outside this API key's scope (it has: {grant.describe()})")
     snapshot = service.runtime.snapshot
     serving = snapshot.functions.get(name)
     if serving is None:
-        known = ", ".join(snapshot.known) or "none yet"
+        known = ", ".join(n for n in snapshot.known if grant.sees(n)) or "none yet"
         raise HTTPException(404, f"unknown function {name!r} (known functions: {known})")
     return _serving_info(serving)
 

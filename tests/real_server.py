@@ -15,7 +15,7 @@ import psutil
 import pytest
 import requests
 
-from loopml.apikeys import create_key
+from loopml.apikeys import RIGHTS, create_key
 from loopml.config import PROJECT_ROOT, Settings, get_settings
 from loopml.deployments import DeploymentStore
 from tests.conftest import free_port
@@ -108,7 +108,7 @@ def running_server(home: Path, function: str, versions: int = 2, **extra_env: st
         settings.ensure_dirs()
         tags = save_versions(settings, function, versions)
         DeploymentStore(settings).set_primary(function, tags[0], "e2e")
-        _, key = create_key(settings, "e2e")
+        _, key = create_key(settings, "e2e", rights=RIGHTS)
         log_path = home / "serving.log"
         with log_path.open("wb") as log_file:
             proc = subprocess.Popen(

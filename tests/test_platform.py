@@ -119,6 +119,13 @@ def test_up_create_annotate_and_the_daemon_trains_a_model(platform_env) -> None:
 
     STATE.update(settings=settings, project=project, task=unlabelled.task_id, prediction=predictions[0])
 
+    # what the services wrote meanwhile (databases, versions, logs, Label Studio's data) is the owner's alone
+    from loopml.permissions import open_paths
+
+    assert open_paths(settings.home) == []
+    assert (settings.home.stat().st_mode & 0o777) == 0o700
+    assert ((settings.home / "loopml.db").stat().st_mode & 0o777) == 0o600
+
 
 def test_an_image_function_from_image_files_to_answers_over_http(platform_env, tmp_path) -> None:
     """`functions create --type image`, `items add` of a folder of images (labels from folder names) and one

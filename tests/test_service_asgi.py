@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from loopml.apikeys import create_key, revoke_key
+from loopml.apikeys import RIGHTS, create_key, revoke_key
 from loopml.config import Settings, get_settings
 from loopml.deployments import DeploymentStore
 from loopml.invocation_log import InvocationLog
@@ -86,7 +86,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         store = DeploymentStore(settings)
         store.set_primary(FUNCTION, tags[0], "test")
         store.set_primary(IMAGE_FUNCTION, save_image_versions(settings, IMAGE_FUNCTION)[0], "test")
-        key_id, key = create_key(settings, "tests")
+        key_id, key = create_key(settings, "tests", rights=RIGHTS)
         with TestClient(LoopML.to_asgi()) as client:
             deadline = time.monotonic() + 60
             while client.get("/readyz").status_code != 200:
@@ -591,3 +591,38 @@ def test_bodies_of_the_small_routes_are_bounded(served: Served) -> None:
         headers=served.headers,
     )
     assert response.status_code == 413 and "for this route" in response.json()["detail"]
+
+
+def test_keys_are_scoped_to_functions_and_rights(served: Served) -> None:
+    """Every route checks the key's rights on the function it touches; feedback only on invocations of functions
+    the key may send feedback on; listings show only the key's functions; BentoML's routes need admin."""
+    deploy(served, served.tags[0])
+    other = served.invoke({"image": base64.b64encode(png(240)).decode()}, function=IMAGE_FUNCTION)  # admin key
+    _, scoped = create_key(served.settings, "reviews-only", rights=["invoke"], functions=[FUNCTION])
+    _, feedback_only = create_key(served.settings, "feedback-only", rights=["feedback"], functions=[FUNCTION])
+    auth = {"Authorization": f"Bearer {scoped}"}
+    ok = served.client.post(INVOKE, json={"text": "A fine film."}, headers=auth)
+    assert ok.status_code == 200, ok.text
+    refused = served.client.post(IMAGE_INVOKE, json={"image": base64.b64encode(png(240)).decode()}, headers=auth)
+    assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
+    assert "invoke on review-sentiment" in refused.json()["detail"]
+    no_feedback = served.client.post(
+        f"/v1/invocations/{ok.json()['invocation_id']}/feedback", json={"flagged": True}, headers=auth
+    )
+    assert no_feedback.status_code == 403
+    listed = served.client.get("/v1/functions", headers=auth).json()["functions"]
+    assert [f["name"] for f in listed] == [FUNCTION]
+    assert served.client.get(f"/v1/functions/{IMAGE_FUNCTION}", headers=auth).status_code == 403
+    assert served.client.post(f"/v1/hooks/labelstudio/{FUNCTION}", headers=auth).status_code == 403
+    assert served.client.get("/metrics", headers=auth).status_code == 403
+    # (an admin key reads /metrics: tests/test_serve_e2e.py, on a real server; BentoML serves it only there)
+    auth = {"Authorization": f"Bearer {feedback_only}"}
+    mine = served.client.post(
+        f"/v1/invocations/{ok.json()['invocation_id']}/feedback", json={"flagged": True}, headers=auth
+    )
+    assert mine.status_code == 201, mine.text
+    theirs = served.client.post(
+        f"/v1/invocations/{other['invocation_id']}/feedback", json={"flagged": True}, headers=auth
+    )
+    assert theirs.status_code == 403 and "scope" in theirs.json()["detail"]
+    assert served.client.post(INVOKE, json={"text": "x"}, headers=auth).status_code == 403
