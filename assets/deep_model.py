@@ -24,7 +24,11 @@ def _not_selected(context: AssetExecutionContext, reason: str, **figures: Any) -
     kinds={"pytorch", "bentoml"},
 )
 def deep_model(
-    context: AssetExecutionContext, loopml: LoopMLResource, dataset: pl.DataFrame, model: dict[str, Any]
+    context: AssetExecutionContext,
+    loopml: LoopMLResource,
+    dataset: pl.DataFrame,
+    features: pl.DataFrame,
+    model: dict[str, Any],
 ) -> Output[dict[str, Any]]:
     """Deep tier of an image function (see ``loopml.automl.deep``): EfficientNet-Lite0's last block and head
     convolution fine-tuned with a new classifier (Lightning; augmented views; frozen batch statistics), on the
@@ -32,16 +36,17 @@ def deep_model(
     CPU, on the GPU when there is one.
 
     It runs in its own job (``train_deep_function``: nightly, or by hand), never in the seconds-long loop. Its
-    out-of-fold answers are compared, item by item, with the AutoML version's out-of-fold answers on the same
-    items; only a gain of more than two standard errors registers it as the function's next version (its own
+    out-of-fold answers are compared, item by item, with those of the AutoML run again on the same folds (the same
+    items, embeddings and split: seconds); only a gain of more than two standard errors registers it as the
+    function's next version (its own
     torch model: the tail's weights, a few MB), which ``deep_deployment`` gates and rolls out as a canary like any
     other. Text functions, and image functions with fewer than ``LOOPML_DEEP_MIN_PER_CLASS`` (default 32) labels
     per class, are skipped with the reason.
     """
+    from loopml.automl import run_automl
     from loopml.automl.deep import CANDIDATE, DeepConfig, compare_out_of_fold, fit_deep_candidate
     from loopml.encoders import get_encoder
-    from loopml.label_issues import read_oof
-    from serving.model_store import save_model, version_path
+    from serving.model_store import save_model
 
     settings = loopml.settings()
     spec = loopml.registry().get(context.partition_key)
@@ -58,18 +63,26 @@ def deep_model(
             f"waits for {config.min_per_class} labels per class in the training split (fewest now: {fewest}; "
             "LOOPML_DEEP_MIN_PER_CLASS)",
         )
-    ids, given, oof_labels, proba = read_oof(version_path(settings, model["tag"]) / "oof_proba.parquet")
-    automl_answer = {i: oof_labels[int(k)] for i, k in zip(ids, proba.argmax(axis=1), strict=True)}
-    train = train.filter(pl.col("content_hash").is_in(list(automl_answer)))
+    train = train.join(features.select("content_hash", "embedding"), on="content_hash", how="inner")
 
     started = time.perf_counter()
     result = fit_deep_candidate(
         get_encoder(spec.encoder_id), train["text"].to_list(), train["label"].to_list(), label_set, config
     )
     seconds = time.perf_counter() - started
+    automl = run_automl(  # the AutoML procedure on the deep tier's folds: a paired comparison, item by item
+        train["content_hash"].to_list(),
+        np.asarray(train["embedding"].to_list(), dtype=np.float32),
+        train["label"].to_list(),
+        label_set,
+        folds=config.folds,
+        seed=config.seed,
+        encoder_id=spec.encoder_id,
+        text_candidates=False,
+    )
     truth = np.asarray(train["label"].to_list())
     deep_correct = np.asarray([label_set[int(k)] for k in result.oof_proba.argmax(axis=1)]) == truth
-    automl_correct = np.asarray([automl_answer[h] for h in train["content_hash"].to_list()]) == truth
+    automl_correct = np.asarray([automl.label_set[int(k)] for k in automl.oof_proba.argmax(axis=1)]) == truth
     comparison = compare_out_of_fold(deep_correct, automl_correct)
     figures: dict[str, Any] = {
         "compared_with": model["tag"],
