@@ -107,6 +107,8 @@ def start_platform(settings: Settings) -> None:
             f"the Dagster daemon stopped; see {services.log_file(settings, 'dagster-daemon')} and run `loopml up` again"
         )
     _register_hooks(settings)
+    services.start_supervisor(settings)
+    click.echo("    the supervisor restarts any of these that dies (with backoff; restarts in run/restarts.jsonl)")
 
 
 def _secure_home(settings: Settings) -> None:

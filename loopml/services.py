@@ -36,6 +36,14 @@ run_launcher:
   class: WarmRunLauncher
 run_retries:
   enabled: true
+# a run whose process died (kill -9, out of memory) is marked failed within seconds (WarmRunLauncher checks its
+# PID) and retried (train_function: dagster/max_retries), so the annotation sensor never waits on a dead run
+run_monitoring:
+  enabled: true
+  poll_interval_seconds: 5
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 60
+  max_resume_run_attempts: 0
 # sensors wait on Label Studio and the code server, not the CPU: four at once, so the annotation sensor never
 # queues behind the others
 sensors:
@@ -129,13 +137,15 @@ def spawn(settings: Settings, name: str, argv: list[str], env: dict[str, str] | 
 
 
 def stop(settings: Settings, name: str, timeout_s: float = 15.0) -> bool:
-    """Stop a service's whole process group: SIGTERM, then SIGKILL after ``timeout_s``."""
+    """Stop a service's whole process group: SIGTERM, then SIGKILL after ``timeout_s``. Its descendants in other
+    sessions too, but for the supervisor's: the services it restarted are not part of it."""
     pid = read_pid(settings, name)
     _pid_file(settings, name).unlink(missing_ok=True)
     if not pid_alive(pid):
         return False
     assert pid is not None
-    descendants = _descendants(pid)  # some servers start workers in sessions of their own
+    # some servers start workers in sessions of their own
+    descendants = _descendants(pid) if name != "supervisor" else []
     for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
         _signal_all(pid, descendants, sig)
         deadline = time.monotonic() + wait
@@ -332,6 +342,12 @@ def start_serving(settings: Settings) -> None:
     )
 
 
+def start_supervisor(settings: Settings) -> None:
+    """The supervisor (loopml/supervisor.py): restarts any of the services above that dies, with backoff."""
+    if not pid_alive(read_pid(settings, "supervisor")):
+        spawn(settings, "supervisor", [sys.executable, "-m", "loopml.supervisor"])
+
+
 def serving_healthy(settings: Settings) -> bool:
     """LoopML's serving API answers ready (its own health document, so another program on the port does not
     pass for it)."""
@@ -414,6 +430,7 @@ def status(settings: Settings) -> list[ServiceStatus]:
         "code-server": (lambda: code_server_ready(settings), None),
         "run-worker": (lambda: run_worker_ready(settings), None),
         "serving": (lambda: serving_healthy(settings), settings.serving_url),
+        "supervisor": (lambda: True, None),
         "demo-annotator": (lambda: True, None),
         "demo-client": (lambda: True, None),
     }
@@ -426,6 +443,7 @@ def status(settings: Settings) -> list[ServiceStatus]:
 
 
 SERVICES_IN_STOP_ORDER = (
+    "supervisor",  # first: it would start the others again
     "demo-client",
     "demo-annotator",
     "serving",

@@ -129,6 +129,27 @@ class WarmRunLauncher(DefaultRunLauncher):
         self._instance.add_run_tags(run.run_id, {PID_TAG: str(pid)})
         self._run_ids.add(run.run_id)
 
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run: Any) -> Any:
+        """For Dagster's run monitoring (``run_monitoring`` in dagster.yaml): a run forked by the warm worker is
+        alive while its process is (a zombie counts as gone). A run killed mid-step (kill -9, out of memory) is
+        then marked failed within a poll interval, and run retries start it again, instead of staying STARTED and
+        holding back its function's next training. Runs started the default way (the worker was down) are not
+        watched."""
+        from dagster._core.launcher.base import CheckRunHealthResult, WorkerStatus
+
+        from loopml.services import pid_alive
+
+        pid = run.tags.get(PID_TAG)
+        if pid is None:
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "started by the default launcher: not watched")
+        if pid_alive(int(pid)):
+            return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=pid)
+        return CheckRunHealthResult(WorkerStatus.FAILED, f"the run's process {pid} is gone", run_worker_id=pid)
+
     def terminate(self, run_id: str) -> bool:
         run = self._instance.get_run_by_id(run_id) if self.has_instance else None
         if run is None or PID_TAG not in run.tags:

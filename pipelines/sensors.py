@@ -68,15 +68,25 @@ def _sync_label_sets(context: SensorEvaluationContext, loopml: LoopMLResource, n
 
 
 def has_active_run(context: SensorEvaluationContext, function: str) -> bool:
-    runs = context.instance.get_run_records(
+    """Whether a training run of ``function`` is queued or running. A run whose forked process is gone does not
+    count (run monitoring marks it failed within seconds and run retries start it again; the sensor need not wait
+    for that to happen)."""
+    from loopml.services import pid_alive
+    from pipelines.run_worker import PID_TAG
+
+    records = context.instance.get_run_records(
         filters=RunsFilter(
             job_name=train_function.name,
             statuses=ACTIVE_STATUSES,
             tags={"dagster/partition": function},
         ),
-        limit=1,
+        limit=5,
     )
-    return bool(runs)
+    for record in records:
+        pid = record.dagster_run.tags.get(PID_TAG)
+        if record.dagster_run.status != DagsterRunStatus.STARTED or pid is None or pid_alive(int(pid)):
+            return True
+    return False
 
 
 # Every second; and at once when a webhook signal file changes: the daemon's sensor loop wakes on it and lets this

@@ -262,9 +262,136 @@ def test_the_user_sees_the_lifecycle_in_dagster_and_the_prediction_in_label_stud
             assert shown >= 1 and score in text and "one:v1" in text  # Label Studio shortens the version's name
 
 
+def test_a_training_run_killed_mid_step_recovers_without_a_hand(platform_env) -> None:
+    """kill -9 of a training run while its model step runs: run monitoring marks it failed (its process is gone),
+    run retries start it again, and the new version serves, with no one cancelling or relaunching anything. The
+    seconds it took are printed (README: the fault table)."""
+    import signal
+
+    from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, EventRecordsFilter, RunsFilter
+
+    from loopml.deployments import DeploymentStore
+    from loopml.labelstudio import LabelStudioClient, choice_result
+    from pipelines.run_worker import PID_TAG
+    from serving.model_store import list_versions
+
+    assert STATE, "the platform test above did not get as far as a served version"
+    settings = STATE["settings"]
+    client = LabelStudioClient.from_settings(settings)
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        # settle first: no training run in flight and no rollout in progress (a new version would wait for it,
+        # LOOPML_ROLLOUT_PATIENCE_SECONDS), so that the time measured is the recovery's
+        mine = RunsFilter(job_name="train_function", tags={"dagster/partition": "platform-sentiment"})
+        deadline = time.time() + 300
+        while any(not r.dagster_run.is_finished for r in instance.get_run_records(filters=mine, limit=5)):
+            assert time.time() < deadline, "training runs did not settle"
+            time.sleep(0.5)
+        store = DeploymentStore(settings)
+        state = store.get("platform-sentiment")
+        if state is not None and state.canary_tag is not None:
+            store.promote("platform-sentiment", "test: end the rollout before the fault", actor="test")
+        victim = None
+        for attempt in range(3):  # a run that finishes before it is caught is left alone; new labels, new run
+            known = {r.dagster_run.run_id for r in instance.get_run_records(filters=mine)}
+            more = [(f"an absolutely wonderful film, take {attempt} number {i}", "positive") for i in range(6)]
+            more += [(f"a thoroughly dreadful film, take {attempt} number {i}", "negative") for i in range(6)]
+            client.import_tasks(
+                STATE["project"],
+                [{"data": {"text": t}, "annotations": [{"result": choice_result(label)}]} for t, label in more],
+            )
+            deadline = time.time() + 300  # bounds for a broken loop, not speed targets
+            while victim is None and time.time() < deadline:
+                records = instance.get_run_records(filters=mine, limit=5)
+                fresh = [r.dagster_run for r in records if r.dagster_run.run_id not in known]
+                running = [r for r in fresh if r.status == DagsterRunStatus.STARTED and PID_TAG in r.tags]
+                if running:
+                    try:
+                        os.kill(int(running[0].tags[PID_TAG]), signal.SIGKILL)
+                        victim = running[0]
+                    except ProcessLookupError:
+                        pass
+                elif any(r.is_finished for r in fresh):
+                    break  # it finished before it was caught
+                time.sleep(0.02)
+            if victim is not None:
+                break
+        assert victim is not None, "no training run was caught while it ran"
+        killed_at = time.time()
+        before = {v.tag for v in list_versions(settings, "platform-sentiment")}  # a new one must come from the retry
+        steps = instance.get_event_records(EventRecordsFilter(DagsterEventType.STEP_START), limit=50, ascending=False)
+        in_step = [e.event_log_entry.step_key for e in steps if e.run_id == victim.run_id][:1]
+        print(f"\nkilled run {victim.run_id[:8]} in step {in_step}")
+        serving_url = f"{settings.serving_url}/v1/functions/platform-sentiment"
+        secret = loopml(platform_env, "keys", "create", "recovery-test").stdout.strip().splitlines()[-1]
+        served: set[str] = set()
+        while not served - before:
+            assert time.time() - killed_at < 600, "no new version served after the kill"
+            body = requests.get(serving_url, headers={"Authorization": f"Bearer {secret}"}, timeout=10).json()
+            served = {v["version"] for v in (body.get("primary"), body.get("canary")) if v}
+            time.sleep(0.2)
+        recovered_s = time.time() - killed_at
+        failed = instance.get_run_by_id(victim.run_id)
+        assert failed is not None and failed.status == DagsterRunStatus.FAILURE
+        retries = instance.get_run_records(
+            filters=RunsFilter(job_name="train_function", tags={"dagster/parent_run_id": victim.run_id})
+        )
+        assert retries, "the version came from a run that was not the killed run's retry"
+    print(f"killed run {victim.run_id[:8]} recovered: a new version served {recovered_s:.1f} s after the kill")
+
+
+def test_the_supervisor_brings_back_killed_services(platform_env) -> None:
+    """kill -9 of the whole serving process (arbiter and worker) and of the Dagster daemon: the supervisor that
+    `loopml up` started restarts both, and the serving API answers again with the version it served. The seconds
+    are printed (README: the fault table)."""
+    import signal
+
+    import psutil
+
+    from loopml import services
+    from loopml.supervisor import restarts
+
+    assert STATE, "the platform test above did not get as far as a served version"
+    settings = STATE["settings"]
+    secret = loopml(platform_env, "keys", "create", "supervisor-test").stdout.strip().splitlines()[-1]
+    url = f"{settings.serving_url}/v1/functions/platform-sentiment/invoke"
+    headers = {"Authorization": f"Bearer {secret}"}
+    before = requests.post(url, json={"text": "a fine film"}, headers=headers, timeout=30).json()["version"]
+    killed = {}
+    trees = []
+    for name in ("serving", "dagster-daemon"):
+        pid = services.read_pid(settings, name)
+        assert pid is not None and services.pid_alive(pid)
+        trees += [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        killed[name] = pid
+    for process in trees:
+        process.send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    psutil.wait_procs(trees, timeout=10)
+    answer: dict = {}
+    while answer.get("version") != before:
+        assert time.time() - killed_at < 300, "the serving API did not come back"
+        try:
+            response = requests.post(url, json={"text": "a fine film"}, headers=headers, timeout=10)
+            answer = response.json() if response.ok else {}
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    back_s = time.time() - killed_at
+    while not services.pid_alive(services.read_pid(settings, "dagster-daemon")):
+        assert time.time() - killed_at < 120, "the Dagster daemon did not come back"
+        time.sleep(0.2)
+    journal = {entry["service"]: entry for entry in restarts(settings)}
+    assert (
+        journal["serving"]["old_pid"] == killed["serving"]
+        and journal["dagster-daemon"]["old_pid"] == killed["dagster-daemon"]
+    )
+    since_restart = killed_at + back_s - journal["serving"]["at"]
+    print(f"\nserving killed: answering again {back_s:.1f} s after the kill, {since_restart:.1f} s after its restart")
+
+
 def test_down_stops_everything(platform_env) -> None:
     down = loopml(platform_env, "down", timeout=120)
     assert "labelstudio" in down.stdout and "dagster-daemon" in down.stdout and "serving" in down.stdout
-    assert "run-worker" in down.stdout
+    assert "run-worker" in down.stdout and "supervisor" in down.stdout
     after = loopml(platform_env, "status")
     assert "healthy" not in after.stdout
