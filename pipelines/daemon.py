@@ -5,7 +5,7 @@ Dagster's sensor daemon evaluates sensors on a fixed 5-second loop, whatever a s
 This entry point runs the stock ``dagster-daemon`` with these changes to that loop (and the storage speed-ups of
 ``pipelines/storage_speedups.py``):
 
-- it runs every ``LOOPML_SENSOR_LOOP_SECONDS`` (default 1 s) instead of 5 s, each sensor still no more often
+- it runs every ``LOOPML_SENSOR_LOOP_SECONDS`` (default 2 s) instead of 5 s, each sensor still no more often
   than its own minimum interval;
 - between two passes it watches the webhook signal files (``run/signals/``, written by the serving API when
   Label Studio calls its webhook) and starts the next pass as soon as one changes;
@@ -32,11 +32,13 @@ import dagster._daemon.sensor as sensor_daemon
 from dagster._daemon.cli import main as dagster_daemon_main
 
 SENSOR_LOOP_ENV = "LOOPML_SENSOR_LOOP_SECONDS"
-DEFAULT_SENSOR_LOOP_SECONDS = 1.0
+DEFAULT_SENSOR_LOOP_SECONDS = 2.0
 SIGNALLED_SENSOR = "annotation_sensor"  # pipelines/sensors.py (not imported: the daemon stays light)
-WATCH_SECONDS = 0.02  # how often the signal files are looked at between passes (a stat of a few files)
+WATCH_SECONDS = 0.05  # how often the signal files are looked at between passes (a stat of a few files)
 PENDING_RETRY_SECONDS = 0.05  # a signal no tick has read yet: the next pass after this long
 PENDING_SECONDS = 5.0  # ... for this long after the signal (a paused sensor never reads it)
+RECHECK_SECONDS = 1.0  # after a signal, the signalled sensor is due again this often ...
+RECHECK_WINDOW_SECONDS = 5.0  # ... for this long (pipelines/sensors.py: SIGNAL_GRACE_SECONDS)
 
 
 def sensor_loop_seconds() -> float:
@@ -113,7 +115,9 @@ def signal_aware_min_interval(
     original: Callable[..., bool], folder: Path, sensor_names: frozenset[str]
 ) -> Callable[..., bool]:
     """Dagster's ``is_under_min_interval``, except that the sensors named ``sensor_names`` are due as soon as a
-    signal file is newer than the start of their last tick (one tick per signal: that tick's start is then newer)."""
+    signal file is newer than the start of their last tick (one tick per signal: that tick's start is then newer),
+    and again every ``RECHECK_SECONDS`` for ``RECHECK_WINDOW_SECONDS`` after a signal (a change Label Studio did not
+    show yet when the signal was read is looked for again soon, not at the sensor's next regular tick)."""
 
     def is_under_min_interval(state: Any, remote_sensor: Any, minimum_allowed_min_interval: int | None = None) -> bool:
         if not original(state, remote_sensor, minimum_allowed_min_interval):
@@ -121,7 +125,12 @@ def signal_aware_min_interval(
         if remote_sensor.name not in sensor_names:
             return True
         elapsed = sensor_daemon.get_elapsed(state)
-        return elapsed is None or newest_signal(folder) <= time.time() - elapsed
+        if elapsed is None:
+            return False
+        newest, now = newest_signal(folder), time.time()
+        if newest > now - elapsed:
+            return False
+        return not (now - newest < RECHECK_WINDOW_SECONDS and elapsed >= RECHECK_SECONDS)
 
     return is_under_min_interval
 

@@ -89,10 +89,11 @@ def has_active_run(context: SensorEvaluationContext, function: str) -> bool:
     return False
 
 
-# Every second; and at once when a webhook signal file changes: the daemon's sensor loop wakes on it and lets this
-# sensor tick inside its interval (pipelines/daemon.py). A tick reads only the signal files unless one moved or the
-# poll interval passed.
-SENSOR_TICK_SECONDS = 1
+# Every 5 seconds; and at once when a webhook signal file changes: the daemon's sensor loop wakes on it and lets this
+# sensor tick inside its interval (pipelines/daemon.py), so a longer interval costs an annotation no latency, and an
+# idle platform far fewer ticks (each one a call to the code server and a row in Dagster's storage). A tick reads
+# only the signal files unless one moved or the poll interval passed.
+SENSOR_TICK_SECONDS = 5
 SIGNAL_GRACE_SECONDS = 5.0  # a signal whose change Label Studio does not show yet is looked at again this long
 POLLED_AT, SIGNALS = "~polled_at", "~signals"  # cursor entries beside the per-function signatures
 

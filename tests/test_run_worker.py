@@ -99,7 +99,7 @@ def test_sensor_loop_period_from_environment(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("LOOPML_SENSOR_LOOP_SECONDS", "0")
     assert sensor_loop_seconds() == 0.1
     monkeypatch.delenv("LOOPML_SENSOR_LOOP_SECONDS")
-    assert sensor_loop_seconds() == 1.0
+    assert sensor_loop_seconds() == 2.0
 
 
 def test_the_sensor_loop_wakes_when_a_webhook_signal_changes(tmp_path: Path) -> None:
@@ -192,7 +192,7 @@ def test_a_webhook_signal_makes_the_annotation_sensor_due_inside_its_interval(
     from pipelines.daemon import SIGNALLED_SENSOR, signal_aware_min_interval
     from pipelines.definitions import defs
 
-    assert defs.resolve_sensor_def(SIGNALLED_SENSOR).minimum_interval_seconds == 1
+    assert defs.resolve_sensor_def(SIGNALLED_SENSOR).minimum_interval_seconds == 5
     elapsed = {"value": 0.5}  # the last tick started half a second ago: Dagster says "not due"
     monkeypatch.setattr(sensor_daemon, "get_elapsed", lambda state: elapsed["value"])
     due = signal_aware_min_interval(lambda *args: True, tmp_path, frozenset({SIGNALLED_SENSOR}))
@@ -205,6 +205,10 @@ def test_a_webhook_signal_makes_the_annotation_sensor_due_inside_its_interval(
     assert due(None, other) is True  # only the named sensor
     elapsed["value"] = 0.0  # the tick that read the signal has started: not due again for the same signal
     time.sleep(0.01)
+    assert due(None, annotation) is True
+    elapsed["value"] = 1.5  # still within seconds of the signal: looked at again each second (Label Studio may lag)
+    assert due(None, annotation) is False
+    os.utime(tmp_path / "annotations-x", (time.time() - 6, time.time() - 6))  # an old signal: the regular interval
     assert due(None, annotation) is True
     assert signal_aware_min_interval(lambda *args: False, tmp_path, frozenset())(None, other) is False
 
