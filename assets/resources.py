@@ -35,6 +35,7 @@ class LoopMLResource(ConfigurableResource):
 
 
 LABELSTUDIO_RETRIES = 4  # waits of 10, 20, 40 and 80 s: a Label Studio restart or a burst of busy answers passes
+FAILED_ON_TAG = "loopml/failed_on"  # set on a run whose step gave up on an unreachable Label Studio
 RETRY_SECONDS_ENV = "LOOPML_LABELSTUDIO_RETRY_SECONDS"  # the first wait (default 10), doubling each time
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -56,6 +57,8 @@ def retried_when_labelstudio_is_down(fn: F) -> F:
         except LabelStudioUnavailable as error:
             attempt = context.retry_number
             if attempt >= LABELSTUDIO_RETRIES:
+                # the annotation sensor asks for this function's training again once Label Studio is back
+                context.instance.add_run_tags(context.run_id, {FAILED_ON_TAG: "labelstudio"})
                 raise
             wait = float(os.environ.get(RETRY_SECONDS_ENV, "10")) * 2**attempt
             context.log.warning(f"{error}; retrying in {wait:.0f} s (retry {attempt + 1} of {LABELSTUDIO_RETRIES})")

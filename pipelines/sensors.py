@@ -67,6 +67,27 @@ def _sync_label_sets(context: SensorEvaluationContext, loopml: LoopMLResource, n
     return changes
 
 
+def failed_on_labelstudio(context: SensorEvaluationContext, function: str, signature: str) -> str | None:
+    """The id of ``function``'s latest training run when it failed because Label Studio stayed unreachable through
+    every step retry (``assets/resources.py`` tags it) while training ``signature``, the annotations still current;
+    else None. The sensor then asks for the training again: its changes are not lost to an outage."""
+    from assets.resources import FAILED_ON_TAG
+
+    records = context.instance.get_run_records(
+        filters=RunsFilter(job_name=train_function.name, tags={"dagster/partition": function}), limit=1
+    )
+    if not records:
+        return None
+    run = records[0].dagster_run
+    if (
+        run.status == DagsterRunStatus.FAILURE
+        and run.tags.get(FAILED_ON_TAG) == "labelstudio"
+        and run.tags.get("loopml/signature") == signature
+    ):
+        return run.run_id
+    return None
+
+
 def has_active_run(context: SensorEvaluationContext, function: str) -> bool:
     """Whether a training run of ``function`` is queued or running. A run whose forked process is gone does not
     count (run monitoring marks it failed within seconds and run retries start it again; the sensor need not wait
@@ -165,8 +186,18 @@ def annotation_sensor(context: SensorEvaluationContext, loopml: LoopMLResource) 
     busy: list[str] = []
     for name, signature in signatures.items():
         changed = signature is not None and signature != cursor.get(name)
-        if changed and has_active_run(context, name):
+        again = None if changed or signature is None else failed_on_labelstudio(context, name, signature)
+        if (changed or again) and has_active_run(context, name):
             busy.append(name)
+            continue
+        if again is not None:  # its training gave up while Label Studio was down; Label Studio answers now
+            requests.append(
+                RunRequest(
+                    partition_key=name,
+                    run_key=f"{name}:{signature}:after-{again[:8]}",
+                    tags={"loopml/trigger": "labelstudio-back", "loopml/signature": signature},
+                )
+            )
             continue
         if changed or full_poll or now - signals.get(name, now) > SIGNAL_GRACE_SECONDS:
             seen[name] = signals.get(name, 0.0)  # this signal was acted on (or polling covers it from now)

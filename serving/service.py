@@ -85,7 +85,7 @@ from loopml.invocation_log import (
     embedding_to_bytes,
 )
 from loopml.loop_signals import mark_annotations_changed
-from serving.request_body import BodyError, bounded_errors, read_json
+from serving.request_body import INLINE_BYTES, BodyError, bounded_errors, read_json
 from serving.runtime import (
     ROLE_CANARY,
     FunctionServing,
@@ -962,6 +962,8 @@ class LoopML:
                 if isinstance(value, list):
                     self.check_count(Inputs("text" if key == "texts" else "image", value, single=False))
         try:
+            if len(raw) <= INLINE_BYTES:  # one short text: validating it costs less than a hop to a thread
+                return InvokeRequest.model_validate(data)
             return await asyncio.to_thread(InvokeRequest.model_validate, data)
         except ValidationError as error:
             raise RequestValidationError(error.errors(include_input=False, include_url=False)) from None

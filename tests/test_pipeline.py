@@ -506,6 +506,9 @@ def test_a_label_studio_outage_retries_the_step_instead_of_failing_the_run(env, 
     assert len(retried) == LABELSTUDIO_RETRIES
     (failure,) = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
     assert "not reachable" in str(failure.event_specific_data.error)
+    from assets.resources import FAILED_ON_TAG
+
+    assert env["instance"].get_run_by_id(failed.run_id).tags[FAILED_ON_TAG] == "labelstudio"  # the sensor asks again
 
 
 def test_a_young_function_whose_items_all_train_gets_its_first_version(env) -> None:
@@ -718,3 +721,42 @@ def test_a_stored_table_reads_whole_while_another_run_replaces_it(tmp_path) -> N
         thread.join()
     assert not failures, failures[:3]
     assert heights == {20_000, 30_000}  # both versions were read, each whole
+
+
+def test_training_that_gave_up_on_label_studio_is_asked_for_again_once_it_is_back(env, polling) -> None:
+    """A run whose step gave up on an unreachable Label Studio (tagged by the retry wrapper) does not lose the
+    annotations it was to train on: once Label Studio answers, the sensor requests that training again, once per
+    failed run; a run that failed on something else is not repeated."""
+    from dagster import DagsterRun, DagsterRunStatus
+    from dagster._core.utils import make_new_run_id
+
+    from assets.resources import FAILED_ON_TAG
+
+    fake, project = env["fake"], env["project"]
+    fake.create_annotation(fake.projects[project][0], "positive")
+    first, _ = sensor_tick(env)
+    (request,) = first.run_requests
+    signature = request.tags["loopml/signature"]
+
+    def failed_run(tags: dict[str, str]) -> str:
+        run_id = make_new_run_id()
+        env["instance"].add_run(
+            DagsterRun(
+                job_name="train_function",
+                run_id=run_id,
+                status=DagsterRunStatus.FAILURE,
+                tags={"dagster/partition": "sentiment", "loopml/signature": signature, **tags},
+            )
+        )
+        return run_id
+
+    failed_run({})  # failed on the data, say: not repeated
+    assert skipped(sensor_tick(env, first.cursor)[0]) is not None
+    gave_up = failed_run({FAILED_ON_TAG: "labelstudio"})
+    fake.down = True
+    assert isinstance(sensor_tick(env, first.cursor)[0], SkipReason)  # still down: nothing yet
+    fake.down = False
+    again, _ = sensor_tick(env, first.cursor)
+    (retry,) = again.run_requests
+    assert retry.partition_key == "sentiment" and retry.run_key.endswith(f"after-{gave_up[:8]}")
+    assert retry.tags["loopml/trigger"] == "labelstudio-back"
