@@ -1,8 +1,8 @@
-"""CPU the idle platform uses: `loopml up` in a temporary LOOPML_HOME (free ports), one text function, no traffic,
-no annotations; after a settling time, each service's CPU (its whole process tree) over a window, as a share of
-one core.
+"""CPU the idle platform uses: `loopml up` in a temporary LOOPML_HOME (free ports), ``--functions`` text
+functions, no traffic, no annotations; after a settling time, each service's CPU (its whole process tree) over a
+window, as a share of one core.
 
-    .venv/bin/python bench/idle_cpu.py [--settle 60] [--window 60]
+    .venv/bin/python bench/idle_cpu.py [--settle 60] [--window 60] [--functions 1]
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settle", type=float, default=60.0)
     parser.add_argument("--window", type=float, default=60.0)
+    parser.add_argument("--functions", type=int, default=1, help="text functions created (no items)")
     args = parser.parse_args()
     from loopml import services
     from loopml.config import get_settings
@@ -73,7 +74,8 @@ def main() -> None:
 
         try:
             loopml("up")
-            loopml("functions", "create", "idle-sentiment", "--labels", "positive,negative")
+            for i in range(args.functions):
+                loopml("functions", "create", f"idle-sentiment-{i}", "--labels", "positive,negative")
             settings = get_settings({k: v for k, v in env.items() if k.startswith("LOOPML_")})
             time.sleep(args.settle)
             names = [s.name for s in services.status(settings) if s.running]
@@ -83,7 +85,10 @@ def main() -> None:
             time.sleep(args.window)
             elapsed = time.monotonic() - started
             after = {name: tree_cpu_seconds(pid) for name, pid in pids.items() if pid}
-            print(f"idle platform, {args.window:.0f} s window after {args.settle:.0f} s settling\n")
+            print(
+                f"idle platform, {args.functions} functions, {args.window:.0f} s window after {args.settle:.0f} s "
+                "settling\n"
+            )
             print("| service | % of one core |")
             print("|---|---|")
             total = 0.0
