@@ -2,7 +2,7 @@
 functions, no traffic, no annotations; after a settling time, each service's CPU (its whole process tree) over a
 window, as a share of one core.
 
-    .venv/bin/python bench/idle_cpu.py [--settle 60] [--window 60] [--functions 1]
+    .venv/bin/python bench/idle_cpu.py [--settle 60] [--window 60] [--functions 1 | --demo]
 """
 
 from __future__ import annotations
@@ -54,6 +54,11 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=60.0)
     parser.add_argument("--window", type=float, default=60.0)
     parser.add_argument("--functions", type=int, default=1, help="text functions created (no items)")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="the demo's three functions and their items instead (no annotator, no calls)",
+    )
     args = parser.parse_args()
     from loopml import services
     from loopml.config import get_settings
@@ -73,9 +78,12 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "loopml.cli", *argv], cwd=ROOT, env=env, check=True, timeout=900)
 
         try:
-            loopml("up")
-            for i in range(args.functions):
-                loopml("functions", "create", f"idle-sentiment-{i}", "--labels", "positive,negative")
+            if args.demo:
+                loopml("demo", "--no-annotator", "--rate", "0")
+            else:
+                loopml("up")
+                for i in range(args.functions):
+                    loopml("functions", "create", f"idle-sentiment-{i}", "--labels", "positive,negative")
             settings = get_settings({k: v for k, v in env.items() if k.startswith("LOOPML_")})
             time.sleep(args.settle)
             names = [s.name for s in services.status(settings) if s.running]
@@ -86,7 +94,8 @@ def main() -> None:
             elapsed = time.monotonic() - started
             after = {name: tree_cpu_seconds(pid) for name, pid in pids.items() if pid}
             print(
-                f"idle platform, {args.functions} functions, {args.window:.0f} s window after {args.settle:.0f} s "
+                f"idle platform, {'the demo' if args.demo else f'{args.functions} functions'}, {args.window:.0f} s "
+                f"window after {args.settle:.0f} s "
                 "settling\n"
             )
             print("| service | % of one core |")
