@@ -15,7 +15,6 @@ import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -42,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--idle-calls", type=int, default=200)
     args = parser.parse_args()
-    from tests.real_server import running_server
+    from tests.real_server import beside_a_probe, running_server
 
     with tempfile.TemporaryDirectory() as home, running_server(Path(home), "review-sentiment") as server:
         session = requests.Session()
@@ -58,33 +57,9 @@ def main() -> None:
         rows = []
         for name, make in BODIES.items():
             body = json.dumps(make()).encode() if make else b"[" * 5000 + b"]" * 5000
-            health: list[float] = []
-            single: list[float] = []
-            stop = threading.Event()
-
-            def probe(health: list[float] = health, single: list[float] = single, stop: threading.Event = stop) -> None:
-                with requests.Session() as own:
-                    while not stop.is_set():
-                        started = time.perf_counter()
-                        own.get(f"{server.url}/v1/health", timeout=120)
-                        health.append(time.perf_counter() - started)
-                        started = time.perf_counter()
-                        server.invoke(own, {"text": "a fine film"}, timeout=120)
-                        single.append(time.perf_counter() - started)
-
-            thread = threading.Thread(target=probe)
-            thread.start()
-            time.sleep(0.5)
-            started = time.perf_counter()
-            response = requests.post(
-                f"{server.url}/v1/functions/{server.function}/invoke",
-                data=body,
-                headers={**server.headers, "Content-Type": "application/json"},
-                timeout=600,
-            )
-            seconds = time.perf_counter() - started
-            stop.set()
-            thread.join()
+            response, seconds, probe = beside_a_probe(server, body, pause=0.0)
+            health = [t for t, _ in probe.health]
+            single = [t for t, _ in probe.single]
             row = (
                 f"| {name} | {response.status_code} | {seconds:.2f} | {len(response.content):,} "
                 f"| {percentile(health, 0.5) * 1000:.1f} / {max(health) * 1000:.0f} "

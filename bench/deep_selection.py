@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from loopml.automl import run_automl
+    from loopml.automl import AutoMLResult, run_automl
     from loopml.automl.deep import DeepConfig, compare_out_of_fold, fit_deep_candidate
     from loopml.demo_data import load_fashion_mnist
     from loopml.encoders import default_encoder, get_encoder
@@ -52,6 +52,19 @@ def main() -> None:
         f"{config.views} views, {config.folds} folds, budget {config.time_budget_s:.0f} s\n",
         flush=True,
     )
+
+    def fit_automl(train: np.ndarray, rest: np.ndarray, **cv: int) -> AutoMLResult:  # as an image function trains
+        return run_automl(
+            [f"image-{i}" for i in train],
+            emb_pool[train],
+            [pool_labels[i] for i in train],
+            label_set,
+            encoder_id=encoder_id,
+            unlabelled_embeddings=emb_pool[rest] if len(rest) else None,
+            text_candidates=False,
+            **cv,  # type: ignore[arg-type]
+        )
+
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
         rng = np.random.default_rng(args.seed)
@@ -61,29 +74,10 @@ def main() -> None:
         rest = np.setdiff1d(np.arange(len(pool)), train)
         truth = y_pool[train]
         started = time.perf_counter()
-        automl = run_automl(
-            [f"image-{i}" for i in train],
-            emb_pool[train],
-            [pool_labels[i] for i in train],
-            label_set,
-            encoder_id=encoder_id,
-            unlabelled_embeddings=emb_pool[rest] if len(rest) else None,
-            text_candidates=False,
-        )
+        automl = fit_automl(train, rest)
         automl_seconds = time.perf_counter() - started
-        same_folds = (
-            run_automl(  # the AutoML procedure on the deep tier's folds: the paired comparison deep_model makes
-                [f"image-{i}" for i in train],
-                emb_pool[train],
-                [pool_labels[i] for i in train],
-                label_set,
-                folds=config.folds,
-                seed=config.seed,
-                encoder_id=encoder_id,
-                unlabelled_embeddings=emb_pool[rest] if len(rest) else None,
-                text_candidates=False,
-            )
-        )
+        # the AutoML procedure on the deep tier's folds: the paired comparison deep_model makes
+        same_folds = fit_automl(train, rest, folds=config.folds, seed=config.seed)
         started = time.perf_counter()
         deep = fit_deep_candidate(
             get_encoder(encoder_id),  # type: ignore[arg-type]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,17 +19,6 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -62,6 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     from loopml import services
     from loopml.config import get_settings
+    from tests.conftest import free_ports
 
     with tempfile.TemporaryDirectory() as home:
         labelstudio, dagster, serving = free_ports(3)

@@ -72,13 +72,17 @@ def value_bound(body: bytes) -> int:
     return body.count(b",") + body.count(b":") + body.count(b"[") + body.count(b"{") + 1
 
 
-def _decode(body: bytes) -> Any:
+def _text(body: bytes) -> str:
     try:
-        text = body.decode("utf-8")
+        return body.decode("utf-8")
     except UnicodeDecodeError as error:
         raise BodyError(422, f"the body is not valid UTF-8 (byte {error.start}): send UTF-8 JSON") from None
+
+
+def _parse(body: bytes, text: str | None = None) -> Any:
+    """The JSON value of ``body`` (``text``: its UTF-8 decoding, when already made)."""
     try:
-        return json.loads(text)
+        return json.loads(_text(body) if text is None else text)
     except RecursionError:
         raise BodyError(422, f"the JSON nests deeper than {MAX_DEPTH} levels") from None
     except ValueError as error:
@@ -118,19 +122,17 @@ async def read_json(body: bytes, limit: int, what: str = "values") -> Any:
     interpreter, nor one over INLINE_BYTES on the event loop."""
     if not body.strip():
         raise BodyError(422, "the body is empty: send a JSON object")
+    text = None  # decoded from UTF-8 once: here when the child must count it first, else with the JSON below
     if value_bound(body) > max(QUICK_VALUES, 4 * limit) or not _depth_ok(body):
-        try:
-            body.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise BodyError(422, f"the body is not valid UTF-8 (byte {error.start}): send UTF-8 JSON") from None
+        text = _text(body)
         shape = await _shape_in_child(body)
         if shape.depth > MAX_DEPTH:
             raise BodyError(422, f"the JSON nests {shape.depth} levels deep; at most {MAX_DEPTH} are read")
         if shape.values > limit:
             raise BodyError(413, f"the body holds {shape.values:,} JSON {what}; at most {limit:,} are read")
     if len(body) <= INLINE_BYTES:  # a small body decodes faster than a hop to a worker thread
-        return _decode(body)
-    return await asyncio.to_thread(_decode, body)
+        return _parse(body, text)
+    return await asyncio.to_thread(_parse, body, text)
 
 
 def bounded_errors(errors: list[dict[str, Any]], limit: int = MAX_ERRORS) -> tuple[list[dict[str, Any]], int]:

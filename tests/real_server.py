@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -125,3 +126,50 @@ def running_server(home: Path, function: str, versions: int = 2, **extra_env: st
             yield Server(proc, url, settings, tags, key, log_path, function, env)
         finally:
             stop_server(proc)
+
+
+@dataclass
+class Probe:
+    """A second client that checks ``/v1/health`` and invokes one short text in a loop (``pause`` seconds between
+    rounds) while another request runs; each list holds (seconds, status) per call."""
+
+    server: Server
+    pause: float = 0.02
+    health: list[tuple[float, int]] = field(default_factory=list)
+    single: list[tuple[float, int]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        with requests.Session() as session:
+            while not self.stop.is_set():
+                started = time.perf_counter()
+                status = session.get(f"{self.server.url}/v1/health", timeout=120).status_code
+                self.health.append((time.perf_counter() - started, status))
+                started = time.perf_counter()
+                status = self.server.invoke(session, {"text": "a fine film"}, timeout=120).status_code
+                self.single.append((time.perf_counter() - started, status))
+                time.sleep(self.pause)
+
+
+def beside_a_probe(server: Server, body: bytes, pause: float = 0.02) -> tuple[requests.Response, float, Probe]:
+    """Send ``body`` to invoke while a :class:`Probe` runs; the answer, its seconds and the probe."""
+    probe = Probe(server, pause)
+    thread = threading.Thread(target=probe.run)
+    thread.start()
+    while not probe.single:  # the probe runs before the request is sent
+        time.sleep(0.01)
+    started = time.perf_counter()
+    try:
+        response = requests.post(
+            f"{server.url}/v1/functions/{server.function}/invoke",
+            data=body,
+            headers={**server.headers, "Content-Type": "application/json"},
+            timeout=600,
+        )
+        seconds = time.perf_counter() - started
+        while len(probe.single) < 3:  # at least a few probes ran while it was served, or just after
+            time.sleep(0.01)
+    finally:
+        probe.stop.set()
+        thread.join(120)
+    return response, seconds, probe

@@ -2,9 +2,8 @@
 requests that once answered 500 and dropped the connection, and generated requests (schemathesis over the served
 OpenAPI document; hypothesis for what schemathesis does not send: lone surrogates, invalid UTF-8, raw bytes).
 
-The latencies under abuse are measured by ``bench/abuse.py`` (README table); here the bounds are the behaviour
-(the refusal comes before the per-item work, with a bounded body; every probe is answered, none waits for the
-abusive request to finish).
+The latencies under abuse are measured by ``bench/abuse.py`` (README table); here the behaviour is checked (the
+refusal names the count and has a bounded body; every probe beside the abusive request is answered).
 """
 
 from __future__ import annotations
@@ -14,10 +13,7 @@ import json
 import re
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -25,7 +21,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.real_server import Server, running_server
+from tests.real_server import Server, beside_a_probe, running_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -36,59 +32,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield server
 
 
-@dataclass
-class Probe:
-    """A second client that checks /v1/health and invokes one short text in a loop while a request runs."""
-
-    server: Server
-    health: list[tuple[float, int]] = field(default_factory=list)
-    single: list[tuple[float, int]] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        with requests.Session() as session:
-            while not self.stop.is_set():
-                started = time.perf_counter()
-                status = session.get(f"{self.server.url}/v1/health", timeout=120).status_code
-                self.health.append((time.perf_counter() - started, status))
-                started = time.perf_counter()
-                status = self.server.invoke(session, {"text": "a fine film"}, timeout=120).status_code
-                self.single.append((time.perf_counter() - started, status))
-                time.sleep(0.02)
-
-
-def beside_a_probe(server: Server, body: bytes) -> tuple[requests.Response, float, Probe]:
-    """Send ``body`` to invoke while a probe client runs; the answer, its seconds and the probe."""
-    probe = Probe(server)
-    thread = threading.Thread(target=probe.run)
-    thread.start()
-    while not probe.single:  # the probe runs before the abusive request is sent
-        time.sleep(0.01)
-    started = time.perf_counter()
-    try:
-        response = requests.post(
-            f"{server.url}/v1/functions/{server.function}/invoke",
-            data=body,
-            headers={**server.headers, "Content-Type": "application/json"},
-            timeout=600,
-        )
-        seconds = time.perf_counter() - started
-        while len(probe.single) < 3:  # at least a few probes ran while it was served, or just after
-            time.sleep(0.01)
-    finally:
-        probe.stop.set()
-        thread.join(120)
-    return response, seconds, probe
-
-
 def test_a_million_blank_texts_are_refused_from_their_count(server: Server) -> None:
     body = json.dumps({"texts": [""] * 1_000_000}).encode()  # 4 MB: under the body limit
-    response, seconds, probe = beside_a_probe(server, body)
+    response, _, probe = beside_a_probe(server, body)
+    # refused from the count (a child process decodes it), before any item is validated: bench/abuse.py times it
     assert response.status_code == 413, response.text[:500]
     assert len(response.content) < 1000 and "1,000,00" in response.json()["detail"]
     assert all(status == 200 for _, status in probe.health + probe.single)
-    # refused from the count (a child process decodes it), not after a million validations (69 s once)
-    assert seconds < 30, seconds
 
 
 def test_many_invalid_items_get_a_bounded_error_body(server: Server) -> None:
@@ -107,9 +57,7 @@ def test_long_texts_are_read_as_far_as_the_encoder_reads(server: Server) -> None
     response, _, probe = beside_a_probe(server, body)
     assert response.status_code == 200, response.text[:500]
     assert len(response.json()["results"]) == 256
-    assert all(status == 200 for _, status in probe.health + probe.single)
-    slowest_health = max(seconds for seconds, _ in probe.health)
-    assert slowest_health < 5, f"the health probe waited {slowest_health:.1f} s behind the batch"
+    assert all(status == 200 for _, status in probe.health + probe.single)  # latencies: bench/abuse.py
 
 
 def _raw_post(conn: http.client.HTTPConnection, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
