@@ -17,7 +17,7 @@ import contextlib
 import io
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
@@ -50,6 +50,21 @@ E5_SMALL_ENCODER = "e5-small-q4"
 # Batches up to this size run on a one-thread session (which starts no thread pool). 0 (the default) uses every
 # core for every batch, fastest for a single text; the warm run worker sets it so that forked runs can encode.
 SINGLE_THREAD_BATCH = 0
+
+_calling_thread = threading.local()
+
+
+@contextlib.contextmanager
+def encoder_threads(threads: int) -> Iterator[None]:
+    """Encode on ``threads`` cores in this thread while the block runs. The serving runtime's scoring lanes
+    each take one core while several of them encode at once: two one-thread sessions side by side encode about
+    10-40 % more texts per second than two callers sharing one two-thread session, whose pool they contend for."""
+    previous = getattr(_calling_thread, "threads", None)
+    _calling_thread.threads = threads
+    try:
+        yield
+    finally:
+        _calling_thread.threads = previous
 
 
 @runtime_checkable
@@ -189,7 +204,11 @@ class MiniLMOnnxEncoder:
         feeds = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in self._input_names:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
-        session = self._session_with(1) if len(ids) <= SINGLE_THREAD_BATCH else self._session
+        threads = getattr(_calling_thread, "threads", None)
+        if threads is not None:
+            session = self._session_with(min(threads, usable_cores()))
+        else:
+            session = self._session_with(1) if len(ids) <= SINGLE_THREAD_BATCH else self._session
         hidden = session.run(None, feeds)[0]
         weights = mask[:, :, None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)

@@ -324,21 +324,14 @@ def start_labelstudio_service(settings: Settings) -> None:
 
 
 def start_serving(settings: Settings) -> None:
-    """The BentoML HTTP service (every function, hot-reloaded versions) on loopback."""
+    """The BentoML HTTP service (every function, hot-reloaded versions) on loopback: ``bentoml serve`` through
+    ``serving/serve.py``, which respawns a dead worker within a second."""
     if pid_alive(read_pid(settings, "serving")):
         return
     spawn(
         settings,
         "serving",
-        [
-            _venv_bin("bentoml"),
-            "serve",
-            "serving.service:LoopML",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(settings.serving_port),
-        ],
+        [sys.executable, "-m", "serving.serve", "--host", "127.0.0.1", "--port", str(settings.serving_port)],
     )
 
 

@@ -32,7 +32,7 @@ from pipelines.sensors import ACTIVE_STATUSES
     monitored_jobs=[train_function],
     request_job=inspect_function,
     default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=5,
+    minimum_interval_seconds=15,  # inspection is not on the way to a canary; each look reads the run storage
 )
 def inspect_after_training(context: RunStatusSensorContext) -> RunRequest | SkipReason:
     """After every training run that made a model, look for likely label errors with the new model's

@@ -45,7 +45,7 @@ import numpy as np
 
 from loopml.config import Settings, usable_cores
 from loopml.deployments import DeploymentState, DeploymentStore
-from loopml.encoders import DEFAULT_TEXT_ENCODER, Encoder, get_encoder, warm_input
+from loopml.encoders import DEFAULT_TEXT_ENCODER, Encoder, encoder_threads, get_encoder, warm_input
 from loopml.functions import FunctionRegistry, FunctionSpec
 
 if TYPE_CHECKING:
@@ -248,10 +248,10 @@ def _default_loader(settings: Settings) -> Callable[[str], TextClassifier]:
 
 
 def warm_model_stack() -> None:
-    """Import what loading a version needs (``loopml.automl``: torch and Lightning, seconds) and load the default
+    """Import what loading a version needs (``loopml.automl.classifier``: torch, seconds) and load the default
     text encoder, so that a brand-new function's first version answers about a second after it is deployed
     instead of paying for them then."""
-    import loopml.automl  # noqa: F401 - the import is the point
+    import loopml.automl.classifier  # noqa: F401 - the import is the point (torch)
 
     get_encoder(DEFAULT_TEXT_ENCODER).encode(["warm up"])
 
@@ -306,6 +306,7 @@ class ModelRuntime:
         self._workers: list[threading.Thread] = []
         self._helpers = ThreadPoolExecutor(max_workers=2 * self.lanes, thread_name_prefix="loopml-runtime-tfidf")
         self._stats_lock = threading.Lock()
+        self._encoding = 0  # lanes scoring now: a lane alone encodes on every core, lanes side by side on one each
         self._jobs: deque[_Job] = deque()
         self._jobs_cond = threading.Condition()
         self.last_error: str | None = None
@@ -571,8 +572,12 @@ class ModelRuntime:
             jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
             if not jobs:
                 continue
+            with self._stats_lock:
+                self._encoding += 1
+                threads = usable_cores() if self._encoding == 1 else 1
             try:
-                results = self._score(jobs)
+                with encoder_threads(threads):
+                    results = self._score(jobs)
             except Exception:  # noqa: BLE001 - isolate the failing job, answer the others
                 logger.exception("scoring a batch of %d jobs failed; scoring them one by one", len(jobs))
                 for job in jobs:
@@ -581,6 +586,9 @@ class ModelRuntime:
                     except Exception as error:  # noqa: BLE001
                         job.future.set_exception(error)
                 continue
+            finally:
+                with self._stats_lock:
+                    self._encoding -= 1
             with self._stats_lock:
                 self.batches += 1
                 self.batched_items += sum(len(job.texts) for job in jobs)

@@ -68,9 +68,9 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 def serve_command(port: int) -> list[str]:
-    """The documented start command (run from the repository root)."""
-    bentoml = Path(sys.executable).with_name("bentoml")
-    return [str(bentoml), "serve", "serving.service:LoopML", "--host", "127.0.0.1", "--port", str(port)]
+    """The start command of the platform (``bentoml serve serving.service:LoopML`` with a quick respawn of a dead
+    worker, serving/serve.py), run from the repository root."""
+    return [sys.executable, "-m", "serving.serve", "--host", "127.0.0.1", "--port", str(port)]
 
 
 def wait_ready(proc: subprocess.Popen, url: str, log_path: Path, timeout: float = READY_TIMEOUT_S) -> None:

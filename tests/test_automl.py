@@ -13,6 +13,7 @@ from loopml.automl.classifier import TfidfHead, sharpen
 from loopml.automl.metrics import fit_temperature, log_loss, softmax
 from loopml.automl.naive_bayes import class_sums, cnb_weights
 from loopml.automl.text_features import TfidfWords
+from loopml.config import PROJECT_ROOT
 
 LABELS = ["sport", "politics", "tech"]
 VOCAB = {
@@ -155,11 +156,41 @@ def test_save_load_round_trip_is_exact(result: AutoMLResult, data: tuple, tmp_pa
     assert loaded.candidate == result.model.candidate
     assert loaded.encoder_id == result.model.encoder_id
     np.testing.assert_array_equal(loaded.predict_proba(texts, emb), result.model.predict_proba(texts, emb))
-    if (tmp_path / "model" / "head.pt").exists():
-        import torch
+    assert loaded.embedding_head is not None
+    assert all(isinstance(a, np.ndarray) and a.dtype == np.float32 for a in loaded.embedding_head.tensors.values())
 
-        tensors = torch.load(tmp_path / "model" / "head.pt", weights_only=True)
-        assert all(isinstance(t, torch.Tensor) for t in tensors.values())
+
+def test_a_version_saved_with_a_torch_head_still_loads(result: AutoMLResult, data: tuple, tmp_path: Path) -> None:
+    """Versions saved before ``head.npz`` have ``head.pt`` (torch tensors): they load and answer the same."""
+    import torch
+
+    texts, emb, _ = data
+    result.model.save(tmp_path / "model")
+    head = result.model.embedding_head
+    assert head is not None
+    (tmp_path / "model" / "head.npz").unlink()
+    torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in head.tensors.items()}, tmp_path / "model" / "head.pt")
+    loaded = TextClassifier.load(tmp_path / "model")
+    np.testing.assert_array_equal(loaded.predict_proba(texts, emb), result.model.predict_proba(texts, emb))
+
+
+def test_serving_a_version_imports_no_torch_search_or_lightning(result: AutoMLResult, tmp_path: Path) -> None:
+    """Loading and running a saved version needs numpy (and scipy for TF-IDF) only: a serving process restarts
+    seconds sooner without torch's, scikit-learn's and Lightning's imports."""
+    import subprocess
+    import sys
+
+    result.model.save(tmp_path / "model")
+    code = (
+        "import sys, numpy as np\n"
+        "from loopml.automl import TextClassifier\n"
+        f"m = TextClassifier.load({str(tmp_path / 'model')!r})\n"
+        "p = m.predict_proba(['a fine film'], np.ones((1, m.embedding_head.dim), dtype=np.float32))\n"
+        "assert p.shape == (1, len(m.label_set))\n"
+        "print(sorted(x for x in ('torch', 'sklearn', 'pytorch_lightning') if x in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_tfidf_only_model_round_trip(data: tuple, tmp_path: Path) -> None:
@@ -171,7 +202,7 @@ def test_tfidf_only_model_round_trip(data: tuple, tmp_path: Path) -> None:
     model = TextClassifier(LABELS, encoder_id=None, candidate="tfidf_cnb", tfidf_head=head, embedding_weight=0.0)
     model.save(tmp_path / "tfidf")
     loaded = TextClassifier.load(tmp_path / "tfidf")
-    assert not loaded.needs_embeddings and not (tmp_path / "tfidf" / "head.pt").exists()
+    assert not loaded.needs_embeddings and not (tmp_path / "tfidf" / "head.npz").exists()
     np.testing.assert_array_equal(loaded.predict_proba(texts, None), model.predict_proba(texts, None))
     assert np.mean(loaded.predict_proba(texts, None).argmax(axis=1) == y) > 0.9
 

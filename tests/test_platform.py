@@ -339,6 +339,68 @@ def test_a_training_run_killed_mid_step_recovers_without_a_hand(platform_env) ->
     print(f"killed run {victim.run_id[:8]} recovered: a new version served {recovered_s:.1f} s after the kill")
 
 
+def test_label_studio_down_for_several_sensor_ticks_then_back(platform_env) -> None:
+    """Label Studio stopped right after a reviewer's annotations arrive, for several of the annotation sensor's
+    ticks, then started again by `loopml up`: the sensor (or a run's retried step, if one started before the stop)
+    picks the annotations up, none is lost, and a version trained on all of them serves. The seconds from the
+    restart to that version serving are printed (README: the fault table)."""
+    from dagster import DagsterInstance, RunsFilter
+
+    from loopml import services
+    from loopml.labelstudio import LabelStudioClient, choice_result
+    from pipelines.sensors import SENSOR_TICK_SECONDS
+
+    assert STATE, "the platform test above did not get as far as a served version"
+    settings = STATE["settings"]
+    client = LabelStudioClient.from_settings(settings)
+    project = STATE["project"]
+    mine = RunsFilter(job_name="train_function", tags={"dagster/partition": "platform-sentiment"})
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        deadline = time.time() + 300
+        while any(not r.dagster_run.is_finished for r in instance.get_run_records(filters=mine, limit=5)):
+            assert time.time() < deadline, "training runs did not settle"
+            time.sleep(0.5)
+    secret = loopml(platform_env, "keys", "create", "labelstudio-down").stdout.strip().splitlines()[-1]
+    info_url = f"{settings.serving_url}/v1/functions/platform-sentiment"
+    headers = {"Authorization": f"Bearer {secret}"}
+    more = [(f"a gripping, beautiful film while the tool was down {i}", "positive") for i in range(4)]
+    more += [(f"a hollow, grating film while the tool was down {i}", "negative") for i in range(4)]
+    client.import_tasks(
+        project, [{"data": {"text": t}, "annotations": [{"result": choice_result(label)}]} for t, label in more]
+    )
+    annotated = client.annotated_task_count(project)
+    services.stop(settings, "labelstudio")
+    stopped_at = time.time()
+    assert not services.http_ok(settings.labelstudio_url)
+    while time.time() - stopped_at < 4 * SENSOR_TICK_SECONDS:  # the fault: down for several sensor ticks
+        answer = requests.post(f"{info_url}/invoke", json={"text": "fine"}, headers=headers, timeout=30)
+        assert answer.status_code == 200, answer.text  # serving does not depend on Label Studio
+        time.sleep(1)
+    up = loopml(platform_env, "up")
+    assert up.returncode == 0, up.stdout + up.stderr
+    back_at = time.time()
+
+    def rows(tag: str) -> int:
+        from serving.model_store import list_versions
+
+        (version,) = [v for v in list_versions(settings, "platform-sentiment") if v.tag == tag]
+        return int(version.metadata["train_rows"]) + int(version.metadata["holdout_rows"])
+
+    served: set[str] = set()
+    while not any(rows(tag) == annotated for tag in served):
+        assert time.time() - back_at < 600, f"no version trained on all {annotated} annotated tasks served"
+        body = requests.get(info_url, headers=headers, timeout=10).json()
+        served = {v["version"] for v in (body.get("primary"), body.get("canary")) if v}
+        time.sleep(0.5)
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        records = instance.get_run_records(filters=mine, limit=20)
+        since = [r.dagster_run.status.value for r in records if r.create_timestamp.timestamp() > stopped_at]
+    print(
+        f"\nLabel Studio down {back_at - stopped_at:.0f} s: a version with all {annotated} annotations served "
+        f"{time.time() - back_at:.1f} s after it was back (training runs since the stop: {since})"
+    )
+
+
 def test_the_supervisor_brings_back_killed_services(platform_env) -> None:
     """kill -9 of the whole serving process (arbiter and worker) and of the Dagster daemon: the supervisor that
     `loopml up` started restarts both, and the serving API answers again with the version it served. The seconds

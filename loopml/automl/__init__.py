@@ -8,7 +8,26 @@ clearly (in standard errors of the paired difference) and refits it on all rows 
 (``predict_proba``, ``save``, ``load``). See :mod:`loopml.automl.search`.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .classifier import TextClassifier
-from .search import AutoMLResult, CandidateScore, run_automl
+
+if TYPE_CHECKING:
+    from .search import AutoMLResult, CandidateScore, run_automl
+
+# The search (scikit-learn, PyTorch Lightning: seconds of imports) is imported on first use, so that the serving
+# process, which only loads and runs a TextClassifier, is ready seconds sooner after a (re)start.
+_FROM_SEARCH = frozenset({"AutoMLResult", "CandidateScore", "run_automl"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_SEARCH:
+        from . import search
+
+        return getattr(search, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["AutoMLResult", "CandidateScore", "TextClassifier", "run_automl"]

@@ -5,7 +5,8 @@ the embedding head, ``1 - w`` on the TF-IDF head), then applies a final temperat
 (``p ** (1 / T)``, renormalised; 1 for a single member). It is saved as a directory:
 
 * ``model.json``: format version, labels, encoder id, candidate, hyper-parameters, weights, temperatures;
-* ``head.pt``: the embedding head's tensors (a plain ``dict[str, Tensor]``, read with ``weights_only=True``);
+* ``head.npz``: the embedding head's arrays (float32; versions saved before it have ``head.pt``, a plain
+  ``dict[str, Tensor]`` read with ``weights_only=True``);
 * ``tfidf/``: the TF-IDF vocabulary and IDF weights (JSON + ``.npz``) and the Complement NB weights.
 """
 
@@ -14,10 +15,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 import numpy as np
-import torch
 
 from .metrics import softmax
 from .text_features import TfidfWords
@@ -29,16 +32,29 @@ FORMAT_VERSION = 1
 
 @dataclass
 class EmbeddingHead:
-    """A linear or one-hidden-layer MLP head on standardised embeddings ``(x - center) / scale``."""
+    """A linear or one-hidden-layer MLP head on standardised embeddings ``(x - center) / scale``.
+
+    Its weights are float32 numpy arrays, run with numpy on the CPU: loading and running a version needs no
+    torch (its import is seconds of a serving process's start). :meth:`to` ``("cuda")`` makes them torch tensors
+    on the GPU, beside a GPU encoder."""
 
     kind: str  # "linear" | "mlp"
     # center [D]; linear: weight [D, C], bias [C]; mlp: w1 [D, h], b1 [h], w2 [h, C], b2 [C]
-    tensors: dict[str, torch.Tensor]
+    tensors: dict[str, np.ndarray] | dict[str, torch.Tensor]
     scale: float
     temperature: float
 
     def logits(self, embeddings: np.ndarray) -> np.ndarray:
         t = self.tensors
+        if isinstance(t["center"], np.ndarray):
+            a: dict[str, np.ndarray] = t  # type: ignore[assignment]
+            x = (np.asarray(embeddings, dtype=np.float32) - a["center"]) / np.float32(self.scale)
+            if self.kind == "linear":
+                return (x @ a["weight"] + a["bias"]).astype(np.float64)
+            hidden = np.maximum(x @ a["w1"] + a["b1"], 0)
+            return (hidden @ a["w2"] + a["b2"]).astype(np.float64)
+        import torch
+
         x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(t["center"].device)
         x = (x - t["center"]) / self.scale
         with torch.no_grad():
@@ -50,8 +66,18 @@ class EmbeddingHead:
         return out.cpu().numpy().astype(np.float64)
 
     def to(self, device: str) -> EmbeddingHead:
-        """Move the head's tensors to ``device`` (``cuda`` beside a GPU backbone); answers stay numpy."""
-        self.tensors = {k: v.to(device) for k, v in self.tensors.items()}
+        """Move the head's weights to ``device`` (``cuda`` beside a GPU backbone: torch tensors; ``cpu``: numpy
+        arrays); answers stay numpy."""
+        if device == "cpu":
+            self.tensors = {
+                k: v if isinstance(v, np.ndarray) else v.detach().cpu().numpy() for k, v in self.tensors.items()
+            }
+            return self
+        import torch
+
+        self.tensors = {
+            k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v).to(device) for k, v in self.tensors.items()
+        }
         return self
 
     @property
@@ -150,7 +176,8 @@ class TextClassifier:
         if self.embedding_head is not None:
             head = self.embedding_head
             meta["embedding_head"] = {"kind": head.kind, "scale": head.scale, "temperature": head.temperature}
-            torch.save({k: v.detach().cpu().contiguous() for k, v in head.tensors.items()}, path / "head.pt")
+            arrays = {k: v if isinstance(v, np.ndarray) else v.detach().cpu().numpy() for k, v in head.tensors.items()}
+            np.savez(path / "head.npz", **arrays)
         if self.tfidf_head is not None:
             self.tfidf_head.vectorizer.save(path / "tfidf")
             np.save(path / "tfidf" / "cnb_weights.npy", self.tfidf_head.weights)
@@ -167,7 +194,7 @@ class TextClassifier:
         embedding_head = None
         if meta["embedding_head"] is not None:
             info = meta["embedding_head"]
-            tensors = torch.load(path / "head.pt", map_location="cpu", weights_only=True)
+            tensors = _load_head(path)
             embedding_head = EmbeddingHead(info["kind"], tensors, float(info["scale"]), float(info["temperature"]))
         tfidf_head = None
         if meta["tfidf_head"] is not None:
@@ -184,6 +211,17 @@ class TextClassifier:
             embedding_weight=float(meta["embedding_weight"]),
             temperature=float(meta["temperature"]),
         )
+
+
+def _load_head(path: Path) -> dict[str, np.ndarray]:
+    """The embedding head's float32 arrays: ``head.npz``, or ``head.pt`` of a version saved before it."""
+    if (path / "head.npz").exists():
+        with np.load(path / "head.npz") as saved:
+            return {k: np.ascontiguousarray(saved[k], dtype=np.float32) for k in saved.files}
+    import torch
+
+    tensors = torch.load(path / "head.pt", map_location="cpu", weights_only=True)
+    return {k: v.numpy().astype(np.float32) for k, v in tensors.items()}
 
 
 def sharpen(proba: np.ndarray, temperature: float) -> np.ndarray:

@@ -356,7 +356,8 @@ def _embedding_head(
         center, weight = basis.fold(center, tensors[first].detach().cpu().double().numpy())
         tensors[first] = torch.from_numpy(weight.astype(np.float32))
     tensors["center"] = torch.from_numpy(np.asarray(center, dtype=np.float32))
-    return EmbeddingHead(kind, tensors, scale, temperature)
+    arrays = {k: np.ascontiguousarray(v.detach().cpu().numpy(), dtype=np.float32) for k, v in tensors.items()}
+    return EmbeddingHead(kind, arrays, scale, temperature)
 
 
 # --- TF-IDF models ------------------------------------------------------------------------------
