@@ -236,7 +236,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def encoder_alone(batch_sizes: tuple[int, ...] = (1, 16, 64)) -> tuple[str, float, float]:
+def encoder_alone(batch_sizes: tuple[int, ...] = (1, 4, 16, 64)) -> tuple[str, float, float]:
     """The encoder's best texts/s in this process, how it was reached (batch size; one caller on every core, or
     one caller per core on one core each, as the serving lanes run under load), and its CPU seconds per text."""
     from loopml.config import usable_cores
@@ -268,9 +268,15 @@ def encoder_alone(batch_sizes: tuple[int, ...] = (1, 16, 64)) -> tuple[str, floa
             for thread in threads:
                 thread.join()
             rate = sum(done) / (time.perf_counter() - started)
+            spent = (time.process_time() - cpu) / sum(done)
+            print(
+                f"  encoder alone: batch {size:>2}, {callers} caller(s) on {cores if callers == 1 else 1} core(s) "
+                f"each: {rate:.0f} texts/s, {1000 * spent:.2f} CPU ms per text",
+                flush=True,
+            )
             if rate > best[1]:
                 how = f"batch {size}, " + ("one caller" if callers == 1 else f"{callers} callers on a core each")
-                best = (how, rate, (time.process_time() - cpu) / sum(done))
+                best = (how, rate, spent)
     return best
 
 
