@@ -68,6 +68,7 @@ def start_platform(settings: Settings) -> None:
     except services.ServiceError as error:
         raise click.ClickException(str(error)) from None
     _secure_home(settings)
+    _ensure_stores(settings)
     _step(f"Label Studio on {settings.labelstudio_url} (data in {settings.labelstudio_data_dir})")
     ensure_credentials(settings)
     services.start_labelstudio_service(settings)
@@ -109,6 +110,21 @@ def start_platform(settings: Settings) -> None:
     _register_hooks(settings)
     services.start_supervisor(settings)
     click.echo("    the supervisor restarts any of these that dies (with backoff; restarts in run/restarts.jsonl)")
+
+
+def _ensure_stores(settings: Settings) -> None:
+    """With a PostgreSQL ``LOOPML_DATABASE_URL``: its databases exist (created when missing) and it answers."""
+    from loopml.stores import StoreError
+
+    stores = settings.stores
+    if not stores.postgres:
+        return
+    try:
+        created = stores.ensure()
+    except StoreError as error:
+        raise click.ClickException(f"{error}; check LOOPML_DATABASE_URL") from None
+    made = f" (created {', '.join(created)})" if created else ""
+    _step(f"PostgreSQL: the platform, Dagster and Label Studio databases{made}")
 
 
 def _secure_home(settings: Settings) -> None:

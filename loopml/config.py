@@ -10,7 +10,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from loopml.stores import Stores
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MAX_TEXT_BYTES = 1 << 20  # LOOPML_MAX_TEXT_BYTES: the longest text the serving API and `items add` take
@@ -82,6 +85,13 @@ class Settings:
         if self.database_url_override:
             return self.database_url_override
         return f"sqlite:///{self.home / 'loopml.db'}"
+
+    @property
+    def stores(self) -> Stores:
+        """The platform database, Dagster's storage and Label Studio's database (:mod:`loopml.stores`)."""
+        from loopml.stores import stores_for
+
+        return stores_for(self.database_url)
 
     @property
     def labelstudio_url(self) -> str:

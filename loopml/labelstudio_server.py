@@ -123,6 +123,7 @@ def labelstudio_env(settings: Settings, creds: LabelStudioCredentials) -> dict[s
         TZ="UTC",
         PYTHONUNBUFFERED="1",
     )
+    env.update(settings.stores.labelstudio_env())  # PostgreSQL when LOOPML_DATABASE_URL is one (loopml/stores.py)
     return env
 
 

@@ -20,7 +20,7 @@ import requests
 from loopml.config import PROJECT_ROOT, Settings
 
 DAGSTER_YAML = """\
-# Written by `loopml up`. Dagster's instance for LoopML (SQLite storage in this folder).
+# Written by `loopml up`. Dagster's instance for LoopML (SQLite storage in this folder, or PostgreSQL: `storage`).
 telemetry:
   enabled: false
 # no new-user pop-up (the community invitation) over the graph on the first visit
@@ -192,10 +192,16 @@ def _venv_bin(tool: str) -> str:
     return str(Path(sys.executable).parent / tool)
 
 
+def dagster_yaml(settings: Settings) -> str:
+    """The instance config: :data:`DAGSTER_YAML`, with PostgreSQL storage when the platform database is there."""
+    return DAGSTER_YAML + settings.stores.dagster_storage_yaml()
+
+
 def write_dagster_yaml(settings: Settings) -> None:
     path = settings.dagster_home / "dagster.yaml"
-    if not path.exists() or path.read_text() != DAGSTER_YAML:
-        path.write_text(DAGSTER_YAML)
+    text = dagster_yaml(settings)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
 
 
 CODE_LOCATION = "loopml"  # the location name of workspace.yaml

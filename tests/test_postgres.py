@@ -1,0 +1,153 @@
+"""PostgreSQL everywhere with one setting: the platform database, Dagster's instance storage and Label Studio's
+database, on a real PostgreSQL server (tests/postgres.py finds or starts one)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from loopml.config import Settings, get_settings
+from loopml.stores import StoreError, ensure_database, stores_for
+from tests.postgres import drop_databases, fresh_database_url, postgres_server
+
+
+def test_one_url_names_the_three_stores() -> None:
+    stores = stores_for("postgresql://loopml:s3cret@db.internal:5433/loopml")
+    assert stores.postgres
+    assert stores.dagster_url == "postgresql://loopml:s3cret@db.internal:5433/loopml_dagster"
+    assert stores.labelstudio_url == "postgresql://loopml:s3cret@db.internal:5433/loopml_labelstudio"
+    assert stores.labelstudio_env() == {
+        "DJANGO_DB": "default",
+        "POSTGRE_NAME": "loopml_labelstudio",
+        "POSTGRE_USER": "loopml",
+        "POSTGRE_PASSWORD": "s3cret",
+        "POSTGRE_HOST": "db.internal",
+        "POSTGRE_PORT": "5433",
+    }
+    yaml = stores.dagster_storage_yaml()
+    assert "postgres_url: 'postgresql+psycopg2://loopml:s3cret@db.internal:5433/loopml_dagster'" in yaml
+    psycopg = stores_for("postgresql+psycopg://u@h/loopml")
+    assert psycopg.dagster_storage_yaml().count("postgresql+psycopg2://u@h/loopml_dagster") == 1
+    sqlite = stores_for("sqlite:////tmp/x/loopml.db")
+    assert not sqlite.postgres and sqlite.dagster_storage_yaml() == "" and sqlite.labelstudio_env() == {}
+
+
+def test_a_url_without_a_database_or_a_server_is_a_clear_error() -> None:
+    with pytest.raises(StoreError, match="names no database"):
+        stores_for("postgresql://u@127.0.0.1:5432/")
+    with pytest.raises(StoreError, match="not reachable"):
+        ensure_database("postgresql://nobody@127.0.0.1:9/loopml")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_settings(server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """Settings whose LOOPML_DATABASE_URL is a new database on the test server (its siblings dropped after)."""
+    url = fresh_database_url(server)
+    monkeypatch.setenv("LOOPML_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LOOPML_DATABASE_URL", url)
+    settings = get_settings()
+    settings.ensure_dirs()
+    created = settings.stores.ensure()
+    assert len(created) == 3 and settings.stores.ensure() == []  # made once, then found
+    try:
+        yield settings
+    finally:
+        from loopml.db import get_engine
+
+        get_engine(url).dispose()
+        drop_databases(server, url.rsplit("/", 1)[1])
+
+
+def test_the_platform_database_on_postgres(pg_settings: Settings) -> None:
+    """Registry, deployments, keys, the invocation log and feedback, and the canary's statistics over them."""
+    from loopml.apikeys import create_key, verify
+    from loopml.canary import canary_stats
+    from loopml.deployments import DeploymentStore
+    from loopml.functions import FunctionRegistry, FunctionSpec
+    from loopml.invocation_log import InvocationLog, InvocationRecord
+
+    settings = pg_settings
+    assert settings.database_url.startswith("postgresql")
+    FunctionRegistry(settings).add(FunctionSpec("tone", "text", ["positive", "negative"], "minilm-l6-int8", 7))
+    assert FunctionRegistry(settings).get("tone").labelstudio_project_id == 7
+    store = DeploymentStore(settings)
+    store.set_primary("tone", "tone:v1", "test")
+    store.start_canary("tone", "tone:v2", 0.5, "test")
+    state = store.get("tone")
+    assert state is not None and (state.primary_tag, state.canary_tag, state.canary_weight) == (
+        "tone:v1",
+        "tone:v2",
+        0.5,
+    )
+    key_id, secret = create_key(settings, "pg", rights=["invoke", "feedback"], functions=["tone"])
+    grant = verify(settings, secret)
+    assert grant is not None and grant.key_id == key_id and grant.allows("invoke", "tone")
+
+    log = InvocationLog(settings)
+    try:
+        records = [
+            InvocationRecord(
+                function="tone",
+                input_text=f"call {i}",
+                embedding=np.full(4, i, dtype=np.float16).tobytes(),
+                scores={"tone:v1": [0.8, 0.2], "tone:v2": [0.6, 0.4]},
+                labels={"tone:v1": ["positive", "negative"], "tone:v2": ["positive", "negative"]},
+                answered_by="tone:v1" if i % 2 else "tone:v2",
+                label="positive",
+                confidence=0.8,
+                latency_ms=3.0,
+                key_id=key_id,
+                sticky_key=f"user-{i}",
+            )
+            for i in range(200)
+        ]
+        ids = [log.submit(record).result(30) for record in records]
+        assert log.existing_ids(ids) == set(ids)
+    finally:
+        log.close()
+    stats = canary_stats(settings, "tone", "tone:v1", "tone:v2", datetime.now(UTC) - timedelta(minutes=5))
+    assert stats.requests == 200 and stats.shadow_scored == 200 and stats.error_rate == 0.0
+
+
+def test_dagster_keeps_its_runs_in_postgres(pg_settings: Settings) -> None:
+    """The instance `loopml up` configures (dagster.yaml) stores runs and events in `<database>_dagster`."""
+    from dagster import DagsterInstance, job, op
+
+    from loopml import services
+
+    settings = pg_settings
+    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    services.write_dagster_yaml(settings)
+
+    @op
+    def hello() -> int:
+        return 1
+
+    @job
+    def tiny() -> None:
+        hello()
+
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        result = tiny.execute_in_process(instance=instance)
+        assert result.success
+    dagster_url = settings.stores.dagster_url
+    assert dagster_url is not None
+    engine = create_engine(dagster_url, poolclass=NullPool)
+    with engine.connect() as connection:
+        stored = connection.execute(text("SELECT run_id FROM runs")).scalars().all()
+    engine.dispose()
+    assert result.run_id in stored
