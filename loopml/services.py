@@ -228,6 +228,7 @@ def start_code_server(settings: Settings) -> None:
     pipeline code, restart it (``loopml down && loopml up``), as the run worker.
     """
     path = settings.code_server_socket
+    write_dagster_yaml(settings)
     if pid_alive(read_pid(settings, "code-server")):
         return
     path.unlink(missing_ok=True)  # left by a crash: the server would not bind
@@ -304,6 +305,7 @@ def start_dagster_daemon(settings: Settings) -> None:
 
 def start_run_worker(settings: Settings) -> None:
     """The warm run worker (pipelines/run_worker.py): runs fork from it with the stack already imported."""
+    write_dagster_yaml(settings)  # before any Dagster process opens the instance (its storage is in there)
     if not pid_alive(read_pid(settings, "run-worker")):
         spawn(settings, "run-worker", [sys.executable, "-m", "pipelines.run_worker", str(settings.run_worker_socket)])
 

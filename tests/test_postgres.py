@@ -151,3 +151,84 @@ def test_dagster_keeps_its_runs_in_postgres(pg_settings: Settings) -> None:
         stored = connection.execute(text("SELECT run_id FROM runs")).scalars().all()
     engine.dispose()
     assert result.run_id in stored
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_the_loop_runs_with_all_three_stores_on_postgres(server: str, tmp_path: Path) -> None:
+    """`loopml up` with a PostgreSQL LOOPML_DATABASE_URL: Label Studio, Dagster and the platform keep their data in
+    its three databases (no SQLite file of theirs under LOOPML_HOME); annotations become a served version."""
+    import os
+    import time
+
+    import requests
+
+    from loopml.labelstudio import LabelStudioClient, choice_result
+    from tests.conftest import free_ports
+    from tests.test_pipeline import NEGATIVE, POSITIVE
+    from tests.test_platform import loopml
+
+    url = fresh_database_url(server)
+    label_studio, dagster, serving = free_ports(3)
+    env = {
+        **os.environ,
+        "LOOPML_HOME": str(tmp_path / "home"),
+        "LOOPML_DATABASE_URL": url,
+        "LOOPML_LABELSTUDIO_PORT": str(label_studio),
+        "LOOPML_DAGSTER_PORT": str(dagster),
+        "LOOPML_SERVING_PORT": str(serving),
+        "LOOPML_ANNOTATION_POLL_SECONDS": "1",
+    }
+    try:
+        up = loopml(env, "up")
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "PostgreSQL" in up.stdout
+        created = loopml(env, "functions", "create", "pg-sentiment", "--labels", "positive,negative")
+        assert created.returncode == 0, created.stdout + created.stderr
+        settings = get_settings({k: v for k, v in env.items() if k.startswith("LOOPML_")})
+        client = LabelStudioClient.from_settings(settings)
+        from loopml.functions import FunctionRegistry
+
+        project = FunctionRegistry(settings).get("pg-sentiment").labelstudio_project_id
+        labelled = [(t, "positive") for t in POSITIVE] + [(t, "negative") for t in NEGATIVE]
+        client.import_tasks(
+            project, [{"data": {"text": t}, "annotations": [{"result": choice_result(lab)}]} for t, lab in labelled]
+        )
+        secret = loopml(env, "keys", "create", "pg-test").stdout.strip().splitlines()[-1]
+        answer: dict = {}
+        deadline = time.time() + 900  # a bound for a broken loop, not a speed target
+        while answer.get("version") != "pg-sentiment:v1":
+            assert time.time() < deadline, (settings.run_dir / "dagster-daemon.log").read_text()[-3000:]
+            response = requests.post(
+                f"{settings.serving_url}/v1/functions/pg-sentiment/invoke",
+                json={"text": "a wonderful, moving film"},
+                headers={"Authorization": f"Bearer {secret}"},
+                timeout=30,
+            )
+            answer = response.json() if response.ok else {}
+            time.sleep(1)
+        assert answer["label"] == "positive"
+
+        def count(database_url: str, query: str) -> int:
+            engine = create_engine(database_url, poolclass=NullPool)
+            with engine.connect() as connection:
+                value = connection.execute(text(query)).scalar()
+            engine.dispose()
+            return int(value or 0)
+
+        stores = settings.stores
+        assert stores.dagster_url is not None and stores.labelstudio_url is not None
+        assert count(url, "SELECT count(*) FROM invocations WHERE function = 'pg-sentiment'") >= 1
+        assert count(url, "SELECT count(*) FROM deployments WHERE primary_tag = 'pg-sentiment:v1'") == 1
+        assert count(stores.dagster_url, "SELECT count(*) FROM runs WHERE status = 'SUCCESS'") >= 1
+        assert count(stores.labelstudio_url, "SELECT count(*) FROM task") == len(labelled)
+        home = Path(env["LOOPML_HOME"])
+        sqlite_files = [
+            p.relative_to(home).as_posix()
+            for pattern in ("loopml.db", "labelstudio/*.sqlite3", "dagster/**/*.db")
+            for p in home.glob(pattern)
+        ]
+        assert sqlite_files == [], f"stores left on SQLite: {sqlite_files}"
+    finally:
+        loopml(env, "down", timeout=120)
+        drop_databases(server, url.rsplit("/", 1)[1])
