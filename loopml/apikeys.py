@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from loopml.config import Settings
 from loopml.db import ApiKeyRow, as_utc, session_factory, utcnow
@@ -210,6 +211,14 @@ def revoke_key(settings: Settings, key_id: str) -> ApiKeyInfo:
     return info
 
 
+STALE_GRANT_SECONDS = 3600.0  # while the database is down, a key it confirmed this recently still works
+UNREACHABLE_RETRY_SECONDS = 5.0  # ... and is looked up again this often
+
+
+class KeyStoreUnavailable(RuntimeError):
+    """A key could not be checked: the platform database does not answer."""
+
+
 class ApiKeyVerifier:
     """Checks keys against the database, remembering each answer for at most ``ttl_s`` seconds.
 
@@ -222,6 +231,7 @@ class ApiKeyVerifier:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self._cache: OrderedDict[str, tuple[KeyGrant | None, float]] = OrderedDict()
+        self._confirmed: dict[str, float] = {}  # digest -> when the database last confirmed the key (monotonic)
         self._lock = threading.Lock()
 
     def clear(self) -> None:
@@ -253,13 +263,34 @@ class ApiKeyVerifier:
         assert key_id is not None
         digest = hash_secret(secret)
         now = time.monotonic()
-        result = self._lookup(key_id, digest)
+        try:
+            result = self._lookup(key_id, digest)
+        except SQLAlchemyError:
+            return self._while_unreachable(digest, now)
         with self._lock:
             self._cache[digest] = (result, now + self.ttl_s)
             self._cache.move_to_end(digest)
+            if result is not None:
+                self._confirmed[digest] = now
+            else:
+                self._confirmed.pop(digest, None)
             while len(self._cache) > self.max_entries:
-                self._cache.popitem(last=False)
+                dropped, _ = self._cache.popitem(last=False)
+                self._confirmed.pop(dropped, None)
         return result
+
+    def _while_unreachable(self, digest: str, now: float) -> KeyGrant | None:
+        """The database does not answer: a key it confirmed within :data:`STALE_GRANT_SECONDS` keeps its grant
+        (looked up again after :data:`UNREACHABLE_RETRY_SECONDS`), so that serving goes on through an outage;
+        any other key cannot be checked."""
+        with self._lock:
+            entry = self._cache.get(digest)
+            confirmed = self._confirmed.get(digest)
+            if entry is not None and entry[0] is not None and confirmed is not None:
+                if now - confirmed <= STALE_GRANT_SECONDS:
+                    self._cache[digest] = (entry[0], now + UNREACHABLE_RETRY_SECONDS)
+                    return entry[0]
+        raise KeyStoreUnavailable("the key store (the platform database) does not answer; retry shortly")
 
     def _lookup(self, key_id: str, digest: str) -> KeyGrant | None:
         with self._sessions() as session:

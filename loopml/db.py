@@ -157,6 +157,9 @@ class FeedbackRow(Base):
 @lru_cache(maxsize=8)
 def get_engine(url: str) -> Engine:
     """One engine per URL and process; SQLite gets WAL and a busy timeout."""
+    from sqlalchemy.engine import make_url
+
+    engine_url = make_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
@@ -168,7 +171,9 @@ def get_engine(url: str) -> Engine:
             cursor.close()
 
     else:
-        engine = create_engine(url, pool_pre_ping=True, json_serializer=json.dumps)
+        # a server that stops answering fails a connect in seconds, not minutes (the invocation log then spools)
+        connect_args = {"connect_timeout": 5} if engine_url.get_backend_name() == "postgresql" else {}
+        engine = create_engine(url, pool_pre_ping=True, json_serializer=json.dumps, connect_args=connect_args)
     Base.metadata.create_all(engine)
     _migrate(engine)
     return engine

@@ -36,6 +36,7 @@ from sqlalchemy import Connection, func, insert, select
 
 from loopml.config import Settings
 from loopml.db import FeedbackRow, FunctionRow, InvocationRow, as_utc, get_engine, session_factory, utcnow
+from loopml.spool import Spool
 
 __all__ = [
     "FeedbackError",
@@ -50,6 +51,33 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+DATABASE_RETRY_SECONDS = 1.0  # while the database is unreachable, calls are spooled and it is tried this often
+
+
+class DatabaseUnavailable(ConnectionError):
+    """The database did not answer; the call goes to the spool."""
+
+
+def _unreachable(error: BaseException) -> bool:
+    """Whether ``error`` says the database cannot be reached (as opposed to a row it refused)."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(error, DatabaseUnavailable | OperationalError | InterfaceError | ConnectionError):
+        return True
+    return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
+
+
+def _insert_new(connection: Connection) -> Any:
+    """An insert of invocation rows that skips ids already stored (a drain retried after a partial write)."""
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(InvocationRow).on_conflict_do_nothing(index_elements=["id"])
+    return (
+        insert(InvocationRow).prefix_with("OR IGNORE") if connection.dialect.name == "sqlite" else insert(InvocationRow)
+    )
 
 
 class InvocationLogError(RuntimeError):
@@ -150,6 +178,8 @@ class LogStats:
     batches: int = 0
     max_batch_rows: int = 0
     failed_rows: int = 0
+    spooled_rows: int = 0  # kept on local disk while the database was unreachable (loopml/spool.py)
+    drained_rows: int = 0  # of those, written to the database since
 
 
 class InvocationLog:
@@ -180,6 +210,12 @@ class InvocationLog:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closing = False
+        # a database on the network (PostgreSQL) that stops answering: calls are spooled to local disk meanwhile;
+        # SQLite is a local file already, so its errors are reported as before
+        self._spool = Spool(settings.home / "spool") if self._engine.dialect.name != "sqlite" else None
+        self._down_until = 0.0  # while the database is down, it is tried again after this (monotonic)
+        if self._spool is not None and self._spool.pending:
+            self._ensure_thread()  # calls another process spooled before it ended
 
     # --- writing --------------------------------------------------------------------------------
     def submit(self, record: InvocationRecord) -> Future[str]:
@@ -268,6 +304,8 @@ class InvocationLog:
             while not self._queue:
                 if self._closing:
                     return None
+                if self._drain_due():
+                    return []
                 self._cond.wait(0.5)
             if self.max_wait_s > 0 and self._queued_rows < self.max_batch_rows:
                 deadline = time.monotonic() + self.max_wait_s
@@ -290,19 +328,79 @@ class InvocationLog:
             jobs = self._take()
             if jobs is None:
                 break
+            if not jobs:  # idle, with spooled calls and the database due another try
+                connection = self._drain(connection)
+                continue
             try:
+                if self._spool is not None and time.monotonic() < self._down_until:
+                    raise DatabaseUnavailable("the database did not answer a moment ago")
                 if connection is None:
                     connection = self._connect()
                 self._commit(connection, jobs)
+                if self._spool is not None and self._spool.pending:
+                    connection = self._drain(connection)
             except Exception as error:  # noqa: BLE001 - the writer must survive anything
-                logger.exception("invocation log batch failed; retrying its jobs one by one")
                 connection = self._reset(connection)
-                self._commit_one_by_one(jobs, error)
+                if self._spool is not None and _unreachable(error):
+                    self._spool_jobs(jobs, error)
+                else:
+                    logger.exception("invocation log batch failed; retrying its jobs one by one")
+                    self._commit_one_by_one(jobs, error)
             finally:
                 with self._cond:
                     self._queued_rows -= sum(len(job.records) for job in jobs)
         if connection is not None:
             connection.close()
+
+    # --- the spool: calls answered while the database was down ---------------------------------------
+    def _drain_due(self) -> bool:
+        return self._spool is not None and self._spool.pending and time.monotonic() >= self._down_until
+
+    def _spool_jobs(self, jobs: list[_Job], error: Exception) -> None:
+        """Keep the jobs' rows on local disk and acknowledge them (the database is unreachable)."""
+        assert self._spool is not None
+        if time.monotonic() >= self._down_until:
+            logger.warning(
+                "the invocation log's database is unreachable (%s); spooling calls to %s", error, self._spool.folder
+            )
+        self._down_until = time.monotonic() + DATABASE_RETRY_SECONDS
+        rows = [record.row() for job in jobs for record in job.records]
+        try:
+            self._spool.append(rows)
+        except OSError as spool_error:
+            self.stats.failed_rows += len(rows)
+            for job in jobs:
+                job.future.set_exception(
+                    InvocationLogError(
+                        f"could not record the invocation ({error}; spool: {spool_error}); retry shortly"
+                    )
+                )
+            return
+        self.stats.spooled_rows += len(rows)
+        for job in jobs:
+            job.future.set_result([record.id for record in job.records])
+
+    def _drain(self, connection: Connection | None) -> Connection | None:
+        """Write spooled rows to the database (duplicates ignored); on failure, try again later."""
+        assert self._spool is not None
+        try:
+            if connection is None:
+                connection = self._connect()
+            live = connection
+
+            def write(rows: list[dict[str, Any]]) -> None:
+                live.execute(_insert_new(live), rows)
+                live.commit()
+
+            drained = self._spool.drain(write)
+            if drained:
+                self.stats.drained_rows += drained
+                logger.warning("the database answers again: %d spooled calls written to it", drained)
+            return connection
+        except Exception as error:  # noqa: BLE001 - still down: the rows stay spooled
+            self._down_until = time.monotonic() + DATABASE_RETRY_SECONDS
+            logger.info("spooled calls not written yet (%s)", error)
+            return self._reset(connection)
 
     def _connect(self) -> Connection:
         connection = self._engine.connect()

@@ -69,7 +69,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from loopml.apikeys import KeyGrant, verifier_for
+from loopml.apikeys import KeyGrant, KeyStoreUnavailable, verifier_for
 from loopml.config import DEFAULT_MAX_TEXT_BYTES, Settings, get_settings, gpu_mode
 from loopml.config import env_int as _env_int
 from loopml.encoders import encoder_input_type
@@ -313,7 +313,11 @@ class ApiKeyMiddleware:
         verifier = verifier_for(settings)
         hit, grant = verifier.cached(secret)
         if not hit:  # a database lookup: keep it off the event loop
-            grant = await asyncio.to_thread(verifier.verify, secret)
+            try:
+                grant = await asyncio.to_thread(verifier.verify, secret)
+            except KeyStoreUnavailable as error:
+                await _send_json(send, 503, _error_body("unavailable", str(error)), [(b"retry-after", b"5")])
+                return
         if grant is None:
             await _send_json(
                 send,

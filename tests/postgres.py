@@ -47,48 +47,79 @@ def _binaries() -> Path | None:
     return found[-1].parent if found else None
 
 
+class Cluster:
+    """A throwaway PostgreSQL cluster: ``initdb`` in a temporary folder, served on a free loopback port (as the
+    ``postgres`` user when run as root: PostgreSQL refuses to run as root). ``stop`` and ``start`` restart it."""
+
+    def __init__(self) -> None:
+        binaries = _binaries()
+        if binaries is None:
+            raise RuntimeError("no PostgreSQL server answers and none is installed: run `make install-postgres`")
+        self.binaries = binaries
+        self.folder = Path(tempfile.mkdtemp(prefix="loopml-pg-"))
+        self.data = self.folder / "data"
+        self.port = free_port()
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres")
+            self.folder.chmod(0o700)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        subprocess.run(
+            [
+                *self.as_user,
+                str(binaries / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "loopml",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+    @property
+    def url(self) -> str:
+        """The maintenance database's URL."""
+        return f"postgresql://loopml@127.0.0.1:{self.port}/postgres"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(
+            [*self.as_user, str(self.binaries / "pg_ctl"), "-D", str(self.data), *args], check=True, capture_output=True
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._ctl("-l", str(self.folder / "server.log"), "-w", "-o", options, "start")
+
+    def stop(self) -> None:
+        """Stop at once (``immediate``: connections are cut, as when a server dies)."""
+        self._ctl("-m", "immediate", "-w", "stop")
+
+    def remove(self) -> None:
+        subprocess.run(
+            [*self.as_user, str(self.binaries / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
+            check=False,
+            capture_output=True,
+        )
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def throwaway_cluster() -> Iterator[str]:
-    """``initdb`` + ``pg_ctl start`` in a temporary folder on a free loopback port (as the ``postgres`` user when
-    run as root: PostgreSQL refuses to run as root); the maintenance database's URL."""
-    binaries = _binaries()
-    if binaries is None:
-        raise RuntimeError("no PostgreSQL server answers and none is installed: run `make install-postgres`")
-    folder = Path(tempfile.mkdtemp(prefix="loopml-pg-"))
-    data = folder / "data"
-    port = free_port()
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres")
-        folder.chmod(0o700)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    log = folder / "server.log"
-    subprocess.run(
-        [*as_user, str(binaries / "initdb"), "-D", str(data), "-U", "loopml", "--auth=trust", "-E", "UTF8"],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [
-            *as_user,
-            str(binaries / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(log),
-            "-w",
-            "-o",
-            f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
+def throwaway_cluster() -> Iterator[Cluster]:
+    """A started :class:`Cluster`, removed afterwards."""
+    cluster = Cluster()
     try:
-        yield f"postgresql://loopml@127.0.0.1:{port}/postgres"
+        cluster.start()
+        deadline = time.monotonic() + 60
+        while not answers(cluster.url):
+            assert time.monotonic() < deadline, "the throwaway PostgreSQL cluster did not answer"
+            time.sleep(0.2)
+        yield cluster
     finally:
-        subprocess.run([*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], check=False)
-        shutil.rmtree(folder, ignore_errors=True)
+        cluster.remove()
 
 
 @contextlib.contextmanager
@@ -102,12 +133,8 @@ def postgres_server() -> Iterator[str]:
         if answers(url):
             yield url
             return
-    with throwaway_cluster() as url:
-        deadline = time.monotonic() + 60
-        while not answers(url):
-            assert time.monotonic() < deadline, "the throwaway PostgreSQL cluster did not answer"
-            time.sleep(0.2)
-        yield url
+    with throwaway_cluster() as cluster:
+        yield cluster.url
 
 
 def drop_databases(server_url: str, prefix: str) -> None:
