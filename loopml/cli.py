@@ -194,6 +194,24 @@ def down() -> None:
     click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
+@main.command("migrate-db")
+@click.argument("url")
+def migrate_db(url: str) -> None:
+    """Copy this installation's SQLite stores (platform database, Dagster, Label Studio) into PostgreSQL at URL.
+
+    Stop the platform first; afterwards set LOOPML_DATABASE_URL=URL and run `loopml up`."""
+    from loopml.migrate import MigrationError, migrate
+    from loopml.stores import StoreError
+
+    try:
+        report = migrate(get_settings(), url, say=lambda line: click.echo(f"==> {line}"))
+    except (MigrationError, StoreError) as error:
+        raise click.ClickException(str(error)) from None
+    for line in report.lines():
+        click.echo(f"    {line}")
+    click.echo(f"done: now `export LOOPML_DATABASE_URL={url}` and `loopml up`")
+
+
 @main.command()
 def status() -> None:
     """Show which services are running and healthy."""
