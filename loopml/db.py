@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -174,23 +176,27 @@ def get_engine(url: str) -> Engine:
         # a server that stops answering fails a connect in seconds, not minutes (the invocation log then spools)
         connect_args = {"connect_timeout": 5} if engine_url.get_backend_name() == "postgresql" else {}
         engine = create_engine(url, pool_pre_ping=True, json_serializer=json.dumps, connect_args=connect_args)
-    Base.metadata.create_all(engine)
-    _migrate(engine)
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":  # replicas starting at once on a new database: one at a time
+            connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK})
+        Base.metadata.create_all(connection)
+        _migrate(connection)
     return engine
 
 
-def _migrate(engine: Engine) -> None:
-    """Columns added after a table was first created (``create_all`` adds tables, not columns)."""
-    from sqlalchemy import inspect, text
+SCHEMA_LOCK = 4_242_001  # the PostgreSQL advisory lock held while the tables are created or migrated
 
-    columns = {column["name"] for column in inspect(engine).get_columns("api_keys")}
-    with engine.begin() as connection:
-        if "rights" not in columns:
-            connection.execute(
-                text(f"ALTER TABLE api_keys ADD COLUMN rights VARCHAR(64) NOT NULL DEFAULT '{LEGACY_RIGHTS}'")
-            )
-        if "functions" not in columns:
-            connection.execute(text("ALTER TABLE api_keys ADD COLUMN functions TEXT NOT NULL DEFAULT '*'"))
+
+def _migrate(connection: Connection) -> None:
+    """Columns added after a table was first created (``create_all`` adds tables, not columns)."""
+    from sqlalchemy import inspect
+
+    columns = {column["name"] for column in inspect(connection).get_columns("api_keys")}
+    if "rights" not in columns:
+        default = f"'{LEGACY_RIGHTS}'"
+        connection.execute(text(f"ALTER TABLE api_keys ADD COLUMN rights VARCHAR(64) NOT NULL DEFAULT {default}"))
+    if "functions" not in columns:
+        connection.execute(text("ALTER TABLE api_keys ADD COLUMN functions TEXT NOT NULL DEFAULT '*'"))
 
 
 def session_factory(url: str) -> sessionmaker[Session]:

@@ -232,3 +232,33 @@ def test_the_loop_runs_with_all_three_stores_on_postgres(server: str, tmp_path: 
     finally:
         loopml(env, "down", timeout=120)
         drop_databases(server, url.rsplit("/", 1)[1])
+
+
+def test_replicas_starting_at_once_on_a_new_database_create_its_tables_once(server: str) -> None:
+    """Several processes opening a database with no tables yet (serving replicas started together): the schema
+    lock makes one create the tables and the others find them; none fails."""
+    import subprocess
+    import sys
+    import time
+
+    from loopml.config import PROJECT_ROOT
+
+    url = fresh_database_url(server)
+    ensure_database(url)
+    code = (
+        "import sys, time\n"
+        "from loopml.db import get_engine\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all at the same moment, imports done\n"
+        "get_engine(sys.argv[1])\n"
+        "print('ok')\n"
+    )
+    at = str(time.time() + 8)
+    try:
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code, url, at], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
+            for _ in range(6)
+        ]
+        outputs = [proc.communicate(timeout=120)[0].strip() for proc in procs]
+        assert [proc.returncode for proc in procs] == [0] * 6 and outputs == ["ok"] * 6
+    finally:
+        drop_databases(server, url.rsplit("/", 1)[1])
