@@ -42,6 +42,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.idle_cpu import tree_cpu_seconds  # noqa: E402 - after the path
+
 TEXTS = [
     "a warm and funny film with a moving story",
     "tedious, predictable and far too long",
@@ -178,22 +180,6 @@ def _client_process(
         latencies, errors = _threaded_clients(port, key, path, field, clients, seconds)
     times = os.times()
     queue.put((latencies, errors, times.user + times.system))
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and all its descendants (the arbiter and its workers)."""
-    import psutil
-
-    total = 0.0
-    try:
-        parent = psutil.Process(pid)
-        for process in [parent, *parent.children(recursive=True)]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                cpu = process.cpu_times()
-                total += cpu.user + cpu.system
-    except psutil.NoSuchProcess:
-        pass
-    return total
 
 
 @contextlib.contextmanager

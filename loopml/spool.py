@@ -19,6 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from loopml.services import pid_alive
+
 PREFIX = "invocations-"
 DRAINING = ".draining"
 
@@ -40,16 +42,6 @@ def decode_row(line: str) -> dict[str, Any]:
     if isinstance(row.get("created_at"), dict):
         row["created_at"] = datetime.fromisoformat(row["created_at"]["iso"])
     return row
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Spool:
@@ -98,11 +90,11 @@ class Spool:
             name = path.name
             if DRAINING in name:  # claimed by a drainer: free again once that drainer is gone
                 owner = int(name.rsplit(DRAINING, 1)[1].lstrip("-") or 0)
-                if owner == os.getpid() or not _pid_alive(owner):
+                if owner == os.getpid() or not pid_alive(owner):
                     yield path
                 continue
             writer = int(name.removeprefix(PREFIX).split("-", 1)[0])
-            if writer == os.getpid() or not _pid_alive(writer):
+            if writer == os.getpid() or not pid_alive(writer):
                 yield path
 
     def _others_left(self) -> bool:

@@ -17,10 +17,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from loopml.config import Settings, get_settings
 from tests.conftest import free_port
 
 LOCAL_URLS = ("postgresql://postgres@127.0.0.1:5432/postgres", "postgresql://root@127.0.0.1:5432/postgres")
@@ -152,3 +154,22 @@ def drop_databases(server_url: str, prefix: str) -> None:
 def fresh_database_url(server_url: str) -> str:
     """A URL for a database name no one uses yet on that server (created by whoever connects first)."""
     return make_url(server_url).set(database=f"loopml_t{uuid.uuid4().hex[:10]}").render_as_string(hide_password=False)
+
+
+def use_database(monkeypatch: pytest.MonkeyPatch, home: Path, url: str) -> Settings:
+    """Settings of a LOOPML_HOME at ``home`` whose stores are on ``url`` (databases created)."""
+    monkeypatch.setenv("LOOPML_HOME", str(home))
+    monkeypatch.setenv("LOOPML_DATABASE_URL", url)
+    settings = get_settings()
+    settings.ensure_dirs()
+    settings.stores.ensure()
+    return settings
+
+
+def count(url: str, query: str) -> int:
+    """The integer ``query`` answers on ``url`` (0 for NULL)."""
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.connect() as connection:
+        value = connection.execute(text(query)).scalar()
+    engine.dispose()
+    return int(value or 0)

@@ -73,6 +73,14 @@ def serve_command(port: int) -> list[str]:
     return [sys.executable, "-m", "serving.serve", "--host", "127.0.0.1", "--port", str(port)]
 
 
+def spawn_server(command: list[str], env: dict[str, str], log_path: Path, cwd: Path = PROJECT_ROOT) -> subprocess.Popen:
+    """Start a serving command in a session of its own, its output in ``log_path`` (stop it with stop_server)."""
+    with log_path.open("wb") as log_file:
+        return subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
 def wait_ready(proc: subprocess.Popen, url: str, log_path: Path, timeout: float = READY_TIMEOUT_S) -> None:
     """Until ``/readyz`` answers 200 (the process must stay up meanwhile)."""
     deadline = time.monotonic() + timeout
@@ -111,15 +119,7 @@ def running_server(home: Path, function: str, versions: int = 2, **extra_env: st
         DeploymentStore(settings).set_primary(function, tags[0], "e2e")
         _, key = create_key(settings, "e2e", rights=RIGHTS)
         log_path = home / "serving.log"
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(
-                serve_command(port),
-                cwd=PROJECT_ROOT,
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        proc = spawn_server(serve_command(port), env, log_path)
         url = f"http://127.0.0.1:{port}"
         try:
             wait_ready(proc, url, log_path)

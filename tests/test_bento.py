@@ -16,7 +16,7 @@ from loopml.apikeys import RIGHTS, create_key
 from loopml.config import PROJECT_ROOT, get_settings
 from loopml.deployments import DeploymentStore
 from tests.conftest import free_port
-from tests.real_server import server_tree, stop_server, wait_ready
+from tests.real_server import server_tree, spawn_server, stop_server, wait_ready
 from tests.serving_support import save_versions
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -54,15 +54,8 @@ def test_the_built_bento_serves_an_invoke(tmp_path: Path, monkeypatch: pytest.Mo
         "LOOPML_SERVING_PORT": str(port),
     }
     serve_env.pop("LOOPML_DATABASE_URL", None)
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [bentoml, "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=tmp_path,  # not the checkout: the code comes from the Bento
-            env=serve_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    serve = [bentoml, "serve", tag, "--host", "127.0.0.1", "--port", str(port)]
+    proc = spawn_server(serve, serve_env, log_path, cwd=tmp_path)  # not the checkout: the code comes from the Bento
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, url, log_path)

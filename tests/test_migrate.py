@@ -11,25 +11,16 @@ from pathlib import Path
 import pytest
 import requests
 from sqlalchemy import create_engine, text
-from sqlalchemy.pool import NullPool
 
 from loopml.config import get_settings
 from tests.conftest import free_ports
-from tests.postgres import drop_databases, fresh_database_url, postgres_server
+from tests.postgres import count, drop_databases, fresh_database_url, postgres_server
 from tests.test_pipeline import NEGATIVE, POSITIVE
 from tests.test_platform import loopml
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 FUNCTION = "moved-sentiment"
-
-
-def _count(url: str, query: str) -> int:
-    engine = create_engine(url, poolclass=NullPool)
-    with engine.connect() as connection:
-        value = connection.execute(text(query)).scalar()
-    engine.dispose()
-    return int(value or 0)
 
 
 def _served(settings, secret: str, version: str) -> dict:  # noqa: ANN001 - Settings
@@ -90,15 +81,15 @@ def test_a_sqlite_installation_moves_to_postgres(tmp_path: Path) -> None:
             moved = loopml(env, "migrate-db", url, timeout=900)
             assert moved.returncode == 0, moved.stdout + moved.stderr
             print("\n" + moved.stdout)
-            assert _count(url, "SELECT count(*) FROM invocations") == calls >= 1
-            assert _count(url, "SELECT count(*) FROM api_keys") == keys
+            assert count(url, "SELECT count(*) FROM invocations") == calls >= 1
+            assert count(url, "SELECT count(*) FROM api_keys") == keys
             stores = get_settings(
                 {**{k: v for k, v in env.items() if k.startswith("LOOPML_")}, "LOOPML_DATABASE_URL": url}
             ).stores
             assert stores.dagster_url is not None and stores.labelstudio_url is not None
-            assert _count(stores.dagster_url, "SELECT count(*) FROM runs WHERE status = 'SUCCESS'") >= 1
-            assert _count(stores.labelstudio_url, "SELECT count(*) FROM task") == len(labelled)
-            assert _count(stores.labelstudio_url, "SELECT count(*) FROM task_completion") == len(labelled)
+            assert count(stores.dagster_url, "SELECT count(*) FROM runs WHERE status = 'SUCCESS'") >= 1
+            assert count(stores.labelstudio_url, "SELECT count(*) FROM task") == len(labelled)
+            assert count(stores.labelstudio_url, "SELECT count(*) FROM task_completion") == len(labelled)
 
             env["LOOPML_DATABASE_URL"] = url
             up = loopml(env, "up")

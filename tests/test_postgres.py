@@ -14,7 +14,7 @@ from sqlalchemy.pool import NullPool
 
 from loopml.config import Settings, get_settings
 from loopml.stores import StoreError, ensure_database, stores_for
-from tests.postgres import drop_databases, fresh_database_url, postgres_server
+from tests.postgres import count, drop_databases, fresh_database_url, postgres_server
 
 
 def test_one_url_names_the_three_stores() -> None:
@@ -208,13 +208,6 @@ def test_the_loop_runs_with_all_three_stores_on_postgres(server: str, tmp_path: 
             answer = response.json() if response.ok else {}
             time.sleep(1)
         assert answer["label"] == "positive"
-
-        def count(database_url: str, query: str) -> int:
-            engine = create_engine(database_url, poolclass=NullPool)
-            with engine.connect() as connection:
-                value = connection.execute(text(query)).scalar()
-            engine.dispose()
-            return int(value or 0)
 
         stores = settings.stores
         assert stores.dagster_url is not None and stores.labelstudio_url is not None

@@ -17,12 +17,12 @@ import requests
 from sqlalchemy import func, select
 
 from loopml.apikeys import RIGHTS, create_key
-from loopml.config import PROJECT_ROOT, Settings, get_settings
+from loopml.config import Settings
 from loopml.db import InvocationRow, session_factory
 from loopml.deployments import DeploymentStore
 from tests.conftest import free_ports
-from tests.postgres import drop_databases, fresh_database_url, postgres_server
-from tests.real_server import serve_command, stop_server, wait_ready
+from tests.postgres import drop_databases, fresh_database_url, postgres_server, use_database
+from tests.real_server import serve_command, spawn_server, stop_server, wait_ready
 from tests.serving_support import save_versions
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -36,11 +36,7 @@ def replicas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[
     """Settings on a new PostgreSQL database, two versions (v1 primary), a key, and two serving processes."""
     with postgres_server() as server:
         url = fresh_database_url(server)
-        monkeypatch.setenv("LOOPML_HOME", str(tmp_path / "home"))
-        monkeypatch.setenv("LOOPML_DATABASE_URL", url)
-        settings = get_settings()
-        settings.ensure_dirs()
-        settings.stores.ensure()
+        settings = use_database(monkeypatch, tmp_path / "home", url)
         tags = save_versions(settings, FUNCTION, 2)
         DeploymentStore(settings).set_primary(FUNCTION, tags[0], "replica test")
         _, key = create_key(settings, "replicas", rights=RIGHTS)
@@ -58,18 +54,7 @@ def replicas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[
                     "LOOPML_SERVING_GPU": "0",
                     "LOOPML_SCORING_LANES": "1",  # two replicas on 2 cores
                 }
-                log = tmp_path / f"replica-{n}.log"
-                with log.open("wb") as out:
-                    procs.append(
-                        subprocess.Popen(
-                            serve_command(port),
-                            cwd=PROJECT_ROOT,
-                            env=env,
-                            stdout=out,
-                            stderr=subprocess.STDOUT,
-                            start_new_session=True,
-                        )
-                    )
+                procs.append(spawn_server(serve_command(port), env, tmp_path / f"replica-{n}.log"))
                 urls.append(f"http://127.0.0.1:{port}")
             for n, (proc, replica) in enumerate(zip(procs, urls, strict=True)):
                 wait_ready(proc, replica, tmp_path / f"replica-{n}.log")

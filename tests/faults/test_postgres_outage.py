@@ -6,7 +6,6 @@ once the database is back, and none is lost or logged twice. The server is a thr
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -16,12 +15,11 @@ import requests
 from sqlalchemy import func, select
 
 from loopml.apikeys import RIGHTS, create_key
-from loopml.config import PROJECT_ROOT, get_settings
 from loopml.db import InvocationRow, get_engine, session_factory
 from loopml.deployments import DeploymentStore
 from tests.conftest import free_port
-from tests.postgres import fresh_database_url, throwaway_cluster
-from tests.real_server import serve_command, stop_server, wait_ready
+from tests.postgres import fresh_database_url, throwaway_cluster, use_database
+from tests.real_server import serve_command, spawn_server, stop_server, wait_ready
 from tests.serving_support import save_versions
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -33,11 +31,7 @@ OUTAGE_SECONDS = 12.0
 def test_postgres_restarted_under_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with throwaway_cluster() as cluster:
         url = fresh_database_url(cluster.url)
-        monkeypatch.setenv("LOOPML_HOME", str(tmp_path / "home"))
-        monkeypatch.setenv("LOOPML_DATABASE_URL", url)
-        settings = get_settings()
-        settings.ensure_dirs()
-        settings.stores.ensure()
+        settings = use_database(monkeypatch, tmp_path / "home", url)
         tags = save_versions(settings, FUNCTION, 1)
         DeploymentStore(settings).set_primary(FUNCTION, tags[0], "outage test")
         _, key = create_key(settings, "outage", rights=RIGHTS)
@@ -52,15 +46,7 @@ def test_postgres_restarted_under_load(tmp_path: Path, monkeypatch: pytest.Monke
             "LOOPML_SERVING_GPU": "0",
         }
         log_path = tmp_path / "serving.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                serve_command(port),
-                cwd=PROJECT_ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        proc = spawn_server(serve_command(port), env, log_path)
         serving = f"http://127.0.0.1:{port}"
         answers: list[tuple[float, str]] = []
         failures: list[tuple[float, int]] = []
