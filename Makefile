@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # caches of the running platform and of the tests stay inside the checkout, not in ~/.cache
 RUN_ENV := XDG_CACHE_HOME=$(CURDIR)/.loopml/cache
 
-.PHONY: help install install-browser install-images install-postgres install-label-studio demo up down status test test-fast bench bench-field lint clean
+.PHONY: help install install-browser install-images install-postgres install-brokers install-label-studio demo up down status test test-fast bench bench-field lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -51,6 +51,11 @@ install-postgres:  ## PostgreSQL's server binaries for the PostgreSQL tests when
 	  echo "==> installing postgresql (apt): the tests start a throwaway server from it"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql; }
 
+install-brokers:  ## Redis and RabbitMQ server binaries for the Celery tests (Debian packages, once): they start throwaway ones
+	@command -v redis-server >/dev/null && [ -x /usr/sbin/rabbitmq-server ] || { \
+	  echo "==> installing redis-server and rabbitmq-server (apt): the tests start throwaway brokers from them"; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server rabbitmq-server; }
+
 demo: install install-images  ## start the platform (Label Studio, Dagster, the serving API) with demo data and print the URLs
 	$(RUN_ENV) $(VENV)/bin/loopml demo
 
@@ -63,7 +68,7 @@ down:  ## stop the services started by `make up` / `make demo`
 status:  ## show what is running
 	$(VENV)/bin/loopml status
 
-test: install install-browser install-images install-postgres  ## install what the tests need and run the whole suite (end-to-end included)
+test: install install-browser install-images install-postgres install-brokers  ## install what the tests need and run the whole suite (end-to-end included)
 	$(RUN_ENV) $(VENV)/bin/python -m pytest
 
 test-fast: install  ## unit and in-process tests only (no Label Studio server)

@@ -213,6 +213,35 @@ def migrate_db(url: str) -> None:
 
 
 @main.command()
+@click.option("--name", default=None, help="the worker's name (default: a random one); unique per worker")
+@click.option(
+    "--concurrency", "-c", default=None, type=click.IntRange(1), help="runs side by side on this worker [default: 4]"
+)
+def worker(name: str | None, concurrency: int | None) -> None:
+    """Run a Celery worker that executes Dagster runs, in the foreground (Ctrl-C stops it).
+
+    Needs LOOPML_BROKER_URL (Redis or RabbitMQ) and, for a worker on another machine, LOOPML_DATABASE_URL
+    (PostgreSQL) and LOOPML_HOME on storage shared with the platform's machine."""
+    import os
+
+    from loopml import services
+    from pipelines.celery_runs import DEFAULT_CONCURRENCY, BrokerError, broker_kind, worker_argv, worker_name
+
+    settings = get_settings()
+    if not settings.broker_url:
+        raise click.ClickException("set LOOPML_BROKER_URL (redis://host:6379/0 or amqp://user:pw@host:5672//)")
+    try:
+        broker_kind(settings.broker_url)
+    except BrokerError as error:
+        raise click.ClickException(str(error)) from None
+    settings.ensure_dirs()
+    services.write_dagster_yaml(settings)  # the instance the worker's runs open (storage, launcher)
+    argv = worker_argv(worker_name(name), concurrency or DEFAULT_CONCURRENCY)
+    click.echo(f"==> Celery worker {argv[argv.index('--hostname') + 1]} on {settings.broker_url.split('@')[-1]}")
+    os.execve(argv[0], argv, services.service_env(settings))
+
+
+@main.command()
 def status() -> None:
     """Show which services are running and healthy."""
     from loopml import services

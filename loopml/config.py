@@ -31,6 +31,7 @@ class Settings:
     annotation_poll_seconds: int
     min_examples_per_label: int
     dagster_host: str = "127.0.0.1"  # LOOPML_DAGSTER_HOST; another address needs LOOPML_DAGSTER_EXPOSE=1
+    broker_url: str | None = None  # LOOPML_BROKER_URL: Dagster runs on Celery workers (pipelines/celery_runs.py)
 
     @property
     def dagster_home(self) -> Path:
@@ -170,4 +171,5 @@ def get_settings(environ: Mapping[str, str] | None = None) -> Settings:
         database_url_override=env.get("LOOPML_DATABASE_URL") or None,
         annotation_poll_seconds=int(env.get("LOOPML_ANNOTATION_POLL_SECONDS", "10")),
         min_examples_per_label=int(env.get("LOOPML_MIN_EXAMPLES_PER_LABEL", "3")),
+        broker_url=env.get("LOOPML_BROKER_URL") or None,
     )

@@ -19,6 +19,12 @@ import requests
 
 from loopml.config import PROJECT_ROOT, Settings
 
+WARM_LAUNCHER = """\
+# Runs fork from a warm worker that has the stack imported (Dagster's default launcher when it is down).
+run_launcher:
+  module: pipelines.run_worker
+  class: WarmRunLauncher
+"""
 DAGSTER_YAML = """\
 # Written by `loopml up`. Dagster's instance for LoopML (SQLite storage in this folder, or PostgreSQL: `storage`).
 telemetry:
@@ -30,14 +36,11 @@ nux:
 run_coordinator:
   module: dagster.core.run_coordinator
   class: DefaultRunCoordinator
-# Runs fork from a warm worker that has the stack imported (Dagster's default launcher when it is down).
-run_launcher:
-  module: pipelines.run_worker
-  class: WarmRunLauncher
+""" + WARM_LAUNCHER + """\
 run_retries:
   enabled: true
-# a run whose process died (kill -9, out of memory) is marked failed within seconds (WarmRunLauncher checks its
-# PID) and retried (train_function: dagster/max_retries), so the annotation sensor never waits on a dead run
+# a run whose process died (kill -9, out of memory) is marked failed within seconds (the launcher checks its
+# PID, or pings its Celery worker) and retried (train_function: dagster/max_retries), so the annotation sensor never waits on a dead run
 run_monitoring:
   enabled: true
   poll_interval_seconds: 5
@@ -193,8 +196,15 @@ def _venv_bin(tool: str) -> str:
 
 
 def dagster_yaml(settings: Settings) -> str:
-    """The instance config: :data:`DAGSTER_YAML`, with PostgreSQL storage when the platform database is there."""
-    return DAGSTER_YAML + settings.stores.dagster_storage_yaml()
+    """The instance config: :data:`DAGSTER_YAML`, with PostgreSQL storage when the platform database is there,
+    and dagster-celery's run launcher in place of the warm run worker's when a broker is set
+    (``LOOPML_BROKER_URL``)."""
+    text = DAGSTER_YAML + settings.stores.dagster_storage_yaml()
+    if settings.broker_url:
+        from pipelines.celery_runs import launcher_yaml
+
+        text = text.replace(WARM_LAUNCHER, launcher_yaml(settings.broker_url, settings.database_url))
+    return text
 
 
 def write_dagster_yaml(settings: Settings) -> None:
@@ -304,14 +314,27 @@ def start_dagster_daemon(settings: Settings) -> None:
 
 
 def start_run_worker(settings: Settings) -> None:
-    """The warm run worker (pipelines/run_worker.py): runs fork from it with the stack already imported."""
+    """The warm run worker (pipelines/run_worker.py): runs fork from it with the stack already imported. With a
+    broker (``LOOPML_BROKER_URL``) it is a Celery worker of this machine instead (pipelines/celery_runs.py)."""
     write_dagster_yaml(settings)  # before any Dagster process opens the instance (its storage is in there)
-    if not pid_alive(read_pid(settings, "run-worker")):
-        spawn(settings, "run-worker", [sys.executable, "-m", "pipelines.run_worker", str(settings.run_worker_socket)])
+    if pid_alive(read_pid(settings, "run-worker")):
+        return
+    if settings.broker_url:
+        from pipelines.celery_runs import worker_argv, worker_name
+
+        (settings.run_dir / CELERY_READY_FILE).unlink(missing_ok=True)
+        env = service_env(settings) | {"LOOPML_WORKER_READY_FILE": "1"}
+        spawn(settings, "run-worker", worker_argv(worker_name("local")), env)
+        return
+    spawn(settings, "run-worker", [sys.executable, "-m", "pipelines.run_worker", str(settings.run_worker_socket)])
+
+
+CELERY_READY_FILE = "celery-worker.ready"  # written by the local Celery worker when it consumes
 
 
 def run_worker_ready(settings: Settings) -> bool:
-    return settings.run_worker_socket.exists() and pid_alive(read_pid(settings, "run-worker"))
+    ready = settings.run_dir / CELERY_READY_FILE if settings.broker_url else settings.run_worker_socket
+    return ready.exists() and pid_alive(read_pid(settings, "run-worker"))
 
 
 def service_running(settings: Settings, name: str) -> bool:
