@@ -17,6 +17,7 @@ Prints the raw speed of the encoder on this machine (the learning stages scale w
 breakdown per stage from Dagster's run and step stats; "not learning" is everything but embed and train.
 
     .venv/bin/python bench/loop_latency.py [--labelled 2000] [--rounds 8] [--new-functions 3] [--images 1000]
+        [--database-url postgresql://user@host/loopml_bench] [--broker-url redis://host:6379/0]
 """
 
 from __future__ import annotations
@@ -44,9 +45,20 @@ def main() -> None:
     )
     parser.add_argument("--image-rounds", type=int, default=8)
     parser.add_argument("--keep", action="store_true", help="leave the services running")
+    parser.add_argument(
+        "--database-url", help="LOOPML_DATABASE_URL for the run: a PostgreSQL database (created when missing)"
+    )
+    parser.add_argument("--broker-url", help="LOOPML_BROKER_URL for the run: Dagster runs on Celery workers")
     args = parser.parse_args()
 
     temporary_home("loopml-bench-", 18400)
+    if args.database_url:
+        os.environ["LOOPML_DATABASE_URL"] = args.database_url
+    if args.broker_url:
+        os.environ["LOOPML_BROKER_URL"] = args.broker_url
+    stores = "PostgreSQL" if os.environ.get("LOOPML_DATABASE_URL", "").startswith("postgres") else "SQLite"
+    runs = "Celery workers" if os.environ.get("LOOPML_BROKER_URL") else "the warm run worker"
+    print(f"stores on {stores}, runs on {runs}", flush=True)
     loopml = [sys.executable, "-m", "loopml.cli"]
     print_encoder_speed()
     subprocess.run([*loopml, "up"], check=True, cwd=ROOT)

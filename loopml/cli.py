@@ -215,7 +215,11 @@ def migrate_db(url: str) -> None:
 @main.command()
 @click.option("--name", default=None, help="the worker's name (default: a random one); unique per worker")
 @click.option(
-    "--concurrency", "-c", default=None, type=click.IntRange(1), help="runs side by side on this worker [default: 4]"
+    "--concurrency",
+    "-c",
+    default=None,
+    type=click.IntRange(1),
+    help="runs side by side on this worker [default: LOOPML_WORKER_CONCURRENCY or 4]",
 )
 def worker(name: str | None, concurrency: int | None) -> None:
     """Run a Celery worker that executes Dagster runs, in the foreground (Ctrl-C stops it).
@@ -225,7 +229,7 @@ def worker(name: str | None, concurrency: int | None) -> None:
     import os
 
     from loopml import services
-    from pipelines.celery_runs import DEFAULT_CONCURRENCY, BrokerError, broker_kind, worker_argv, worker_name
+    from pipelines.celery_runs import BrokerError, broker_kind, worker_argv, worker_concurrency, worker_name
 
     settings = get_settings()
     if not settings.broker_url:
@@ -236,7 +240,7 @@ def worker(name: str | None, concurrency: int | None) -> None:
         raise click.ClickException(str(error)) from None
     settings.ensure_dirs()
     services.write_dagster_yaml(settings)  # the instance the worker's runs open (storage, launcher)
-    argv = worker_argv(worker_name(name), concurrency or DEFAULT_CONCURRENCY)
+    argv = worker_argv(worker_name(name), concurrency or worker_concurrency())
     click.echo(f"==> Celery worker {argv[argv.index('--hostname') + 1]} on {settings.broker_url.split('@')[-1]}")
     os.execve(argv[0], argv, services.service_env(settings))
 

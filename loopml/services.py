@@ -25,7 +25,8 @@ run_launcher:
   module: pipelines.run_worker
   class: WarmRunLauncher
 """
-DAGSTER_YAML = """\
+DAGSTER_YAML = (
+    """\
 # Written by `loopml up`. Dagster's instance for LoopML (SQLite storage in this folder, or PostgreSQL: `storage`).
 telemetry:
   enabled: false
@@ -36,11 +37,14 @@ nux:
 run_coordinator:
   module: dagster.core.run_coordinator
   class: DefaultRunCoordinator
-""" + WARM_LAUNCHER + """\
+"""
+    + WARM_LAUNCHER
+    + """\
 run_retries:
   enabled: true
 # a run whose process died (kill -9, out of memory) is marked failed within seconds (the launcher checks its
-# PID, or pings its Celery worker) and retried (train_function: dagster/max_retries), so the annotation sensor never waits on a dead run
+# PID, or pings its Celery worker) and retried (train_function: dagster/max_retries), so the annotation sensor
+# never waits on a dead run
 run_monitoring:
   enabled: true
   poll_interval_seconds: 5
@@ -61,6 +65,7 @@ retention:
     purge_after_days:
       skipped: 1
 """
+)
 
 
 class ServiceError(RuntimeError):
@@ -320,11 +325,11 @@ def start_run_worker(settings: Settings) -> None:
     if pid_alive(read_pid(settings, "run-worker")):
         return
     if settings.broker_url:
-        from pipelines.celery_runs import worker_argv, worker_name
+        from pipelines.celery_runs import worker_argv, worker_concurrency, worker_name
 
         (settings.run_dir / CELERY_READY_FILE).unlink(missing_ok=True)
         env = service_env(settings) | {"LOOPML_WORKER_READY_FILE": "1"}
-        spawn(settings, "run-worker", worker_argv(worker_name("local")), env)
+        spawn(settings, "run-worker", worker_argv(worker_name("local"), worker_concurrency()), env)
         return
     spawn(settings, "run-worker", [sys.executable, "-m", "pipelines.run_worker", str(settings.run_worker_socket)])
 

@@ -37,6 +37,7 @@ WORKER_TAG = "loopml/celery_worker"  # the worker that executes a run (set when 
 WORKER_PID_TAG = "loopml/celery_worker_pid"
 WORKER_LOST_SECONDS = 10.0  # a run's worker silent this long (no ping answer) counts as dead
 PING_TIMEOUT_SECONDS = 1.0
+QUEUE_TIMEOUT_SECONDS = 6 * 3600  # a run no worker took in this long fails (stock: start_timeout_seconds)
 DEFAULT_CONCURRENCY = 4  # runs side by side per worker: most wait on Label Studio and the database
 READY_FILE = "celery-worker.ready"  # loopml.services.CELERY_READY_FILE
 
@@ -161,12 +162,57 @@ class LoopMLCeleryRunLauncher(CeleryRunLauncher):
         return True
 
 
+def watch_starting_runs() -> None:
+    """Dagster's run monitoring, aware of runs that are still ``STARTING`` on Celery (the daemon calls this).
+
+    Stock monitoring fails a ``STARTING`` run once it has not started within ``start_timeout_seconds`` and asks
+    nothing else. With Celery, ``STARTING`` covers two things: a run waiting in the queue for a free worker (which
+    may take longer than that on a busy cluster, and is no failure: it is failed only after
+    :data:`QUEUE_TIMEOUT_SECONDS`), and a run a worker has taken and is opening (tagged with the worker): that one
+    is failed as soon as its worker is found dead, as a ``STARTED`` run is, and retried.
+    """
+    import dagster._daemon.monitoring.run_monitoring as run_monitoring
+    from dagster._core.launcher import WorkerStatus
+    from dagster._core.storage.dagster_run import DagsterRunStatus
+
+    stock = run_monitoring.monitor_starting_run
+    if getattr(stock, "celery_aware", False):
+        return
+
+    def monitor_starting_run(instance: Any, run_record: Any, logger: Any) -> None:
+        run = run_record.dagster_run
+        launcher = instance.run_launcher
+        if not isinstance(launcher, LoopMLCeleryRunLauncher) or run.status != DagsterRunStatus.STARTING:
+            stock(instance, run_record, logger)
+            return
+        if WORKER_TAG in run.tags:  # a worker has it
+            health = launcher.check_run_worker_health(run)
+            if health.status == WorkerStatus.FAILED:
+                message = f"Detected run worker status {health}. Marking run {run.run_id} as failed."
+                logger.info(message)
+                instance.report_run_failed(run, message)  # as stock monitoring does for a STARTED run
+            return
+        launched = instance.get_run_stats(run.run_id).launch_time or run_record.create_timestamp.timestamp()
+        if time.time() - launched >= max(QUEUE_TIMEOUT_SECONDS, instance.run_monitoring_start_timeout_seconds):
+            stock(instance, run_record, logger)  # fails it: no worker took it in that long
+
+    monitor_starting_run.celery_aware = True  # type: ignore[attr-defined]
+    run_monitoring.monitor_starting_run = monitor_starting_run
+
+
 # -------------------------------------------------------------------------------------------- the worker
 
 
 def worker_name(name: str | None = None) -> str:
     """A Celery node name, unique per worker: ``loopml-<name or random>@<host>``."""
     return f"loopml-{name or uuid.uuid4().hex[:6]}@{socket.gethostname()}"
+
+
+def worker_concurrency() -> int:
+    """Runs side by side per worker: ``LOOPML_WORKER_CONCURRENCY`` (default 4)."""
+    from loopml.config import env_int
+
+    return max(1, env_int("LOOPML_WORKER_CONCURRENCY", DEFAULT_CONCURRENCY))
 
 
 def worker_argv(name: str, concurrency: int = DEFAULT_CONCURRENCY, loglevel: str = "INFO") -> list[str]:

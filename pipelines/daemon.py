@@ -174,6 +174,10 @@ def main() -> None:
     from pipelines.storage_speedups import install
 
     install()  # new runs' event-log shards are copied from a template; migration heads are read once
+    if get_settings().broker_url:
+        from pipelines.celery_runs import watch_starting_runs
+
+        watch_starting_runs()  # runs on Celery workers: queued runs wait, a dead worker's starting run fails
 
     sensor_daemon.MIN_INTERVAL_LOOP_TIME = sensor_loop_seconds()
     folder = get_settings().run_dir / SIGNALS_DIR

@@ -132,7 +132,7 @@ class Workers:
         self.procs[name].wait()
 
     def start_daemon(self) -> None:
-        """Dagster's daemon (run monitoring, run retries) over tests/celery_jobs.py."""
+        """LoopML's Dagster daemon (run monitoring, run retries) over tests/celery_jobs.py."""
         workspace = self.settings.home / "celery-jobs-workspace.yaml"
         workspace.write_text(
             f"load_from:\n  - python_module:\n      module_name: tests.celery_jobs\n"
@@ -140,7 +140,7 @@ class Workers:
         )
         log = (self.settings.run_dir / "daemon.log").open("ab")
         self.daemon = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
+            [sys.executable, "-m", "pipelines.daemon", "run", "-w", str(workspace)],  # what `loopml up` runs
             cwd=PROJECT_ROOT,
             env=self.env,
             stdout=log,
@@ -286,3 +286,35 @@ def test_a_killed_workers_run_is_retried_on_another_worker(redis_workers: Worker
     assert retry.dagster_run.status.value == "SUCCESS"
     assert retry.dagster_run.tags[WORKER_TAG] == workers.node(other)
     print(f"worker killed -> run marked failed in {detected_s:.1f} s")
+
+
+@pytest.mark.e2e
+def test_a_queued_run_waits_and_a_starting_run_on_a_dead_worker_fails(
+    redis_workers: Workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run monitoring of STARTING runs on Celery (pipelines/celery_runs.py: watch_starting_runs). A run waiting in
+    the queue (no worker free) is not failed by the start timeout; a run a worker took and then died with (tagged,
+    its worker silent) is failed at once, as a STARTED one is, instead of after the start timeout."""
+    import logging
+
+    import dagster._daemon.monitoring.run_monitoring as run_monitoring
+    from dagster import DagsterInstance
+
+    import pipelines.celery_runs as celery_runs
+
+    workers = redis_workers
+    yaml_path = workers.settings.dagster_home / "dagster.yaml"
+    yaml_path.write_text(yaml_path.read_text().replace("start_timeout_seconds: 180", "start_timeout_seconds: 1"))
+    monkeypatch.setattr(run_monitoring, "monitor_starting_run", run_monitoring.monitor_starting_run)
+    (run_id,) = workers.launch_naps(1)  # no worker runs: it stays queued
+    time.sleep(1.5)
+    logger = logging.getLogger("test")
+    with DagsterInstance.from_config(str(workers.settings.dagster_home)) as instance:
+        celery_runs.watch_starting_runs()
+        run_monitoring.monitor_starting_run(instance, instance.get_run_record_by_id(run_id), logger)
+        assert instance.get_run_by_id(run_id).status.value == "STARTING"  # stock monitoring fails it here
+        instance.add_run_tags(run_id, {WORKER_TAG: "loopml-gone@nowhere"})  # taken by a worker that then died
+        monkeypatch.setattr(celery_runs, "WORKER_LOST_SECONDS", 0.0)
+        run_monitoring.monitor_starting_run(instance, instance.get_run_record_by_id(run_id), logger)
+        failed = instance.get_run_by_id(run_id)
+    assert failed.status.value == "FAILURE"

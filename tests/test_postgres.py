@@ -155,76 +155,152 @@ def test_dagster_keeps_its_runs_in_postgres(pg_settings: Settings) -> None:
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_the_loop_runs_with_all_three_stores_on_postgres(server: str, tmp_path: Path) -> None:
-    """`loopml up` with a PostgreSQL LOOPML_DATABASE_URL: Label Studio, Dagster and the platform keep their data in
-    its three databases (no SQLite file of theirs under LOOPML_HOME); annotations become a served version."""
+def test_the_loop_runs_on_postgres_stores_and_two_celery_workers(server: str, tmp_path: Path) -> None:
+    """`loopml up` with a PostgreSQL LOOPML_DATABASE_URL and a broker (LOOPML_BROKER_URL, Redis): Label Studio,
+    Dagster and the platform keep their data in its three databases (no SQLite file of theirs under LOOPML_HOME),
+    runs execute on Celery workers (the local one `loopml up` starts and a second from `loopml worker`), and
+    annotations of two functions become served versions. Then the worker executing a training run is killed
+    mid-run: the run is retried on a live worker and the version appears."""
     import os
+    import signal
+    import socket
+    import subprocess
+    import sys
     import time
 
     import requests
+    from dagster import DagsterInstance, RunsFilter
 
+    from loopml import services
+    from loopml.functions import FunctionRegistry
     from loopml.labelstudio import LabelStudioClient, choice_result
+    from pipelines.celery_runs import WORKER_TAG
+    from serving.model_store import list_versions
+    from tests.brokers import redis_broker
     from tests.conftest import free_ports
     from tests.test_pipeline import NEGATIVE, POSITIVE
     from tests.test_platform import loopml
 
     url = fresh_database_url(server)
     label_studio, dagster, serving = free_ports(3)
-    env = {
-        **os.environ,
-        "LOOPML_HOME": str(tmp_path / "home"),
-        "LOOPML_DATABASE_URL": url,
-        "LOOPML_LABELSTUDIO_PORT": str(label_studio),
-        "LOOPML_DAGSTER_PORT": str(dagster),
-        "LOOPML_SERVING_PORT": str(serving),
-        "LOOPML_ANNOTATION_POLL_SECONDS": "1",
-    }
-    try:
-        up = loopml(env, "up")
-        assert up.returncode == 0, up.stdout + up.stderr
-        assert "PostgreSQL" in up.stdout
-        created = loopml(env, "functions", "create", "pg-sentiment", "--labels", "positive,negative")
-        assert created.returncode == 0, created.stdout + created.stderr
+    functions = ("pg-sentiment", "pg-mood")
+    labelled = [(t, "positive") for t in POSITIVE] + [(t, "negative") for t in NEGATIVE]
+    with redis_broker() as broker:
+        env = {
+            **os.environ,
+            "LOOPML_HOME": str(tmp_path / "home"),
+            "LOOPML_DATABASE_URL": url,
+            "LOOPML_BROKER_URL": broker,
+            "LOOPML_WORKER_CONCURRENCY": "1",  # one run per worker: two runs at once need both workers
+            "LOOPML_LABELSTUDIO_PORT": str(label_studio),
+            "LOOPML_DAGSTER_PORT": str(dagster),
+            "LOOPML_SERVING_PORT": str(serving),
+            "LOOPML_ANNOTATION_POLL_SECONDS": "1",
+        }
         settings = get_settings({k: v for k, v in env.items() if k.startswith("LOOPML_")})
-        client = LabelStudioClient.from_settings(settings)
-        from loopml.functions import FunctionRegistry
-
-        project = FunctionRegistry(settings).get("pg-sentiment").labelstudio_project_id
-        labelled = [(t, "positive") for t in POSITIVE] + [(t, "negative") for t in NEGATIVE]
-        client.import_tasks(
-            project, [{"data": {"text": t}, "annotations": [{"result": choice_result(lab)}]} for t, lab in labelled]
-        )
-        secret = loopml(env, "keys", "create", "pg-test").stdout.strip().splitlines()[-1]
-        answer: dict = {}
-        deadline = time.time() + 900  # a bound for a broken loop, not a speed target
-        while answer.get("version") != "pg-sentiment:v1":
-            assert time.time() < deadline, (settings.run_dir / "dagster-daemon.log").read_text()[-3000:]
-            response = requests.post(
-                f"{settings.serving_url}/v1/functions/pg-sentiment/invoke",
-                json={"text": "a wonderful, moving film"},
-                headers={"Authorization": f"Bearer {secret}"},
-                timeout=30,
+        second: subprocess.Popen | None = None
+        try:
+            up = loopml(env, "up")
+            assert up.returncode == 0, up.stdout + up.stderr
+            assert "PostgreSQL" in up.stdout
+            second = subprocess.Popen(
+                [sys.executable, "-m", "loopml.cli", "worker", "--name", "second"],
+                env=env,
+                stdout=(settings.run_dir / "second-worker.log").open("ab"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
-            answer = response.json() if response.ok else {}
-            time.sleep(1)
-        assert answer["label"] == "positive"
+            workers = {f"loopml-{n}@{socket.gethostname()}" for n in ("local", "second")}
+            for name in functions:
+                created = loopml(env, "functions", "create", name, "--labels", "positive,negative")
+                assert created.returncode == 0, created.stdout + created.stderr
+            client = LabelStudioClient.from_settings(settings)
+            registry = FunctionRegistry(settings)
+            for name in functions:
+                client.import_tasks(
+                    registry.get(name).labelstudio_project_id,
+                    [{"data": {"text": t}, "annotations": [{"result": choice_result(lab)}]} for t, lab in labelled],
+                )
+            secret = loopml(env, "keys", "create", "pg-test").stdout.strip().splitlines()[-1]
+            for name in functions:
+                answer: dict = {}
+                deadline = time.time() + 900  # a bound for a broken loop, not a speed target
+                while answer.get("version") != f"{name}:v1":
+                    assert time.time() < deadline, (settings.run_dir / "dagster-daemon.log").read_text()[-3000:]
+                    response = requests.post(
+                        f"{settings.serving_url}/v1/functions/{name}/invoke",
+                        json={"text": "a wonderful, moving film"},
+                        headers={"Authorization": f"Bearer {secret}"},
+                        timeout=30,
+                    )
+                    answer = response.json() if response.ok else {}
+                    time.sleep(1)
+                assert answer["label"] == "positive"
 
-        stores = settings.stores
-        assert stores.dagster_url is not None and stores.labelstudio_url is not None
-        assert count(url, "SELECT count(*) FROM invocations WHERE function = 'pg-sentiment'") >= 1
-        assert count(url, "SELECT count(*) FROM deployments WHERE primary_tag = 'pg-sentiment:v1'") == 1
-        assert count(stores.dagster_url, "SELECT count(*) FROM runs WHERE status = 'SUCCESS'") >= 1
-        assert count(stores.labelstudio_url, "SELECT count(*) FROM task") == len(labelled)
-        home = Path(env["LOOPML_HOME"])
-        sqlite_files = [
-            p.relative_to(home).as_posix()
-            for pattern in ("loopml.db", "labelstudio/*.sqlite3", "dagster/**/*.db")
-            for p in home.glob(pattern)
-        ]
-        assert sqlite_files == [], f"stores left on SQLite: {sqlite_files}"
-    finally:
-        loopml(env, "down", timeout=120)
-        drop_databases(server, url.rsplit("/", 1)[1])
+            stores = settings.stores
+            assert stores.dagster_url is not None and stores.labelstudio_url is not None
+            assert count(url, "SELECT count(*) FROM invocations WHERE function = 'pg-sentiment'") >= 1
+            assert count(url, "SELECT count(*) FROM deployments WHERE primary_tag = 'pg-sentiment:v1'") == 1
+            assert count(stores.dagster_url, "SELECT count(*) FROM runs WHERE status = 'SUCCESS'") >= 2
+            assert count(stores.labelstudio_url, "SELECT count(*) FROM task") == 2 * len(labelled)
+            with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+                trained = instance.get_runs(RunsFilter(job_name="train_function", statuses=[]))
+                ran_on = {run.tags.get(WORKER_TAG) for run in trained if run.status.value == "SUCCESS"}
+            assert ran_on and ran_on <= workers, f"training runs executed on {ran_on}, not on the Celery workers"
+            home = Path(env["LOOPML_HOME"])
+            sqlite_files = [
+                p.relative_to(home).as_posix()
+                for pattern in ("loopml.db", "labelstudio/*.sqlite3", "dagster/**/*.db")
+                for p in home.glob(pattern)
+            ]
+            assert sqlite_files == [], f"stores left on SQLite: {sqlite_files}"
+
+            # kill -9 the worker that executes the next training run, mid-run
+            before = {run.run_id for run in trained}
+            more = [(f"{t} (again)", lab) for t, lab in labelled[:6]]
+            client.import_tasks(
+                registry.get("pg-sentiment").labelstudio_project_id,
+                [{"data": {"text": t}, "annotations": [{"result": choice_result(lab)}]} for t, lab in more],
+            )
+            deadline = time.time() + 600
+            with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+                while True:
+                    assert time.time() < deadline, "no training run started on a worker"
+                    runs = [
+                        r
+                        for r in instance.get_runs(RunsFilter(job_name="train_function"))
+                        if r.run_id not in before and WORKER_TAG in r.tags
+                    ]
+                    if runs:
+                        break
+                    time.sleep(0.05)
+            victim = runs[0]
+            if victim.tags[WORKER_TAG].startswith("loopml-second@"):
+                os.killpg(second.pid, signal.SIGKILL)
+            else:
+                pid = services.read_pid(settings, "run-worker")
+                assert pid is not None
+                os.killpg(pid, signal.SIGKILL)  # the supervisor starts it again, as after any crash
+            killed_at = time.time()
+            deadline = time.time() + 900
+            while len(list_versions(settings, "pg-sentiment")) < 2:
+                assert time.time() < deadline, (settings.run_dir / "dagster-daemon.log").read_text()[-3000:]
+                time.sleep(1)
+            with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+                killed = instance.get_run_by_id(victim.run_id)
+                retries = instance.get_runs(RunsFilter(tags={"dagster/parent_run_id": victim.run_id}))
+            assert killed is not None and killed.status.value == "FAILURE"
+            print(f"worker killed mid-run -> the retried run's version in {time.time() - killed_at:.1f} s")
+            assert [r.status.value for r in retries] == ["SUCCESS"]
+            assert list_versions(settings, "pg-sentiment")[-1].metadata["train_rows"] + list_versions(
+                settings, "pg-sentiment"
+            )[-1].metadata.get("holdout_rows", 0) == len(labelled) + len(more)
+        finally:
+            if second is not None and second.poll() is None:
+                os.killpg(second.pid, signal.SIGTERM)
+                second.wait(timeout=60)
+            loopml(env, "down", timeout=120)
+            drop_databases(server, url.rsplit("/", 1)[1])
 
 
 def test_replicas_starting_at_once_on_a_new_database_create_its_tables_once(server: str) -> None:
