@@ -172,6 +172,11 @@ def report(m: dict[str, float], args: argparse.Namespace) -> None:
         if served < offered:
             limit = "database CPU" if cores > args.db_cores and served < args.ingest_ceiling else "ingestion ceiling"
         print(f"| {n} | {offered:,.0f} | {cores:.2f} | {served:,.0f} | {limit} |")
+    by_cpu, by_ingest = args.db_cores / db_per_replica, args.ingest_ceiling / per_replica
+    print(
+        f"\nIt stops scaling at about {min(by_cpu, by_ingest):.0f} replicas: {by_cpu:.0f} fill the database's "
+        f"{args.db_cores} cores, {by_ingest:.0f} reach the ingestion ceiling (more database cores move both)."
+    )
 
 
 if __name__ == "__main__":

@@ -211,8 +211,12 @@ def keep_databases_open(root: Path | None = None) -> OpenDatabases | None:
 
 
 def install(*, open_databases: bool = True) -> None:
-    """The speed-ups, in this process (``open_databases=False`` in a process that forks runs)."""
+    """The speed-ups, in this process (``open_databases=False`` in a process that forks runs); with PostgreSQL
+    storage, its connections kept open (``pipelines/postgres_pool.py``)."""
+    from pipelines.postgres_pool import install as pool_postgres_connections
+
     memoize_alembic_heads()
     template_run_shards()
+    pool_postgres_connections()
     if open_databases:
         keep_databases_open()
