@@ -5,10 +5,12 @@ call connects anew, and PostgreSQL starts a backend process for every connection
 machine, more under load). A training run makes hundreds of storage calls (each event is one), a sensor tick
 dozens: measured on the loop with PostgreSQL stores, more than a second per turn went to connecting.
 
-:func:`install` makes those engines keep their connections (``QueuePool``: one kept, more opened while threads
-need them; checked with a ping before use, so a restarted server costs a reconnect, not an error; recycled
-hourly). A process forked after that (a run forked from a warm worker) drops the parent's connections without
-touching them and opens its own. Dagster's webserver keeps its own settings (``optimize_for_webserver``).
+:func:`install` makes the run and event-log engines keep their connections (``QueuePool``: one kept, more
+opened while threads need them; checked with a ping before use, so a restarted server costs a reconnect, not an
+error; recycled hourly) and close them when the instance is disposed. The schedule storage keeps ``NullPool``:
+Dagster never disposes it, so a pool there would hold a connection per instance until garbage collection. A
+process forked after that (a run forked from a warm worker) drops the parent's connections without touching them
+and opens its own. Dagster's webserver keeps its own settings (``optimize_for_webserver``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-POOL_SIZE = 1  # connections kept per storage engine (a process has three: runs, events, schedules)
+POOL_SIZE = 1  # connections kept per storage engine (runs, events)
 MAX_OVERFLOW = 8  # more while several threads (the daemon's sensors) use one storage at once
 RECYCLE_SECONDS = 3600
 
@@ -44,6 +46,22 @@ def pooled(create_pg_engine: Callable[..., Any]) -> Callable[..., Any]:
     return create_pooled_engine
 
 
+def closing_pool(dispose: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A storage's ``dispose`` that also closes its pooled connections (with ``NullPool`` there were none to
+    close, so dagster-postgres does not): an instance closed is a connection given back to the server."""
+    if getattr(dispose, "closes_pool", False):
+        return dispose
+
+    def dispose_and_close(self: Any) -> None:
+        dispose(self)
+        engine = getattr(self, "_engine", None)
+        if engine is not None and engine in _engines:
+            engine.dispose()
+
+    dispose_and_close.closes_pool = True  # type: ignore[attr-defined]
+    return dispose_and_close
+
+
 def _forget_parent_connections() -> None:
     """In a forked child: the parent's pooled connections stay the parent's (not closed, not used)."""
     for engine in list(_engines):
@@ -58,12 +76,13 @@ def install() -> None:
     try:
         import dagster_postgres.event_log.event_log as event_log
         import dagster_postgres.run_storage.run_storage as run_storage
-        import dagster_postgres.schedule_storage.schedule_storage as schedule_storage
     except ImportError:  # dagster-postgres is not installed: nothing to pool
         return
-    for module in (run_storage, event_log, schedule_storage):
+    for module in (run_storage, event_log):
         current = module.create_pg_engine
         if not getattr(current, "pooled", False):
             module.create_pg_engine = pooled(current)  # type: ignore[attr-defined]
+    for storage in (run_storage.PostgresRunStorage, event_log.PostgresEventLogStorage):
+        storage.dispose = closing_pool(storage.dispose)  # type: ignore[method-assign]
     os.register_at_fork(after_in_child=_forget_parent_connections)
     _installed = True

@@ -153,6 +153,61 @@ def test_dagster_keeps_its_runs_in_postgres(pg_settings: Settings) -> None:
     assert result.run_id in stored
 
 
+def test_dagster_storage_on_postgres_keeps_its_connections_open(pg_settings: Settings) -> None:
+    """pipelines/postgres_pool.py: storage calls reuse a connection (dagster-postgres alone connects anew for each
+    one), and a forked process (a run forked from a warm worker) opens its own instead of sharing the parent's."""
+    import os
+    import time
+
+    from dagster import DagsterInstance
+
+    from loopml import services
+    from pipelines import postgres_pool
+
+    settings = pg_settings
+    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    services.write_dagster_yaml(settings)
+    postgres_pool.install()
+    dagster_url = settings.stores.dagster_url
+    assert dagster_url is not None
+    database = dagster_url.rsplit("/", 1)[1]
+    sessions = f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+
+    def backends() -> set[int]:
+        engine = create_engine(dagster_url, poolclass=NullPool)
+        with engine.connect() as connection:
+            found = set(
+                connection.execute(
+                    text("SELECT pid FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"),
+                    {"d": database},
+                ).scalars()
+            )
+        engine.dispose()
+        return found
+
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        instance.get_runs(limit=1)
+        first = backends()
+        for _ in range(20):
+            instance.get_runs(limit=1)
+        assert backends() == first and len(first) >= 1  # the same connection, kept
+        pid = os.fork()
+        if pid == 0:  # the child: its own connection answers; the parent's is left alone
+            code = 1
+            try:
+                instance.get_runs(limit=1)
+                code = 0 if backends() - first else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        instance.get_runs(limit=1)  # the parent's connection still works after the child's exit
+    deadline = time.monotonic() + 30  # the child's backend ends when the server sees its socket close
+    while count(dagster_url, sessions):  # closed with the instance
+        assert time.monotonic() < deadline, f"{count(dagster_url, sessions)} connections left open"
+        time.sleep(0.1)
+
+
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_the_loop_runs_on_postgres_stores_and_two_celery_workers(server: str, tmp_path: Path) -> None:
