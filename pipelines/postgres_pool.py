@@ -5,12 +5,12 @@ call connects anew, and PostgreSQL starts a backend process for every connection
 machine, more under load). A training run makes hundreds of storage calls (each event is one), a sensor tick
 dozens: measured on the loop with PostgreSQL stores, more than a second per turn went to connecting.
 
-:func:`install` makes the run and event-log engines keep their connections (``QueuePool``: one kept, more
-opened while threads need them; checked with a ping before use, so a restarted server costs a reconnect, not an
-error; recycled hourly) and close them when the instance is disposed. The schedule storage keeps ``NullPool``:
-Dagster never disposes it, so a pool there would hold a connection per instance until garbage collection. A
-process forked after that (a run forked from a warm worker) drops the parent's connections without touching them
-and opens its own. Dagster's webserver keeps its own settings (``optimize_for_webserver``).
+:func:`install` makes those engines keep their connections (``QueuePool``: one kept, more opened while threads
+need them; checked with a ping before use, so a restarted server costs a reconnect, not an error; recycled
+hourly) and close them when the instance is disposed (the schedule storage included, which Dagster's instance
+does not dispose: with ``NullPool`` there was nothing to close). A process forked after that (a run forked from a
+warm worker) drops the parent's connections without touching them and opens its own. Dagster's webserver keeps
+its own settings (``optimize_for_webserver``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-POOL_SIZE = 1  # connections kept per storage engine (runs, events)
+POOL_SIZE = 1  # connections kept per storage engine (a process has three: runs, events, schedules)
 MAX_OVERFLOW = 8  # more while several threads (the daemon's sensors) use one storage at once
 RECYCLE_SECONDS = 3600
 
@@ -62,6 +62,21 @@ def closing_pool(dispose: Callable[[Any], None]) -> Callable[[Any], None]:
     return dispose_and_close
 
 
+def disposing_schedules(dispose: Callable[[Any], None]) -> Callable[[Any], None]:
+    """An instance's ``dispose`` that also disposes its schedule storage (Dagster's disposes runs and events only)."""
+    if getattr(dispose, "closes_pool", False):
+        return dispose
+
+    def dispose_all(self: Any) -> None:
+        dispose(self)
+        schedules = getattr(self, "_schedule_storage", None)
+        if schedules is not None and getattr(type(schedules).dispose, "closes_pool", False):
+            schedules.dispose()
+
+    dispose_all.closes_pool = True  # type: ignore[attr-defined]
+    return dispose_all
+
+
 def _forget_parent_connections() -> None:
     """In a forked child: the parent's pooled connections stay the parent's (not closed, not used)."""
     for engine in list(_engines):
@@ -76,13 +91,20 @@ def install() -> None:
     try:
         import dagster_postgres.event_log.event_log as event_log
         import dagster_postgres.run_storage.run_storage as run_storage
+        import dagster_postgres.schedule_storage.schedule_storage as schedule_storage
+        from dagster._core.instance.methods.storage_methods import StorageMethods
     except ImportError:  # dagster-postgres is not installed: nothing to pool
         return
-    for module in (run_storage, event_log):
+    for module in (run_storage, event_log, schedule_storage):
         current = module.create_pg_engine
         if not getattr(current, "pooled", False):
             module.create_pg_engine = pooled(current)  # type: ignore[attr-defined]
-    for storage in (run_storage.PostgresRunStorage, event_log.PostgresEventLogStorage):
+    for storage in (
+        run_storage.PostgresRunStorage,
+        event_log.PostgresEventLogStorage,
+        schedule_storage.PostgresScheduleStorage,
+    ):
         storage.dispose = closing_pool(storage.dispose)  # type: ignore[method-assign]
+    StorageMethods.dispose = disposing_schedules(StorageMethods.dispose)  # type: ignore[method-assign]
     os.register_at_fork(after_in_child=_forget_parent_connections)
     _installed = True
