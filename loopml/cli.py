@@ -219,7 +219,7 @@ def migrate_db(url: str) -> None:
     "-c",
     default=None,
     type=click.IntRange(1),
-    help="runs side by side on this worker [default: LOOPML_WORKER_CONCURRENCY or 4]",
+    help="runs side by side on this worker [default: LOOPML_WORKER_CONCURRENCY or 8]",
 )
 def worker(name: str | None, concurrency: int | None) -> None:
     """Run a Celery worker that executes Dagster runs, in the foreground (Ctrl-C stops it).

@@ -38,7 +38,11 @@ WORKER_PID_TAG = "loopml/celery_worker_pid"
 WORKER_LOST_SECONDS = 10.0  # a run's worker silent this long (no ping answer) counts as dead
 PING_TIMEOUT_SECONDS = 1.0
 QUEUE_TIMEOUT_SECONDS = 6 * 3600  # a run no worker took in this long fails (stock: start_timeout_seconds)
-DEFAULT_CONCURRENCY = 4  # runs side by side per worker: most wait on Label Studio and the database
+# Runs side by side per worker: most wait on Label Studio and the database. Spare children matter too: a child
+# that ran a run exits, and its replacement is ready only 1-3 s later (measured: the pool forks it once the old one
+# is gone), so one turn of the loop (training, then inspection, pre-annotation, deployment runs) must not use
+# every child: a training run that finds none waits for a replacement.
+DEFAULT_CONCURRENCY = 8
 READY_FILE = "celery-worker.ready"  # loopml.services.CELERY_READY_FILE
 
 # Settings of the Celery app, the same on the launcher's side and the workers'.
@@ -209,7 +213,7 @@ def worker_name(name: str | None = None) -> str:
 
 
 def worker_concurrency() -> int:
-    """Runs side by side per worker: ``LOOPML_WORKER_CONCURRENCY`` (default 4)."""
+    """Runs side by side per worker: ``LOOPML_WORKER_CONCURRENCY`` (default 8)."""
     from loopml.config import env_int
 
     return max(1, env_int("LOOPML_WORKER_CONCURRENCY", DEFAULT_CONCURRENCY))
