@@ -124,6 +124,12 @@ class LoopMLCeleryRunLauncher(CeleryRunLauncher):
         super().__init__(*args, **kwargs)
         self._silent_since: dict[str, float] = {}  # worker -> when it first missed a ping
 
+    def launch_run(self, context: Any) -> None:
+        run = context.dagster_run
+        if run.tags.get(WORKER_TAG):  # a retry inherits its parent's tags: not yet taken by any worker
+            self._instance.add_run_tags(run.run_id, {WORKER_TAG: "", WORKER_PID_TAG: ""})
+        super().launch_run(context)
+
     def ping(self, worker: str) -> bool | None:
         """Whether the Celery worker named ``worker`` answers a ping; None when the broker does not answer."""
         try:
@@ -141,7 +147,7 @@ class LoopMLCeleryRunLauncher(CeleryRunLauncher):
 
         health = super().check_run_worker_health(run)
         worker = run.tags.get(WORKER_TAG)
-        if health.status not in (WorkerStatus.RUNNING, WorkerStatus.UNKNOWN) or worker is None:
+        if health.status not in (WorkerStatus.RUNNING, WorkerStatus.UNKNOWN) or not worker:
             return health
         if self.worker_answers(worker):
             self._silent_since.pop(worker, None)
@@ -189,7 +195,7 @@ def watch_starting_runs() -> None:
         if not isinstance(launcher, LoopMLCeleryRunLauncher) or run.status != DagsterRunStatus.STARTING:
             stock(instance, run_record, logger)
             return
-        if WORKER_TAG in run.tags:  # a worker has it
+        if run.tags.get(WORKER_TAG):  # a worker has it
             health = launcher.check_run_worker_health(run)
             if health.status == WorkerStatus.FAILED:
                 message = f"Detected run worker status {health}. Marking run {run.run_id} as failed."

@@ -325,7 +325,7 @@ def test_the_loop_runs_on_postgres_stores_and_two_celery_workers(server: str, tm
                     runs = [
                         r
                         for r in instance.get_runs(RunsFilter(job_name="train_function"))
-                        if r.run_id not in before and WORKER_TAG in r.tags
+                        if r.run_id not in before and r.tags.get(WORKER_TAG)
                     ]
                     if runs:
                         break
