@@ -1,4 +1,4 @@
-"""Accuracy learning curve: LoopML's AutoML against two standard baselines, on both demo data sets.
+"""Accuracy and calibration learning curve: LoopML's AutoML against two standard baselines, on both demo data sets.
 
 A fixed stratified 20 % holdout (seed 0) is the test set. From the remaining 80 %, training sets of 8, 32
 and 128 labelled examples per class are drawn (several seeds; the mean is reported) and the whole pool is
@@ -14,6 +14,9 @@ used once ("all"). Methods:
 With ``--also-encoder ID`` (e.g. ``e5-small-q4``, the opt-in encoder of ``loopml functions create --encoder``) one
 more column, ``LoopML/ID``, runs ``run_automl`` on that encoder's embeddings; the target compares the default
 (``LoopML``) with the baselines only.
+
+Every method's test probabilities also give its expected calibration error (top label, 15 equal-width bins,
+``loopml.automl.metrics.expected_calibration_error``), printed per data set and size beside the accuracy table.
 
 Embeddings are cached under ``$LOOPML_HOME/bench`` (shared with ``bench/automl_speed.py``).
 
@@ -60,9 +63,9 @@ def _automl(
     test_emb: np.ndarray,
     unlabelled_emb: np.ndarray | None,
     encoder_id: str | None = None,
-) -> list[str]:
+) -> np.ndarray:
     """``run_automl`` on the training rows with ``train_emb`` (and the pool's other rows unlabelled); the refit
-    winner's predictions for the test rows."""
+    winner's probabilities for the test rows (columns: the sorted label set)."""
     from loopml.automl import run_automl
     from loopml.encoders import DEFAULT_TEXT_ENCODER
 
@@ -76,36 +79,37 @@ def _automl(
         encoder_id=encoder,
         unlabelled_embeddings=unlabelled_emb,
     )
-    return result.model.predict(split.test_texts, test_emb)
+    return result.model.predict_proba(split.test_texts, test_emb)
 
 
-def loopml(split: Split) -> list[str]:
+def loopml(split: Split) -> np.ndarray:
     return _automl(split, split.train_emb, split.test_emb, split.unlabelled_emb)
 
 
-def loopml_on(encoder_id: str) -> Callable[[Split], list[str]]:
+def loopml_on(encoder_id: str) -> Callable[[Split], np.ndarray]:
     """LoopML's AutoML on the embeddings of ``encoder_id`` instead of the default encoder's."""
     return lambda split: _automl(split, *split.other_emb[encoder_id], encoder_id=encoder_id)
 
 
-def tfidf_lr(split: Split) -> list[str]:
+def tfidf_lr(split: Split) -> np.ndarray:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
     model = LogisticRegression(C=10.0, max_iter=2000)
     model.fit(vectorizer.fit_transform(split.train_texts), split.train_labels)
-    return list(model.predict(vectorizer.transform(split.test_texts)))
+    return model.predict_proba(vectorizer.transform(split.test_texts))
 
 
-def minilm_lr(split: Split) -> list[str]:
+def minilm_lr(split: Split) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
 
     model = LogisticRegression(max_iter=2000).fit(split.train_emb, split.train_labels)
-    return list(model.predict(split.test_emb))
+    return model.predict_proba(split.test_emb)
 
 
-METHODS: dict[str, Callable[[Split], list[str]]] = {
+# Each method returns the test rows' probabilities, columns in sorted label order (every label is in every draw).
+METHODS: dict[str, Callable[[Split], np.ndarray]] = {
     "LoopML": loopml,
     "TF-IDF(1-2)+LR": tfidf_lr,
     "MiniLM+LR": minilm_lr,
@@ -127,16 +131,24 @@ def draw(pool: np.ndarray, labels: np.ndarray, per_class: int | None, seed: int)
     return np.sort(np.concatenate(chosen))
 
 
-def evaluate(name: str, seeds: int, also: list[str]) -> list[tuple[str, dict[str, list[float]], dict[str, float]]]:
+def evaluate(
+    name: str, seeds: int, also: list[str]
+) -> list[tuple[str, dict[str, list[float]], dict[str, float], dict[str, list[float]]]]:
+    """Per training size: accuracy per seed, seconds (all seeds) and ECE per seed, of every method."""
+    from loopml.automl.metrics import expected_calibration_error
+
     texts, labels, emb = load_with_embeddings(name)
     other = {encoder_id: cached_embeddings(name, texts, encoder_id) for encoder_id in also}
     label_array = np.array(labels)
     pool, test = holdout_split(labels)
     test_texts, test_labels = [texts[i] for i in test], label_array[test]
+    label_set = sorted(set(labels))
+    test_y = np.array([label_set.index(label) for label in test_labels])
     rows = []
     for per_class in SIZES:
         scores: dict[str, list[float]] = {m: [] for m in METHODS}
         seconds: dict[str, float] = dict.fromkeys(METHODS, 0.0)
+        eces: dict[str, list[float]] = {m: [] for m in METHODS}
         for seed in range(seeds if per_class is not None else 1):
             rows_idx = draw(pool, label_array, per_class, seed)
             train_texts, train_labels = [texts[i] for i in rows_idx], list(label_array[rows_idx])
@@ -149,11 +161,12 @@ def evaluate(name: str, seeds: int, also: list[str]) -> list[tuple[str, dict[str
             }
             for method, fit_predict in METHODS.items():
                 started = time.perf_counter()
-                predicted = np.array(fit_predict(split))
+                proba = np.asarray(fit_predict(split), dtype=np.float64)
                 seconds[method] += time.perf_counter() - started
-                scores[method].append(float(np.mean(predicted == test_labels)))
+                scores[method].append(float(np.mean(proba.argmax(axis=1) == test_y)))
+                eces[method].append(expected_calibration_error(proba, test_y))
         size = f"{per_class}/class" if per_class is not None else f"all ({len(pool)})"
-        rows.append((size, scores, seconds))
+        rows.append((size, scores, seconds, eces))
         progress = ", ".join(f"{m} {statistics.mean(s):.4f}" for m, s in scores.items())
         print(f"  {name} {size}: {progress}", file=sys.stderr, flush=True)
     return rows
@@ -180,7 +193,7 @@ def main() -> None:
     print("|---|---|" + "---:|" * len(METHODS) + "---:|---:|---|")
     misses = 0
     for name, rows in results.items():
-        for size, scores, _ in rows:
+        for size, scores, _, _ in rows:
             means = {m: statistics.mean(s) for m, s in scores.items()}
             spread = {m: (max(s) - min(s)) / 2 for m, s in scores.items()}
             best_name = max((m for m in means if not m.startswith("LoopML")), key=lambda m: means[m])
@@ -197,10 +210,24 @@ def main() -> None:
         "\n(± is half the range over seeds; paired SE is the standard error of the mean per-seed difference "
         "between LoopML and the better baseline.)"
     )
+    print(
+        "\nExpected calibration error of the same predictions (top label, 15 bins; mean over seeds, ± half the "
+        "range; lower is better; goal for LoopML <= 0.05)\n"
+    )
+    print("| data set | train size | " + " | ".join(f"{m} ECE" for m in METHODS) + " |")
+    print("|---|---|" + "---:|" * len(METHODS))
+    for name, rows in results.items():
+        for size, _, _, eces in rows:
+            cells = " | ".join(
+                f"{statistics.mean(eces[m]):.3f}"
+                + (f" ±{(max(eces[m]) - min(eces[m])) / 2:.3f}" if len(eces[m]) > 1 else "")
+                for m in METHODS
+            )
+            print(f"| {name} | {size} | {cells} |")
     print("\n| data set | train size | " + " | ".join(f"{m} s (all seeds)" for m in METHODS) + " |")
     print("|---|---|" + "---:|" * len(METHODS))
     for name, rows in results.items():
-        for size, _, seconds in rows:
+        for size, _, seconds, _ in rows:
             print(f"| {name} | {size} | " + " | ".join(f"{seconds[m]:.1f}" for m in METHODS) + " |")
     total = time.perf_counter() - started
     print(f"\ntarget (LoopML >= better baseline) missed at {misses} point(s); total {total:.0f} s")

@@ -456,3 +456,17 @@ def test_without_text_candidates_only_embedding_heads_compete(data: tuple, tmp_p
     result.model.save(tmp_path / "m")
     loaded = TextClassifier.load(tmp_path / "m")
     np.testing.assert_allclose(loaded.predict_proba(uris[:5], emb[:5]), result.model.predict_proba(uris[:5], emb[:5]))
+
+
+def test_expected_calibration_error_is_the_top_label_gap_weighted_by_bin() -> None:
+    """Top-label ECE with 15 equal-width bins: rows at 0.9 right half the time are off by 0.4, and so on."""
+    from loopml.automl.metrics import expected_calibration_error
+
+    proba = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    y = np.array([0, 1, 0, 1])
+    assert expected_calibration_error(proba, y) == pytest.approx(0.4 * 0.5 + 0.4 * 0.25 + 0.2 * 0.25, abs=1e-6)
+    rng = np.random.default_rng(0)
+    confident = rng.uniform(0.5, 1.0, 20_000)
+    right = rng.uniform(size=confident.size) < confident  # right exactly as often as it says
+    calibrated = np.stack([confident, 1 - confident], axis=1)
+    assert expected_calibration_error(calibrated, np.where(right, 0, 1)) < 0.02

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "ECE_BINS",
     "accuracy",
     "confusion_matrix",
+    "expected_calibration_error",
     "fit_temperature",
     "log_loss",
     "macro_f1",
@@ -23,6 +25,24 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+ECE_BINS = 15
+
+
+def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Top-label expected calibration error: the rows binned by their top probability into ``bins`` equal-width
+    bins, the mean |accuracy - confidence| of the bins weighted by their share of rows (torchmetrics'
+    ``multiclass_calibration_error``, L1; imported here so that serving, which needs only the numpy helpers,
+    does not load torch)."""
+    import torch
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    probabilities = torch.as_tensor(np.asarray(proba, dtype=np.float32))
+    targets = torch.as_tensor(np.asarray(y, dtype=np.int64))
+    return float(
+        multiclass_calibration_error(probabilities, targets, num_classes=probabilities.shape[1], n_bins=bins, norm="l1")
+    )
 
 
 def log_loss(proba: np.ndarray, y: np.ndarray) -> float:
