@@ -5,7 +5,10 @@ embeddings, timed over a few runs after one warm-up call (imports and Lightning'
 counted), the leaderboard of the last run, and the encoder's throughput. Embeddings of whole data sets are
 cached under ``$LOOPML_HOME/bench`` so reruns (and ``bench/learning_curve.py``) skip the encoding.
 
-    .venv/bin/python bench/automl_speed.py [--runs 5] [--size 2000]
+With ``--scaling`` (default 2,000, 8,000 and 20,000) it also times ``run_automl`` on that many RottenTomatoes
+snippets (beyond the 12,808 it has, rows drawn again with a marker: the same distribution, distinct rows).
+
+    .venv/bin/python bench/automl_speed.py [--runs 5] [--size 2000] [--scaling 2000,8000,20000]
 """
 
 from __future__ import annotations
@@ -98,6 +101,32 @@ def encoder_speed(texts: list[str], n_batch: int = 512, n_single: int = 50) -> t
     return throughput, statistics.median(latencies)
 
 
+def resampled(
+    texts: list[str], labels: list[str], emb: np.ndarray, size: int, seed: int = 0
+) -> tuple[list[str], list[str], np.ndarray]:
+    """``size`` rows of a data set: a random subset, or, beyond its size, every row once and the rest drawn again
+    with a marker appended to the text and a little noise on the embedding (distinct rows, the same
+    distribution: for timing a larger set than the data set has)."""
+    rng = np.random.default_rng(seed)
+    if size <= len(texts):
+        idx = sample(len(texts), size, seed)
+        return [texts[i] for i in idx], [labels[i] for i in idx], emb[idx]
+    extra = rng.choice(len(texts), size - len(texts), replace=True)
+    idx = np.concatenate([np.arange(len(texts)), extra])
+    out_texts = texts + [f"{texts[i]} ({k})" for k, i in enumerate(extra)]
+    noise = rng.normal(0.0, 0.01, (len(extra), emb.shape[1])).astype(emb.dtype)
+    return out_texts, [labels[i] for i in idx], np.concatenate([emb, emb[extra] + noise])
+
+
+def print_scaling(name: str, rows: list[tuple[int, list[float], list[float], object]], n_data: int) -> None:
+    print(f"\n## run_automl time against the number of labelled texts ({name}; beyond {n_data:,} resampled)\n")
+    print("| texts | wall s (mean) | wall s (min) | CPU s (median) | winner | CV accuracy |")
+    print("|---:|---:|---:|---:|---|---:|")
+    for size, wall, cpu, result in rows:
+        cells = [f"{size:,}", f"{statistics.mean(wall):.2f}", f"{min(wall):.2f}", f"{statistics.median(cpu):.2f}"]
+        print(markdown_row([*cells, result.winner.name, f"{result.cv_accuracy:.4f}"]))  # type: ignore[attr-defined]
+
+
 def markdown_row(cells: list[object]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
@@ -149,6 +178,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--size", type=int, default=2000)
+    parser.add_argument(
+        "--scaling", default="2000,8000,20000", help="also time these sizes on RottenTomatoes ('' to skip)"
+    )
+    parser.add_argument("--scaling-runs", type=int, default=2)
     args = parser.parse_args()
 
     import torch
@@ -167,6 +200,13 @@ def main() -> None:
     for name, *_, result in rows:
         print_leaderboard(name, result)
     print_encoder(enc_rows)
+    if args.scaling:
+        texts, labels, emb = load_with_embeddings("rotten_tomatoes")
+        scaling = []
+        for size in (int(n) for n in args.scaling.split(",")):
+            sub_texts, sub_labels, sub_emb = resampled(texts, labels, emb, size)
+            scaling.append((size, *time_automl(sub_texts, sub_emb, sub_labels, args.scaling_runs)))
+        print_scaling("rotten_tomatoes", scaling, len(texts))
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
 
