@@ -43,7 +43,6 @@ QUEUE_TIMEOUT_SECONDS = 6 * 3600  # a run no worker took in this long fails (sto
 # is gone), so one turn of the loop (training, then inspection, pre-annotation, deployment runs) must not use
 # every child: a training run that finds none waits for a replacement.
 DEFAULT_CONCURRENCY = 8
-READY_FILE = "celery-worker.ready"  # loopml.services.CELERY_READY_FILE
 
 # Settings of the Celery app, the same on the launcher's side and the workers'.
 CELERY_SETTINGS: dict[str, Any] = {
@@ -298,8 +297,9 @@ def _warm_parent(**_kwargs: Any) -> None:
 
 def _ready_path() -> Any:
     from loopml.config import get_settings
+    from loopml.services import CELERY_READY_FILE
 
-    return get_settings().run_dir / READY_FILE
+    return get_settings().run_dir / CELERY_READY_FILE
 
 
 def _mark_ready(sender: Any = None, **_kwargs: Any) -> None:

@@ -173,3 +173,24 @@ def beside_a_probe(server: Server, body: bytes, pause: float = 0.02) -> tuple[re
         probe.stop.set()
         thread.join(120)
     return response, seconds, probe
+
+
+def wait_served(settings: Settings, key: str, function: str, version: str, timeout_s: float = 600.0) -> dict:
+    """Invoke ``function`` through the platform's serving API until ``version`` answers; its answer. The bound is
+    for a broken loop, not a speed target (the daemon's log tail is the failure message)."""
+    answer: dict = {}
+    deadline = time.time() + timeout_s
+    while answer.get("version") != version:
+        assert time.time() < deadline, (settings.run_dir / "dagster-daemon.log").read_text()[-3000:]
+        try:
+            response = requests.post(
+                f"{settings.serving_url}/v1/functions/{function}/invoke",
+                json={"text": "a wonderful, moving film"},
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=30,
+            )
+            answer = response.json() if response.ok else {}
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    return answer

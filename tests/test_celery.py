@@ -22,6 +22,7 @@ from pipelines.celery_runs import (
     LoopMLCeleryRunLauncher,
     broker_kind,
     result_backend,
+    worker_name,
 )
 from tests.brokers import rabbitmq_broker, redis_broker
 
@@ -106,9 +107,7 @@ class Workers:
         )
 
     def node(self, name: str) -> str:
-        import socket
-
-        return f"loopml-{name}@{socket.gethostname()}"
+        return worker_name(name)
 
     def wait_ready(self, *names: str) -> None:
         """Until every named worker answers a ping (each imports the stack first)."""

@@ -15,31 +15,13 @@ from sqlalchemy import create_engine, text
 from loopml.config import get_settings
 from tests.conftest import free_ports
 from tests.postgres import count, drop_databases, fresh_database_url, postgres_server
+from tests.real_server import wait_served
 from tests.test_pipeline import NEGATIVE, POSITIVE
 from tests.test_platform import loopml
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 FUNCTION = "moved-sentiment"
-
-
-def _served(settings, secret: str, version: str) -> dict:  # noqa: ANN001 - Settings
-    answer: dict = {}
-    deadline = time.time() + 600  # a bound for a broken loop, not a speed target
-    while answer.get("version") != version:
-        assert time.time() < deadline, (settings.run_dir / "dagster-daemon.log").read_text()[-3000:]
-        try:
-            response = requests.post(
-                f"{settings.serving_url}/v1/functions/{FUNCTION}/invoke",
-                json={"text": "a wonderful, moving film"},
-                headers={"Authorization": f"Bearer {secret}"},
-                timeout=30,
-            )
-            answer = response.json() if response.ok else {}
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    return answer
 
 
 def test_a_sqlite_installation_moves_to_postgres(tmp_path: Path) -> None:
@@ -71,7 +53,7 @@ def test_a_sqlite_installation_moves_to_postgres(tmp_path: Path) -> None:
                 project, [{"data": {"text": t}, "annotations": [{"result": choice_result(lab)}]} for t, lab in labelled]
             )
             secret = loopml(env, "keys", "create", "before-the-move").stdout.strip().splitlines()[-1]
-            _served(settings, secret, f"{FUNCTION}:v1")
+            wait_served(settings, secret, FUNCTION, f"{FUNCTION}:v1")
             with create_engine(settings.database_url).connect() as connection:
                 calls = connection.execute(text("SELECT count(*) FROM invocations")).scalar()
                 keys = connection.execute(text("SELECT count(*) FROM api_keys")).scalar()
@@ -95,7 +77,7 @@ def test_a_sqlite_installation_moves_to_postgres(tmp_path: Path) -> None:
             up = loopml(env, "up")
             assert up.returncode == 0, up.stdout + up.stderr
             settings = get_settings({k: v for k, v in env.items() if k.startswith("LOOPML_")})
-            _served(settings, secret, f"{FUNCTION}:v1")  # the same key, the same version
+            wait_served(settings, secret, FUNCTION, f"{FUNCTION}:v1")  # the same key, the same version
             # the loop goes on on PostgreSQL: new annotations in the moved project train the next version
             client = LabelStudioClient.from_settings(settings)
             more = [(f"an utterly delightful film number {i}", "positive") for i in range(3)]

@@ -219,21 +219,20 @@ def test_the_loop_runs_on_postgres_stores_and_two_celery_workers(server: str, tm
     mid-run: the run is retried on a live worker and the version appears."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
     import time
 
-    import requests
     from dagster import DagsterInstance, RunsFilter
 
     from loopml import services
     from loopml.functions import FunctionRegistry
     from loopml.labelstudio import LabelStudioClient, choice_result
-    from pipelines.celery_runs import WORKER_TAG
+    from pipelines.celery_runs import WORKER_TAG, worker_name
     from serving.model_store import list_versions
     from tests.brokers import redis_broker
     from tests.conftest import free_ports
+    from tests.real_server import wait_served
     from tests.test_pipeline import NEGATIVE, POSITIVE
     from tests.test_platform import loopml
 
@@ -266,7 +265,7 @@ def test_the_loop_runs_on_postgres_stores_and_two_celery_workers(server: str, tm
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-            workers = {f"loopml-{n}@{socket.gethostname()}" for n in ("local", "second")}
+            workers = {worker_name(n) for n in ("local", "second")}
             for name in functions:
                 created = loopml(env, "functions", "create", name, "--labels", "positive,negative")
                 assert created.returncode == 0, created.stdout + created.stderr
@@ -279,18 +278,7 @@ def test_the_loop_runs_on_postgres_stores_and_two_celery_workers(server: str, tm
                 )
             secret = loopml(env, "keys", "create", "pg-test").stdout.strip().splitlines()[-1]
             for name in functions:
-                answer: dict = {}
-                deadline = time.time() + 900  # a bound for a broken loop, not a speed target
-                while answer.get("version") != f"{name}:v1":
-                    assert time.time() < deadline, (settings.run_dir / "dagster-daemon.log").read_text()[-3000:]
-                    response = requests.post(
-                        f"{settings.serving_url}/v1/functions/{name}/invoke",
-                        json={"text": "a wonderful, moving film"},
-                        headers={"Authorization": f"Bearer {secret}"},
-                        timeout=30,
-                    )
-                    answer = response.json() if response.ok else {}
-                    time.sleep(1)
+                answer = wait_served(settings, secret, name, f"{name}:v1", timeout_s=900)
                 assert answer["label"] == "positive"
 
             stores = settings.stores
