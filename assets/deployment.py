@@ -21,13 +21,15 @@ from assets.resources import LoopMLResource
 from loopml.dataset import training_rows
 from loopml.deployments import (
     CANARY_STEPS,
+    HOLD_ACTION,
     ROLLOUT_PATIENCE_SECONDS,
     WAIT_ACTION,
     DeploymentStore,
     rollout_age_seconds,
 )
 from loopml.features import FeatureCache
-from loopml.gate import DEFAULT_TOLERANCE, evaluate_gate
+from loopml.gate import DEFAULT_TOLERANCE, FreshItems, evaluate_gate
+from loopml.label_issues import read_oof
 
 
 def version_probabilities(classifier: Any, texts: list[str], embeddings: np.ndarray, encoder_id: str) -> np.ndarray:
@@ -57,6 +59,36 @@ def item_embeddings(frame: pl.DataFrame, cache: FeatureCache, encoder_id: str) -
 
     matrix, _ = cache.embed(frame["content_hash"].to_list(), frame["text"].fill_null("").to_list(), encode)
     return matrix
+
+
+def fresh_items(
+    settings: Any, candidate_tag: str, primary_tag: str, candidate_labels: list[str], rows: pl.DataFrame
+) -> tuple[tuple[list[str], np.ndarray, pl.DataFrame] | None, bool]:
+    """The candidate's training items that the primary never trained on: ``(labels, the candidate's
+    out-of-fold probabilities, their rows of ``rows`` for the primary to score)``, and whether the candidate
+    learnt from any example (item and label) the primary did not. ``(None, True)`` when either version kept
+    no record of its training items (``oof_proba.parquet``)."""
+    from serving.model_store import version_path
+
+    paths = [version_path(settings, tag) / "oof_proba.parquet" for tag in (candidate_tag, primary_tag)]
+    if not all(path.exists() for path in paths):
+        return None, True
+    cand_ids, cand_given, cand_set, cand_proba = read_oof(paths[0])
+    prim_ids, prim_given, _, _ = read_oof(paths[1])
+    new_examples = set(zip(cand_ids, cand_given, strict=True)) != set(zip(prim_ids, prim_given, strict=True))
+    seen = set(prim_ids)
+    order = pl.DataFrame(
+        {"content_hash": cand_ids, "given": cand_given, "position": list(range(len(cand_ids)))},
+        schema={"content_hash": pl.String, "given": pl.String, "position": pl.Int64},
+    ).filter(~pl.col("content_hash").is_in(list(seen)))
+    frame = order.join(rows.unique("content_hash"), on="content_hash", how="inner").sort("position")
+    columns = [cand_set.index(label) for label in candidate_labels]
+    proba = cand_proba[frame["position"].to_numpy()][:, columns] if frame.height else np.zeros((0, len(columns)))
+    return (frame["given"].to_list(), proba, frame), new_examples
+
+
+def _kind(classifier: Any) -> tuple[str, list[str], str | None]:
+    return type(classifier).__name__, list(classifier.label_set), getattr(classifier, "encoder_id", None)
 
 
 def _gate_check_spec(asset_name: str) -> AssetCheckSpec:
@@ -152,6 +184,13 @@ def gate_and_roll_out(
         return version_probabilities(classifier, frame["text"].to_list(), embeddings, spec.encoder_id)
 
     primary = load_classifier(settings, state.primary_tag) if state and state.primary_tag else None
+    fresh, new_examples = None, True
+    if primary is not None:
+        fresh, new_examples = fresh_items(settings, candidate_tag, state.primary_tag, list(candidate.label_set), rows)
+        if fresh is not None:
+            fresh = FreshItems(fresh[0], fresh[1], score(primary, fresh[2]))
+        # something new beyond the examples: a label set, a model family (the deep tier), an encoder
+        new_examples = new_examples or _kind(candidate) != _kind(primary)
     result = evaluate_gate(
         truth=holdout["label"].to_list(),
         candidate_probs=score(candidate, holdout),
@@ -162,12 +201,18 @@ def gate_and_roll_out(
         must_pass_texts=must_pass["text"].to_list(),
         must_pass_probs=score(candidate, must_pass),
         tolerance=tolerance,
+        fresh=fresh,
+        new_examples=new_examples,
+        primary_must_pass_probs=score(primary, must_pass) if primary and must_pass.height else None,
     )
     details = {
         "candidate": candidate_tag,
         "candidate_accuracy": result.candidate_accuracy,
         "primary_accuracy": result.primary_accuracy,
         "compared_items": result.compared_items,
+        "fresh_items": result.fresh_items,
+        "evidence_candidate_accuracy": result.evidence_candidate_accuracy,
+        "evidence_primary_accuracy": result.evidence_primary_accuracy,
         "holdout_disagreement": result.holdout_disagreement,
         "must_pass_total": result.must_pass_total,
         "must_pass_failures": result.must_pass_failures[:20],
@@ -181,6 +226,9 @@ def gate_and_roll_out(
             state = store.set_primary(function, candidate_tag, "first version of the function", details=details)
     elif candidate_tag in (state.primary_tag, state.canary_tag):
         decision = "unchanged"
+    elif result.passed and result.held:
+        decision = "held"
+        store.record(function, HOLD_ACTION, f"{candidate_tag} {result.reason}", details=details)
     elif result.passed and (age := rollout_age_seconds(state)) is not None and age < patience:
         decision = "waiting"
         store.record(
@@ -224,6 +272,8 @@ def gate_and_roll_out(
             if result.primary_accuracy is not None
             else float("nan"),
             "per_label_recall": MetadataValue.json(result.per_label_recall),
+            "fresh_items": result.fresh_items,
+            "evidence_items": result.evidence_items,
             "must_pass": f"{result.must_pass_total - len(result.must_pass_failures)}/{result.must_pass_total} pass",
         },
     )

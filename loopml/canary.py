@@ -18,6 +18,7 @@ from sqlalchemy import select
 from loopml.config import Settings
 from loopml.db import FeedbackRow, InvocationRow, as_utc, session_factory
 from loopml.deployments import CANARY_STEPS, ROLLOUT_PATIENCE_SECONDS
+from loopml.gate import Z_ONE_SIDED_95, significant
 
 LOAD_GRACE_SECONDS = 5.0
 
@@ -35,6 +36,8 @@ class CanaryPolicy:
     max_latency_ratio: float = 3.0
     min_feedback: int = 10
     max_feedback_accuracy_drop: float = 0.05
+    # how many standard errors of noise a breach must exceed (0: the bare limits, as before the gate simulation)
+    noise_z: float = Z_ONE_SIDED_95
     # a rollout this old whose current step still lacks traffic is promoted on the gate's evidence alone
     patience_seconds: float = ROLLOUT_PATIENCE_SECONDS
 
@@ -62,6 +65,9 @@ class CanaryStats:
     # shift are measured on these (a label added or removed changes answers by design: "per shared label")
     compared: int
     other_label_share: float  # share of shadow-scored calls answered with a label the other lacks
+    # labelled calls only the primary / only the canary answered right (the paired test of the feedback)
+    feedback_only_primary: int = 0
+    feedback_only_canary: int = 0
 
     def as_metadata(self) -> dict[str, Any]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -147,6 +153,8 @@ def stats_from_rows(
     mean = lambda xs: float(np.mean(xs)) if xs else 0.0  # noqa: E731
     p_lat, c_lat = mean(latency[primary_tag]), mean(latency[canary_tag])
     truths = {f.invocation_id: f.true_label for f in feedback if f.true_label and f.invocation_id in prim_pred}
+    only_primary = sum(prim_pred[i] == t != can_pred[i] for i, t in truths.items())
+    only_canary = sum(can_pred[i] == t != prim_pred[i] for i, t in truths.items())
     return CanaryStats(
         requests=len(rows),
         shadow_scored=n,
@@ -160,7 +168,17 @@ def stats_from_rows(
         canary_feedback_accuracy=(sum(can_pred[i] == t for i, t in truths.items()) / len(truths)) if truths else None,
         compared=m,
         other_label_share=(n - m) / n if n else 0.0,
+        feedback_only_primary=only_primary,
+        feedback_only_canary=only_canary,
     )
+
+
+def _beyond_noise(limit: float, calls: int, z: float) -> float:
+    """``limit`` on a share measured on ``calls`` calls, raised by the one-sided 95 % sampling error of a share
+    at the limit: a version ``limit`` away from the primary would breach it on half of the steps otherwise (a
+    step is 50 calls by default; checked at every step of the rollout)."""
+    limit = min(limit, 1.0)
+    return limit + z * (limit * (1.0 - limit) / calls) ** 0.5 if calls else limit
 
 
 def decide(
@@ -180,11 +198,15 @@ def decide(
     ``expected_disagreement`` is what the gate saw on the holdout: a better model is expected to disagree with
     the primary that often, so live disagreement (and label shift) breach only beyond it plus a margin. Both are
     measured on the calls where each version answered a label the other has (``stats.compared``): a version
-    with a new label answers it where the primary could not, by design.
+    with a new label answers it where the primary could not, by design. Both limits are raised by the sampling
+    error of a share on that many calls (:func:`_beyond_noise`), and worse feedback accuracy breaches only when
+    a paired sign test of the labelled calls only one version got right says it is not noise (as in the gate):
+    checked at every step, a noise-level limit rolled back a truly better candidate in most rollouts of
+    ``bench/gate_simulation.py``.
     """
     expected = (expected_disagreement or 0.0) + policy.disagreement_margin
-    max_disagreement = max(policy.max_disagreement, expected)
-    max_label_shift = max(policy.max_label_shift, expected)
+    max_disagreement = _beyond_noise(max(policy.max_disagreement, expected), stats.compared, policy.noise_z)
+    max_label_shift = _beyond_noise(max(policy.max_label_shift, expected), stats.compared, policy.noise_z)
     breaches = []
     if stats.error_rate > policy.max_error_rate:
         breaches.append(f"canary failed to score {stats.error_rate:.1%} of requests")
@@ -206,10 +228,12 @@ def decide(
         and stats.primary_feedback_accuracy is not None
         and stats.canary_feedback_accuracy is not None
         and stats.canary_feedback_accuracy < stats.primary_feedback_accuracy - policy.max_feedback_accuracy_drop
+        and significant(stats.feedback_only_primary, stats.feedback_only_canary, policy.noise_z)
     ):
         breaches.append(
             f"feedback accuracy {stats.canary_feedback_accuracy:.2f} vs primary "
-            f"{stats.primary_feedback_accuracy:.2f} on {stats.feedback} labelled calls"
+            f"{stats.primary_feedback_accuracy:.2f} on {stats.feedback} labelled calls (right only by the primary "
+            f"{stats.feedback_only_primary}, only by the canary {stats.feedback_only_canary})"
         )
     if breaches:
         return CanaryDecision("rollback", None, "; ".join(breaches))

@@ -19,6 +19,7 @@ CANARY_STEPS = (0.10, 0.25, 0.50, 1.00)
 # when the rollout ends (otherwise, with annotations arriving every few seconds, every rollout is cut short and
 # the first primary serves for ever). A rollout older than this (too little traffic to decide) is replaced.
 ROLLOUT_PATIENCE_SECONDS = 300.0
+HOLD_ACTION = "hold"  # the history action of a candidate that passed the gate with nothing new (loopml.gate)
 WAIT_ACTION = "wait"  # the history action of a candidate that passed the gate and waits for a rollout to end
 
 

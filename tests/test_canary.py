@@ -9,6 +9,7 @@ import pytest
 from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context
 
 from assets.resources import LoopMLResource
+from loopml.canary import CanaryPolicy, CanaryStats, decide
 from loopml.config import get_settings
 from loopml.db import FeedbackRow, InvocationRow, session_factory, utcnow
 from loopml.deployments import DeploymentStore
@@ -230,3 +231,55 @@ def test_a_thin_rollout_that_breached_is_still_rolled_back(store, monkeypatch) -
     traffic(5, canary_scores=False, after_s=10)
     tick()
     assert store.get("fn").primary_tag == P and store.history("fn")[-1].action == "rollback"
+
+
+def _stats(**changes) -> CanaryStats:
+    base = dict(
+        requests=50,
+        shadow_scored=50,
+        disagreement_rate=0.0,
+        label_shift=0.0,
+        confidence_shift=0.0,
+        error_rate=0.0,
+        latency_ratio=1.0,
+        feedback=0,
+        primary_feedback_accuracy=None,
+        canary_feedback_accuracy=None,
+        compared=50,
+        other_label_share=0.0,
+    )
+    return CanaryStats(**{**base, **changes})
+
+
+def test_a_limit_is_breached_only_beyond_its_sampling_error() -> None:
+    """On 50 calls the sampling error of a share near 25 % is 6 points: 30 % disagreement (limit 25 %) and a
+    label shift of 0.28 (limit 0.20) are noise at 95 %, 50 % disagreement is not; with ``noise_z=0`` (the bare
+    limits) 30 % breaches."""
+    policy = CanaryPolicy()
+    assert decide(_stats(disagreement_rate=0.30, label_shift=0.28), 0.1, policy).action == "ramp"
+    assert decide(_stats(disagreement_rate=0.50), 0.1, policy).action == "rollback"
+    assert decide(_stats(disagreement_rate=0.30), 0.1, CanaryPolicy(noise_z=0.0)).action == "rollback"
+
+
+def test_worse_feedback_needs_a_significant_paired_difference() -> None:
+    """Ten labelled calls, the canary right on 1 fewer (0.1 lower accuracy): noise; right only by the primary
+    on 6 of them and never only by the canary: a breach."""
+    policy = CanaryPolicy()
+    noise = _stats(
+        feedback=10,
+        primary_feedback_accuracy=0.8,
+        canary_feedback_accuracy=0.7,
+        feedback_only_primary=2,
+        feedback_only_canary=1,
+    )
+    assert decide(noise, 0.1, policy).action == "ramp"
+    assert decide(noise, 0.1, CanaryPolicy(noise_z=0.0)).action == "rollback"
+    worse = _stats(
+        feedback=10,
+        primary_feedback_accuracy=0.8,
+        canary_feedback_accuracy=0.2,
+        feedback_only_primary=6,
+        feedback_only_canary=0,
+    )
+    decision = decide(worse, 0.1, policy)
+    assert decision.action == "rollback" and "right only by the primary 6, only by the canary 0" in decision.reason

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from loopml.gate import evaluate_gate
+from loopml.gate import FreshItems, evaluate_gate
 
 LABELS = ["pos", "neg"]
 
@@ -22,6 +22,9 @@ def gate(candidate: list[str], primary: list[str] | None, truth: list[str], must
         must_pass_texts=[f"t{i}" for i in range(len(must))],
         must_pass_probs=probs(list(must_pred)) if must_pred else np.zeros((0, 2)),
         tolerance=kw.get("tolerance", 0.01),
+        fresh=kw.get("fresh"),
+        new_examples=kw.get("new_examples", True),
+        primary_must_pass_probs=probs(kw["primary_must_pass"]) if "primary_must_pass" in kw else None,
     )
 
 
@@ -85,3 +88,57 @@ def test_new_label_is_compared_on_shared_labels_only() -> None:
 def test_first_version_without_primary_passes() -> None:
     result = gate(["pos"], None, ["pos"])
     assert result.passed and result.primary_accuracy is None
+
+
+def fresh(truth: list[str], candidate: list[str], primary: list[str]) -> FreshItems:
+    return FreshItems(truth, probs(candidate), probs(primary))
+
+
+def test_fresh_items_expose_a_worse_candidate_the_small_holdout_cannot() -> None:
+    """Four holdout items say nothing; the items labelled since the primary was trained (scored by the
+    candidate's out-of-fold answers) show it 10 points worse."""
+    truth = ["pos", "neg", "pos", "neg"]
+    new_truth = ["pos", "neg"] * 25
+    worse = [("neg" if i % 5 == 0 else t) for i, t in enumerate(new_truth)]
+    only_holdout = gate(truth, truth, truth)
+    assert only_holdout.passed
+    result = gate(truth, truth, truth, fresh=fresh(new_truth, worse, new_truth))
+    assert not result.passed and result.fresh_items == 50 and result.evidence_items == 54
+    assert result.reason.startswith(
+        "holdout + fresh items accuracy 0.907 vs the primary's 1.000 on 54 items (right only by the primary 5, only by the candidate 0)"
+    )
+
+
+def test_a_retrain_on_the_primarys_examples_is_held_unless_clearly_better() -> None:
+    truth = ["pos", "neg"] * 10
+    equal = gate(truth, truth, truth, new_examples=False)
+    assert equal.passed and equal.held and equal.reason.startswith("held: trained on the primary's examples")
+    new = gate(truth, truth, truth, new_examples=True)
+    assert new.passed and not new.held
+    primary = ["pos"] * 20  # right on half the items: the candidate is clearly better on 10 of 20
+    better = gate(truth, primary, truth, new_examples=False)
+    assert better.passed and not better.held
+
+
+def test_fixing_a_must_pass_example_the_primary_gets_wrong_is_something_new() -> None:
+    truth = ["pos", "neg"] * 10
+    result = gate(truth, truth, truth, must=["pos"], must_pred=["pos"], new_examples=False, primary_must_pass=["neg"])
+    assert result.passed and not result.held and "fixes 1 must-pass example" in result.reason
+    same = gate(truth, truth, truth, must=["pos"], must_pred=["pos"], new_examples=False, primary_must_pass=["pos"])
+    assert same.held
+
+
+def test_fresh_items_of_a_label_the_primary_lacks_are_left_out() -> None:
+    labels3 = ["pos", "neg", "meh"]
+    result = evaluate_gate(
+        truth=["pos"],
+        candidate_probs=probs(["pos"], labels3),
+        candidate_labels=labels3,
+        primary_probs=probs(["pos"]),
+        primary_labels=LABELS,
+        must_pass_truth=[],
+        must_pass_texts=[],
+        must_pass_probs=np.zeros((0, 3)),
+        fresh=FreshItems(["meh", "neg"], probs(["meh", "neg"], labels3), probs(["pos", "pos"])),
+    )
+    assert result.fresh_items == 1 and result.evidence_items == 2 and result.passed

@@ -420,6 +420,37 @@ def test_a_rollout_that_cannot_decide_is_replaced_after_the_patience(env, monkey
     assert "replaces canary sentiment:v0-canary" in store.history("sentiment")[-1].reason
 
 
+def test_a_retrain_with_nothing_new_is_held_and_new_examples_are_gated_on_fresh_items(env) -> None:
+    """A second version trained on exactly the primary's examples is held (the primary keeps serving, no
+    rollout); after more annotations the next version is gated on the holdout plus the items the primary never
+    saw, scored by the candidate's out-of-fold answers."""
+    fake, project = env["fake"], env["project"]
+    annotate_all(fake, project)
+    assert run(env).success  # v1: primary
+    again = run(env, [model, deployment])  # v2 on the same examples
+    decided = again.output_for_node("deployment")
+    store = DeploymentStore(env["settings"])
+    assert decided["decision"] == "held" and decided["candidate"] == "sentiment:v2"
+    assert decided["reason"].startswith("held: trained on the primary's examples and not clearly better")
+    assert store.get("sentiment").primary_tag == "sentiment:v1" and store.get("sentiment").canary_tag is None
+    assert store.history("sentiment")[-1].action == "hold"
+    assert again.get_asset_check_evaluations()[0].passed
+
+    texts = [f"{text}, wrote reviewer {i}" for i, text in enumerate(POSITIVE + NEGATIVE)]
+    fake.import_tasks(project, [{"data": {"text": t}} for t in texts])
+    for tid in fake.projects[project][-len(texts) :]:
+        text = fake.tasks[tid].data["text"]
+        fake.create_annotation(tid, "positive" if text.split(", wrote")[0] in POSITIVE else "negative")
+    newer = run(env)
+    decided = newer.output_for_node("deployment")
+    meta = newer.asset_materializations_for_node("deployment")[0].metadata
+    in_train = newer.asset_materializations_for_node("dataset")[0].metadata
+    assert decided["decision"] in ("canary", "rejected") and decided["candidate"] == "sentiment:v3"
+    assert meta["fresh_items"].value > 0 and meta["evidence_items"].value == meta["fresh_items"].value + (
+        in_train["holdout_rows"].value
+    )
+
+
 def test_every_training_run_that_made_a_model_is_followed_by_an_inspection(env) -> None:
     """inspect_after_training: one label_issues run per training run of a function that made a model (keyed by
     run); a young function's green run that waited for more examples made none, and gets none."""
