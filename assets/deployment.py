@@ -87,6 +87,22 @@ def fresh_items(
     return (frame["given"].to_list(), proba, frame), new_examples
 
 
+OWN_CHECK_ITEMS = 2000  # training items the candidate answers again for the gate's own-CV check (at most)
+
+
+def own_answers(path: Any, rows: pl.DataFrame) -> tuple[float, pl.DataFrame, list[str], list[str]] | None:
+    """From a version's ``oof_proba.parquet``: its out-of-fold accuracy, and up to :data:`OWN_CHECK_ITEMS` of
+    its training items (rows of ``rows``) with the labels it trained on, for the deployable model to answer
+    again (None without rows)."""
+    ids, given, label_set, proba = read_oof(path)
+    if not given:
+        return None
+    cv_accuracy = float(np.mean([label_set[int(k)] == g for k, g in zip(proba.argmax(axis=1), given, strict=True)]))
+    trained = pl.DataFrame({"content_hash": ids[:OWN_CHECK_ITEMS], "given": given[:OWN_CHECK_ITEMS]})
+    frame = trained.join(rows.unique("content_hash").drop("label", strict=False), on="content_hash", how="inner")
+    return cv_accuracy, frame, frame["given"].to_list(), label_set
+
+
 def _kind(classifier: Any) -> tuple[str, list[str], str | None]:
     return type(classifier).__name__, list(classifier.label_set), getattr(classifier, "encoder_id", None)
 
@@ -161,7 +177,7 @@ def gate_and_roll_out(
     features: pl.DataFrame,
 ) -> Iterator[Output[dict[str, Any]] | AssetCheckResult]:
     """The gate and the rollout decision for version ``candidate_tag`` (see :func:`deployment`)."""
-    from serving.model_store import load_classifier
+    from serving.model_store import load_classifier, version_path
 
     settings = loopml.settings()
     function = context.partition_key
@@ -185,6 +201,13 @@ def gate_and_roll_out(
 
     primary = load_classifier(settings, state.primary_tag) if state and state.primary_tag else None
     fresh, new_examples = None, True
+    oof_path = version_path(settings, candidate_tag) / "oof_proba.parquet"
+    own = own_answers(oof_path, rows) if oof_path.exists() else None
+    cv_accuracy, own_train = None, None
+    if own is not None and own[1].height:
+        cv_accuracy, frame, given, _ = own
+        answers = [candidate.label_set[int(k)] for k in score(candidate, frame).argmax(axis=1)]
+        own_train = (float(np.mean([a == g for a, g in zip(answers, given, strict=True)])), frame.height)
     if primary is not None:
         fresh, new_examples = fresh_items(settings, candidate_tag, state.primary_tag, list(candidate.label_set), rows)
         if fresh is not None:
@@ -204,6 +227,8 @@ def gate_and_roll_out(
         fresh=fresh,
         new_examples=new_examples,
         primary_must_pass_probs=score(primary, must_pass) if primary and must_pass.height else None,
+        candidate_cv_accuracy=cv_accuracy,
+        candidate_train=own_train,
     )
     details = {
         "candidate": candidate_tag,

@@ -12,11 +12,15 @@ The evidence is every labelled item that neither version learnt from, restricted
 Rules, in order:
 
 1. **Must-pass**: the candidate must answer every must-pass example (ticked in Label Studio) right.
-2. **Not worse**: "worse" must be both material and real: the accuracy drop exceeds the tolerance *and* a
+2. **Answers as trained**: the candidate's deployable model must not answer its own training items far
+   (one-sided 99 %) below its out-of-fold accuracy on them: a broken refit or export (answers permuted, say)
+   shows there on hundreds of items, even when the primary happens to do poorly on the few dozen of the
+   holdout (the out-of-fold answers, which the fresh items use, come from the sound fold models).
+3. **Not worse**: "worse" must be both material and real: the accuracy drop exceeds the tolerance *and* a
    one-sided paired (McNemar-style) comparison of the items only one of the two versions gets right says the
    drop is not noise. It is tested on the holdout (where the candidate's deployable model itself answers: a
    broken refit shows there) and on all the evidence (holdout + fresh items).
-3. **Something new**: a candidate trained on exactly the primary's examples (same items, same labels, same
+4. **Something new**: a candidate trained on exactly the primary's examples (same items, same labels, same
    label set: a scheduled retrain with nothing new) that is not clearly *better* on the evidence (the same
    test, the other way round) and fixes no must-pass example the primary gets wrong is *held*: it would only
    churn versions (a rollout whose outcome is noise).
@@ -34,6 +38,7 @@ import numpy as np
 
 DEFAULT_TOLERANCE = 0.01
 Z_ONE_SIDED_95 = 1.645
+Z_ONE_SIDED_99 = 2.326
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,7 @@ class GateResult:
     must_pass_total: int = 0
     must_pass_failures: list[dict[str, Any]] = field(default_factory=list)
     holdout_disagreement: float | None = None  # share of holdout items the two versions answer differently
-    # passed, but nothing is new (rule 3): the primary keeps serving and no rollout starts
+    # passed, but nothing is new (rule 4): the primary keeps serving and no rollout starts
     held: bool = False
     fresh_items: int = 0  # training items of the candidate that the primary never saw, labels shared
     evidence_items: int = 0  # holdout + fresh items compared
@@ -137,6 +142,8 @@ def evaluate_gate(
     fresh: FreshItems | None = None,
     new_examples: bool = True,
     primary_must_pass_probs: np.ndarray | None = None,
+    candidate_cv_accuracy: float | None = None,
+    candidate_train: tuple[float, int] | None = None,
 ) -> GateResult:
     """Judge the candidate against the primary (see the module docstring for the rules).
 
@@ -144,7 +151,8 @@ def evaluate_gate(
     known, e.g. a primary registered before versions kept their training items); ``new_examples`` whether the
     candidate learnt from examples (item and label) or a label set the primary did not; and
     ``primary_must_pass_probs`` the primary's answers to the must-pass examples (a candidate that fixes one the
-    primary gets wrong has something new).
+    primary gets wrong has something new); ``candidate_cv_accuracy`` its out-of-fold accuracy and
+    ``candidate_train`` its deployable model's accuracy on its own training items and their number (rule 2).
     """
     shared = [label for label in candidate_labels if primary_labels is None or label in primary_labels]
     keep = [i for i, t in enumerate(truth) if t in shared]
@@ -199,6 +207,10 @@ def evaluate_gate(
         return GateResult(
             False, f"{len(failures)} of {len(must_pass_truth)} must-pass examples answered wrong", **common
         )
+    train_accuracy, train_items = candidate_train or (None, 0)
+    broken = _below_own_cv(train_accuracy, train_items, candidate_cv_accuracy, tolerance)
+    if broken:
+        return GateResult(False, broken, **common)
     for name, comparison in (("holdout", holdout), ("holdout + fresh items", evidence)):
         if comparison is not None and comparison.worse(tolerance):
             return GateResult(
@@ -224,6 +236,21 @@ def evaluate_gate(
         )
     why = f"; fixes {fixes} must-pass example{'s' if fixes != 1 else ''} the primary gets wrong" if fixes else ""
     return GateResult(True, f"not worse: {summary}{why}", **common)
+
+
+def _below_own_cv(accuracy: float | None, items: int, cv_accuracy: float | None, tolerance: float) -> str | None:
+    """Why the candidate's deployable model answers its own training items clearly (one-sided 99 %) and
+    materially worse than its cross-validation did without having seen them (a broken refit or export), or
+    None. A sound refit, trained on those very items, answers them at least as well."""
+    if accuracy is None or cv_accuracy is None or not 0.0 < cv_accuracy < 1.0 or not items:
+        return None
+    z = (cv_accuracy - accuracy) * items**0.5 / (cv_accuracy * (1.0 - cv_accuracy)) ** 0.5
+    if cv_accuracy - accuracy > tolerance and z > Z_ONE_SIDED_99:
+        return (
+            f"the deployable model answers its own {items} training items with accuracy {accuracy:.3f}, far below "
+            f"its cross-validated {cv_accuracy:.3f} (z = {z:.1f}): it does not answer as its training measured"
+        )
+    return None
 
 
 def _fresh_answers(

@@ -470,3 +470,19 @@ def test_expected_calibration_error_is_the_top_label_gap_weighted_by_bin() -> No
     right = rng.uniform(size=confident.size) < confident  # right exactly as often as it says
     calibrated = np.stack([confident, 1 - confident], axis=1)
     assert expected_calibration_error(calibrated, np.where(right, 0, 1)) < 0.02
+
+
+def test_few_rows_near_chance_do_not_soften_the_winner_below_its_own_scale(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Labels unrelated to the features on 24 rows: the out-of-fold answers are at chance and a free temperature
+    fit softens the winner (``T > 1``); below MIN_ROWS_TO_SOFTEN rows the temperature stays at most 1."""
+    from loopml.automl import search
+
+    rng = np.random.default_rng(7)
+    emb = rng.normal(size=(24, 16)).astype(np.float32)
+    labels = [LABELS[i % 2] for i in range(24)]
+    texts = [f"item {i}" for i in range(24)]
+    capped = run_automl(texts, emb, labels, LABELS[:2], text_candidates=False)
+    assert capped.temperature <= 1.0
+    monkeypatch.setattr(search, "MIN_ROWS_TO_SOFTEN", 0)
+    free = run_automl(texts, emb, labels, LABELS[:2], text_candidates=False)
+    assert free.temperature > 1.0

@@ -142,3 +142,28 @@ def test_fresh_items_of_a_label_the_primary_lacks_are_left_out() -> None:
         fresh=FreshItems(["meh", "neg"], probs(["meh", "neg"], labels3), probs(["pos", "pos"])),
     )
     assert result.fresh_items == 1 and result.evidence_items == 2 and result.passed
+
+
+def test_a_deployable_model_far_below_its_own_cross_validation_is_rejected() -> None:
+    """A candidate whose out-of-fold answers were right 90 % of the time but whose deployable model gets 40 %
+    of its own 200 training items right is broken, even beside a primary as poor on the holdout."""
+    truth = ["pos", "neg"] * 40
+    half = ["pos"] * 80
+
+    def judge(train: tuple[float, int]):
+        return evaluate_gate(
+            truth=truth,
+            candidate_probs=probs(half),
+            candidate_labels=LABELS,
+            primary_probs=probs(half),
+            primary_labels=LABELS,
+            must_pass_truth=[],
+            must_pass_texts=[],
+            must_pass_probs=np.zeros((0, 2)),
+            candidate_cv_accuracy=0.9,
+            candidate_train=train,
+        )
+
+    broken = judge((0.4, 200))
+    assert not broken.passed and "its own 200 training items with accuracy 0.400" in broken.reason
+    assert judge((0.95, 200)).passed  # a sound refit answers what it trained on at least as well
