@@ -105,7 +105,8 @@ def test_fresh_items_expose_a_worse_candidate_the_small_holdout_cannot() -> None
     result = gate(truth, truth, truth, fresh=fresh(new_truth, worse, new_truth))
     assert not result.passed and result.fresh_items == 50 and result.evidence_items == 54
     assert result.reason.startswith(
-        "holdout + fresh items accuracy 0.907 vs the primary's 1.000 on 54 items (right only by the primary 5, only by the candidate 0)"
+        "holdout + fresh items accuracy 0.907 vs the primary's 1.000 on 54 items "
+        "(right only by the primary 5, only by the candidate 0)"
     )
 
 
