@@ -21,8 +21,11 @@ labelled items fall in the holdout split (by content hash in the product, at ran
 * ``better``: trained on the training items among the first ``--better`` labelled items (the primary's and
   later ones; its true accuracy is higher on average, the table says by how much);
 * ``equal``: the primary's training items again (a scheduled retrain with nothing new), another CV seed;
-* ``worse`` (planted): the ``better`` candidate's items seen through a broken encoder (all but
-  ``WORSE_DIMENSIONS`` embedding dimensions zeroed, in training and serving alike);
+* ``worse`` (planted): the ``better`` candidate's items seen through a broken input pipeline (all but
+  ``WORSE_DIMENSIONS`` embedding dimensions zeroed and texts cut to their first ``WORSE_WORDS`` words, in
+  training and serving alike: both the embedding heads and the TF-IDF model lose);
+* ``fewer`` (planted): a third of the ``better`` candidate's training items (a filter that lost the rest):
+  fewer items than the primary's, slightly worse;
 * ``broken`` (planted): the ``better`` candidate with its first two labels' columns swapped in the deployable
   model (a serving bug; its out-of-fold answers are untouched, so only the holdout can show it).
 
@@ -54,10 +57,11 @@ from loopml.canary import CanaryPolicy, CanaryStats, decide  # noqa: E402
 from loopml.deployments import CANARY_STEPS  # noqa: E402
 from loopml.gate import FreshItems, GateResult, evaluate_gate  # noqa: E402
 
-KINDS = ("better", "equal", "worse", "broken")
+KINDS = ("better", "equal", "fewer", "worse", "broken")
 # gate, canary policy: as before; the holdout-only gate with today's canary; today's gate and canary
 GATES = ("before", "holdout-only gate", "now")
-WORSE_DIMENSIONS = 6  # of the encoder's 384 kept by the planted broken encoder
+WORSE_DIMENSIONS = 6  # of the encoder's 384 kept by the planted broken input pipeline
+WORSE_WORDS = 3  # words of each text it keeps
 HOLDOUT_SHARE = 0.2
 ROLLBACK_REASONS: Counter = Counter()  # first word of the canary's reason, over all rollbacks
 
@@ -214,6 +218,7 @@ def simulate(name: str, seeds: int, n_primary: int, n_better: int, feedback: flo
     test_y = np.array([label_set.index(label) for label in labels[test]])
     worse_emb = emb.copy()
     worse_emb[:, WORSE_DIMENSIONS:] = 0.0
+    worse_texts = [" ".join(text.split()[:WORSE_WORDS]) for text in texts]
     outcomes: dict[tuple[str, str], Counter] = {(g, k): Counter() for g in GATES for k in KINDS}
     gains: dict[str, list[float]] = {k: [] for k in KINDS}
     for seed in range(seeds):
@@ -230,7 +235,8 @@ def simulate(name: str, seeds: int, n_primary: int, n_better: int, feedback: flo
         candidates = {
             "better": (better, True),
             "equal": (train(first, emb, seed + 1000, *scored), False),
-            "worse": (train(more, worse_emb, seed, *scored), True),
+            "fewer": (train(more[::3], emb, seed, *scored), True),
+            "worse": (train(more, worse_emb, seed, worse_texts, labels, test, hold_all), True),
             "broken": (swapped(better), True),
         }
         primary_acc = float(np.mean(primary.test.argmax(axis=1) == test_y))
@@ -247,7 +253,7 @@ def simulate(name: str, seeds: int, n_primary: int, n_better: int, feedback: flo
                     expected = result.holdout_disagreement
                     outcome = canary(candidate, primary, test_y, expected, feedback, seed, policy)
                 outcomes[(kind_gate, kind)][outcome] += 1
-                if kind in ("worse", "broken") and outcome == "promote":
+                if kind in ("fewer", "worse", "broken") and outcome == "promote":
                     print(f"  {name} seed {seed}: {kind} reached 100 % ({kind_gate}): {result.reason}", file=sys.stderr)
         done = ", ".join(f"{k} {np.mean(v):+.3f}" for k, v in gains.items())
         print(f"  {name} seed {seed + 1}/{seeds}: true gain so far {done}", file=sys.stderr, flush=True)

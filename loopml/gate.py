@@ -39,6 +39,8 @@ import numpy as np
 DEFAULT_TOLERANCE = 0.01
 Z_ONE_SIDED_95 = 1.645
 Z_ONE_SIDED_99 = 2.326
+LOSS_TOLERANCE = 0.02  # nats of mean log loss a candidate may lose before the paired loss test counts
+MIN_LOSS_ITEMS = 30  # items the paired loss test needs (a standard error from a handful of items means little)
 
 
 @dataclass(frozen=True)
@@ -81,20 +83,37 @@ class Paired:
     only_primary: int
     candidate_accuracy: float
     primary_accuracy: float
+    # mean and standard error of the per-item log-loss difference (candidate minus primary), both versions'
+    # probabilities renormalised over the shared labels; None without probabilities
+    loss_difference: float | None = None
+    loss_standard_error: float | None = None
 
     def worse(self, tolerance: float) -> bool:
-        """The candidate is materially (beyond ``tolerance``) and significantly (one-sided 95 %) worse."""
+        """The candidate is materially and significantly (one-sided 95 %) worse: its accuracy by more than
+        ``tolerance`` (sign test of the items only one version gets right), or its log loss by more than
+        :data:`LOSS_TOLERANCE` (paired test of the per-item losses, on :data:`MIN_LOSS_ITEMS` items or more: it
+        weighs how sure each answer was, so it tells a few points apart on a couple of hundred items where
+        right/wrong alone cannot)."""
         drop = self.primary_accuracy - self.candidate_accuracy
-        return drop > tolerance and significant(self.only_primary, self.only_candidate)
+        if drop > tolerance and significant(self.only_primary, self.only_candidate):
+            return True
+        if self.loss_difference is None or self.loss_standard_error is None or self.items < MIN_LOSS_ITEMS:
+            return False
+        return self.loss_difference > max(LOSS_TOLERANCE, Z_ONE_SIDED_95 * self.loss_standard_error)
 
     def better(self) -> bool:
         """The candidate is significantly (one-sided 95 %) better."""
         return significant(self.only_candidate, self.only_primary)
 
     def describe(self) -> str:
+        loss = (
+            f"; log loss {self.loss_difference:+.3f} ±{self.loss_standard_error:.3f} against the primary's"
+            if self.loss_difference is not None and self.loss_standard_error is not None
+            else ""
+        )
         return (
             f"{self.candidate_accuracy:.3f} vs the primary's {self.primary_accuracy:.3f} on {self.items} items "
-            f"(right only by the primary {self.only_primary}, only by the candidate {self.only_candidate})"
+            f"(right only by the primary {self.only_primary}, only by the candidate {self.only_candidate}{loss})"
         )
 
 
@@ -104,19 +123,43 @@ def significant(wins: int, losses: int, z: float = Z_ONE_SIDED_95) -> bool:
     return wins - losses > z * (wins + losses) ** 0.5
 
 
-def paired(truth: list[str], candidate: list[str], primary: list[str]) -> Paired | None:
-    """Compare answers on the same items (None without items)."""
+def paired(
+    truth: list[str],
+    candidate: list[str],
+    primary: list[str],
+    candidate_p_true: list[float] | None = None,
+    primary_p_true: list[float] | None = None,
+) -> Paired | None:
+    """Compare answers on the same items (None without items); with each version's probability of the true
+    label, their log losses too."""
     if not truth:
         return None
     cand_right = [c == t for c, t in zip(candidate, truth, strict=True)]
     prim_right = [p == t for p, t in zip(primary, truth, strict=True)]
+    loss, loss_se = None, None
+    if candidate_p_true is not None and primary_p_true is not None and len(truth) >= 2:
+        diff = np.log(np.clip(primary_p_true, 1e-6, 1.0)) - np.log(np.clip(candidate_p_true, 1e-6, 1.0))
+        loss, loss_se = float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
     return Paired(
         items=len(truth),
         only_candidate=sum(c and not p for c, p in zip(cand_right, prim_right, strict=True)),
         only_primary=sum(p and not c for c, p in zip(cand_right, prim_right, strict=True)),
         candidate_accuracy=float(np.mean(cand_right)),
         primary_accuracy=float(np.mean(prim_right)),
+        loss_difference=loss,
+        loss_standard_error=loss_se,
     )
+
+
+def _p_true(probs: np.ndarray, labels: list[str], truth: list[str], shared: list[str]) -> list[float]:
+    """Each row's probability of its true label, renormalised over the ``shared`` labels (a version with a
+    label the other lacks spreads mass over it by design)."""
+    if not truth:
+        return []
+    columns = [labels.index(label) for label in shared]
+    kept = np.asarray(probs, dtype=np.float64)[:, columns]
+    kept = kept / np.clip(kept.sum(axis=1, keepdims=True), 1e-12, None)
+    return [float(kept[i, shared.index(t)]) for i, t in enumerate(truth)]
 
 
 def _predictions(probs: np.ndarray, label_set: list[str]) -> list[str]:
@@ -182,13 +225,23 @@ def evaluate_gate(
     disagreement = (
         sum(p != c for p, c in zip(prim_pred, cand_pred, strict=True)) / len(prim_pred) if prim_pred else None
     )
-    holdout = paired(truth_kept, cand_pred, prim_pred) if prim_pred else None
-    fresh_truth, fresh_cand, fresh_prim = _fresh_answers(fresh, shared, candidate_labels, primary_labels)
-    evidence = (
-        paired(truth_kept + fresh_truth, cand_pred + fresh_cand, prim_pred + fresh_prim)
-        if primary_labels is not None and (prim_pred or fresh_truth)
-        else None
-    )
+    holdout, evidence = None, None
+    fresh_truth: list[str] = []
+    if primary_probs is not None and primary_labels is not None:
+        cand_p = _p_true(np.asarray(candidate_probs)[keep], candidate_labels, truth_kept, shared)
+        prim_p = _p_true(np.asarray(primary_probs)[keep], primary_labels, truth_kept, shared)
+        holdout = paired(truth_kept, cand_pred, prim_pred, cand_p, prim_p) if prim_pred else None
+        fresh_truth, fresh_cand, fresh_prim, fresh_cand_p, fresh_prim_p = _fresh_answers(
+            fresh, shared, candidate_labels, primary_labels
+        )
+        if prim_pred or fresh_truth:
+            evidence = paired(
+                truth_kept + fresh_truth,
+                cand_pred + fresh_cand,
+                prim_pred + fresh_prim,
+                cand_p + fresh_cand_p,
+                prim_p + fresh_prim_p,
+            )
     common = dict(
         holdout_disagreement=disagreement,
         candidate_accuracy=cand_acc,
@@ -215,7 +268,8 @@ def evaluate_gate(
         if comparison is not None and comparison.worse(tolerance):
             return GateResult(
                 False,
-                f"{name} accuracy {comparison.describe()}: worse than the primary beyond the tolerance {tolerance:.3f}",
+                f"{name} accuracy {comparison.describe()}: worse than the primary beyond the tolerance "
+                f"(accuracy {tolerance:.3f}, log loss {LOSS_TOLERANCE:.3f})",
                 **common,
             )
     if primary_labels is None:
@@ -254,15 +308,22 @@ def _below_own_cv(accuracy: float | None, items: int, cv_accuracy: float | None,
 
 
 def _fresh_answers(
-    fresh: FreshItems | None, shared: list[str], candidate_labels: list[str], primary_labels: list[str] | None
-) -> tuple[list[str], list[str], list[str]]:
-    """The fresh items whose label both versions know: truth, candidate's and primary's answers."""
-    if fresh is None or primary_labels is None or not fresh.truth:
-        return [], [], []
+    fresh: FreshItems | None, shared: list[str], candidate_labels: list[str], primary_labels: list[str]
+) -> tuple[list[str], list[str], list[str], list[float], list[float]]:
+    """The fresh items whose label both versions know: truth, candidate's and primary's answers, and their
+    probabilities of the true label (see :func:`_p_true`)."""
+    if fresh is None or not fresh.truth:
+        return [], [], [], [], []
     keep = [i for i, t in enumerate(fresh.truth) if t in shared]
-    cand = _predictions(fresh.candidate_probs, candidate_labels)
-    prim = _predictions(fresh.primary_probs, primary_labels)
-    return [fresh.truth[i] for i in keep], [cand[i] for i in keep], [prim[i] for i in keep]
+    truth = [fresh.truth[i] for i in keep]
+    cand_probs, prim_probs = np.asarray(fresh.candidate_probs)[keep], np.asarray(fresh.primary_probs)[keep]
+    return (
+        truth,
+        _predictions(cand_probs, candidate_labels),
+        _predictions(prim_probs, primary_labels),
+        _p_true(cand_probs, candidate_labels, truth, shared),
+        _p_true(prim_probs, primary_labels, truth, shared),
+    )
 
 
 def _fixed_must_pass(

@@ -116,7 +116,7 @@ def test_the_deep_tier_runs_in_its_own_job_and_deploys_only_on_evidence(tmp_path
         assert output["selected"] is True and output["tag"] == "tone:v2"
         assert 1_000_000 < output["memory_bytes"] < 10_000_000
         deployed = second.output_for_node("deep_deployment")
-        assert deployed["decision"] == "canary" and deployed["candidate"] == "tone:v2"
+        assert deployed["decision"] == "canary" and deployed["candidate"] == "tone:v2", deployed["reason"]
         assert DeploymentStore(settings).get("tone").canary_tag == "tone:v2"
         classifier = load_classifier(settings, "tone:v2")
         assert isinstance(classifier, DeepImageClassifier)

@@ -106,7 +106,7 @@ def test_fresh_items_expose_a_worse_candidate_the_small_holdout_cannot() -> None
     assert not result.passed and result.fresh_items == 50 and result.evidence_items == 54
     assert result.reason.startswith(
         "holdout + fresh items accuracy 0.907 vs the primary's 1.000 on 54 items "
-        "(right only by the primary 5, only by the candidate 0)"
+        "(right only by the primary 5, only by the candidate 0; log loss +0.203"
     )
 
 
@@ -168,3 +168,48 @@ def test_a_deployable_model_far_below_its_own_cross_validation_is_rejected() -> 
     broken = judge((0.4, 200))
     assert not broken.passed and "its own 200 training items with accuracy 0.400" in broken.reason
     assert judge((0.95, 200)).passed  # a sound refit answers what it trained on at least as well
+
+
+def test_a_candidate_as_often_right_but_far_less_sure_is_worse_by_log_loss() -> None:
+    """Same answers on 200 items (no item right by one version only), but the candidate gives the true label
+    0.55 where the primary gives 0.9: the paired log-loss test rejects it; 0.89 is within the tolerance."""
+    truth = ["pos", "neg"] * 100
+
+    def sure(p: float) -> np.ndarray:
+        return np.array([[p, 1 - p] if t == "pos" else [1 - p, p] for t in truth])
+
+    def judge(candidate_p: float):
+        return evaluate_gate(
+            truth=truth,
+            candidate_probs=sure(candidate_p),
+            candidate_labels=LABELS,
+            primary_probs=sure(0.9),
+            primary_labels=LABELS,
+            must_pass_truth=[],
+            must_pass_texts=[],
+            must_pass_probs=np.zeros((0, 2)),
+        )
+
+    unsure = judge(0.55)
+    assert not unsure.passed and "log loss +0.492" in unsure.reason
+    assert judge(0.89).passed
+
+
+def test_log_loss_is_compared_over_the_shared_labels() -> None:
+    """A candidate with a new label spreads probability over it; renormalised over the labels both versions
+    know, its answers to the old labels are as sure as the primary's."""
+    labels3 = ["pos", "neg", "meh"]
+    truth = ["pos", "neg"] * 50
+    candidate = np.array([[0.6, 0.1, 0.3] if t == "pos" else [0.1, 0.6, 0.3] for t in truth])
+    primary = np.array([[6 / 7, 1 / 7] if t == "pos" else [1 / 7, 6 / 7] for t in truth])
+    result = evaluate_gate(
+        truth=truth,
+        candidate_probs=candidate,
+        candidate_labels=labels3,
+        primary_probs=primary,
+        primary_labels=LABELS,
+        must_pass_truth=[],
+        must_pass_texts=[],
+        must_pass_probs=np.zeros((0, 3)),
+    )
+    assert result.passed and "0.000 ±0.000 against the primary's" in result.reason
