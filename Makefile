@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # caches of the running platform and of the tests stay inside the checkout, not in ~/.cache
 RUN_ENV := XDG_CACHE_HOME=$(CURDIR)/.loopml/cache
 
-.PHONY: help install install-browser install-images install-postgres install-brokers install-label-studio demo up down status test test-fast bench bench-field lint clean
+.PHONY: help install install-bench install-browser install-images install-postgres install-brokers install-label-studio demo up down status test test-fast bench bench-field lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ $(LS_VENV)/.installed:
 	touch $@
 
 install: $(VENV)/.installed $(LS_VENV)/.installed  ## install LoopML and Label Studio (idempotent)
+
+install-bench: $(VENV)/.installed  ## the field's tools the benchmarks compare against (small-text, cleanlab's Datalab)
+	$(PY) -m pip install -q -e ".[bench]"
 
 install-browser:  ## headless Chromium and its driver for the browser test (Debian packages, once)
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
@@ -93,8 +96,9 @@ $(FIELD_VENV)/.installed:
 bench-field: install $(FIELD_VENV)/.installed  ## loop latency beside a Label Studio ML backend, on the same data
 	$(RUN_ENV) $(VENV)/bin/python bench/loop_latency_field.py
 
-lint: install  ## ruff
+lint: install  ## ruff: lint and formatting
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:  ## remove everything a run made (keeps the virtual environments)
 	rm -rf .loopml test-artifacts
