@@ -39,7 +39,10 @@ import numpy as np
 DEFAULT_TOLERANCE = 0.01
 Z_ONE_SIDED_95 = 1.645
 Z_ONE_SIDED_99 = 2.326
-LOSS_TOLERANCE = 0.02  # nats of mean log loss a candidate may lose before the paired loss test counts
+# nats of mean log loss a candidate may lose before the paired loss test counts; the test counts only when the
+# candidate is also right on fewer items (two versions that answer alike differ by a near-constant amount per
+# item when only their temperatures differ, which a paired test finds "significant" however small)
+LOSS_TOLERANCE = 0.02
 MIN_LOSS_ITEMS = 30  # items the paired loss test needs (a standard error from a handful of items means little)
 
 
@@ -90,15 +93,17 @@ class Paired:
 
     def worse(self, tolerance: float) -> bool:
         """The candidate is materially and significantly (one-sided 95 %) worse: its accuracy by more than
-        ``tolerance`` (sign test of the items only one version gets right), or its log loss by more than
-        :data:`LOSS_TOLERANCE` (paired test of the per-item losses, on :data:`MIN_LOSS_ITEMS` items or more: it
-        weighs how sure each answer was, so it tells a few points apart on a couple of hundred items where
-        right/wrong alone cannot)."""
+        ``tolerance`` (sign test of the items only one version gets right), or, when it is right on fewer
+        items, its log loss by more than :data:`LOSS_TOLERANCE` (paired test of the per-item losses, on
+        :data:`MIN_LOSS_ITEMS` items or more: it weighs how sure each answer was, so it tells a few points apart
+        on a couple of hundred items where right/wrong alone cannot)."""
         drop = self.primary_accuracy - self.candidate_accuracy
         if drop > tolerance and significant(self.only_primary, self.only_candidate):
             return True
         if self.loss_difference is None or self.loss_standard_error is None or self.items < MIN_LOSS_ITEMS:
             return False
+        if self.only_primary <= self.only_candidate:
+            return False  # right as often or more, only less sure: a matter of calibration, not a regression
         return self.loss_difference > max(LOSS_TOLERANCE, Z_ONE_SIDED_95 * self.loss_standard_error)
 
     def better(self) -> bool:
@@ -284,7 +289,7 @@ def evaluate_gate(
     if not new_examples and not fixes and not (evidence is not None and evidence.better()):
         return GateResult(
             True,
-            f"held: trained on the primary's examples and not clearly better; {summary}",
+            f"trained on the primary's examples and not clearly better; {summary}",
             held=True,
             **common,
         )

@@ -431,7 +431,7 @@ def test_a_retrain_with_nothing_new_is_held_and_new_examples_are_gated_on_fresh_
     decided = again.output_for_node("deployment")
     store = DeploymentStore(env["settings"])
     assert decided["decision"] == "held" and decided["candidate"] == "sentiment:v2"
-    assert decided["reason"].startswith("held: trained on the primary's examples and not clearly better")
+    assert decided["reason"].startswith("trained on the primary's examples and not clearly better")
     assert store.get("sentiment").primary_tag == "sentiment:v1" and store.get("sentiment").canary_tag is None
     assert store.history("sentiment")[-1].action == "hold"
     assert again.get_asset_check_evaluations()[0].passed
