@@ -77,7 +77,7 @@ test: install install-browser install-images install-postgres install-brokers  #
 test-fast: install  ## unit and in-process tests only (no Label Studio server)
 	$(RUN_ENV) $(VENV)/bin/python -m pytest -m "not e2e"
 
-bench: install  ## run the benchmarks (print tables)
+bench: install install-bench  ## run the benchmarks (print tables; beside the field's tools where they exist)
 	$(RUN_ENV) $(VENV)/bin/python bench/automl_speed.py
 	$(RUN_ENV) $(VENV)/bin/python bench/learning_curve.py
 	$(RUN_ENV) $(VENV)/bin/python bench/serving.py
