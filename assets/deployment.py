@@ -90,7 +90,7 @@ def fresh_items(
 OWN_CHECK_ITEMS = 2000  # training items the candidate answers again for the gate's own-CV check (at most)
 
 
-def own_answers(path: Any, rows: pl.DataFrame) -> tuple[float, pl.DataFrame, list[str], list[str]] | None:
+def own_answers(path: Any, rows: pl.DataFrame) -> tuple[float, pl.DataFrame, list[str]] | None:
     """From a version's ``oof_proba.parquet``: its out-of-fold accuracy, and up to :data:`OWN_CHECK_ITEMS` of
     its training items (rows of ``rows``) with the labels it trained on, for the deployable model to answer
     again (None without rows)."""
@@ -100,7 +100,7 @@ def own_answers(path: Any, rows: pl.DataFrame) -> tuple[float, pl.DataFrame, lis
     cv_accuracy = float(np.mean([label_set[int(k)] == g for k, g in zip(proba.argmax(axis=1), given, strict=True)]))
     trained = pl.DataFrame({"content_hash": ids[:OWN_CHECK_ITEMS], "given": given[:OWN_CHECK_ITEMS]})
     frame = trained.join(rows.unique("content_hash").drop("label", strict=False), on="content_hash", how="inner")
-    return cv_accuracy, frame, frame["given"].to_list(), label_set
+    return cv_accuracy, frame, frame["given"].to_list()
 
 
 def _kind(classifier: Any) -> tuple[str, list[str], str | None]:
@@ -205,7 +205,7 @@ def gate_and_roll_out(
     own = own_answers(oof_path, rows) if oof_path.exists() else None
     cv_accuracy, own_train = None, None
     if own is not None and own[1].height:
-        cv_accuracy, frame, given, _ = own
+        cv_accuracy, frame, given = own
         answers = [candidate.label_set[int(k)] for k in score(candidate, frame).argmax(axis=1)]
         own_train = (float(np.mean([a == g for a, g in zip(answers, given, strict=True)])), frame.height)
     if primary is not None:

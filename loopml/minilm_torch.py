@@ -25,9 +25,20 @@ from loopml.encoders import DEFAULT_TEXT_ENCODER, torch_call, torch_device
 from loopml.packages import package_dir
 from loopml.text_input import clip_texts
 
-__all__ = ["MiniLMTorchEncoder", "read_safetensors"]
+__all__ = ["MiniLMTorchEncoder", "pad_ids", "read_safetensors"]
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
+
+
+def pad_ids(ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids padded with zeros to the longest row, and the attention mask (1 on real tokens)."""
+    width = max(len(x) for x in ids)
+    tokens = torch.zeros((len(ids), width), dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, seq in enumerate(ids):
+        tokens[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    return tokens, mask
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -149,12 +160,7 @@ class MiniLMTorchEncoder:
         return ["CUDAExecutionProvider"] if self.device == "cuda" else ["CPUExecutionProvider"]
 
     def _embed(self, ids: list[list[int]]) -> np.ndarray:
-        width = max(len(x) for x in ids)
-        tokens = torch.zeros((len(ids), width), dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for row, seq in enumerate(ids):
-            tokens[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
+        tokens, mask = pad_ids(ids)
         with torch.inference_mode():
             return self._model(tokens.to(self.device), mask.to(self.device)).cpu().numpy()
 

@@ -59,7 +59,7 @@ def test_fit_text_deep_trains_and_predicts_calibrated_probabilities() -> None:
 
     assert result.steps_run == result.steps_planned == 4  # 16 rows x 4 pairs / batch 16
     assert result.pairs == 64
-    assert result.train_seconds > 0 and result.temperature > 0
+    assert result.temperature > 0
     original = shared_backbone().network.layers[-1].qkv.weight.cpu()
     assert not torch.equal(result.model.tail.layers[0].qkv.weight, original)  # the copy trained, the shared one not
     assert result.model.memory_bytes < 10_000_000  # one layer and a head, not a whole encoder

@@ -122,12 +122,9 @@ def shared_backbone(device: str | None = None) -> MiniLMBackbone:
 
 
 def _pad_ids(ids: list[list[int]], device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(x) for x in ids)
-    tokens = torch.zeros((len(ids), width), dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, seq in enumerate(ids):
-        tokens[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
+    from loopml.minilm_torch import pad_ids
+
+    tokens, mask = pad_ids(ids)
     return tokens.to(device), mask.to(device)
 
 
