@@ -19,3 +19,5 @@ echo "==> GPU figures"
 "$PY" bench/gpu_figures.py
 echo "==> the serving API on the GPU (real server, HTTP)"
 "$PY" bench/serving_images.py --gpu --seconds 4 --clients 8
+echo "==> the text deep tier on the GPU (fine-tuned MiniLM beside the AutoML model; 1 seed per budget)"
+timeout 300 "$PY" bench/text_deep_tier.py --seeds 1 --sizes 8,32,128 || echo "text deep tier bench: stopped after 300 s"

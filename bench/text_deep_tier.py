@@ -124,7 +124,7 @@ def evaluate(
                 deep.steps_planned,
                 deep.temperature,
                 tail_seconds,
-                deep.model.memory_bytes,
+                deep.model.memory_bytes(),
             )
             runs.append(run)
             print(f"  {json.dumps(asdict(run))}", file=sys.stderr, flush=True)

@@ -147,6 +147,11 @@ def env_int(name: str, default: int) -> int:
     return value
 
 
+def env_flag(name: str) -> bool:
+    """Whether the environment variable ``name`` is switched on (1, true, yes or on; anything else is off)."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def gpu_mode() -> Literal["auto", "on", "off"]:
     """``LOOPML_SERVING_GPU``: ``auto`` (default: a GPU when present), ``on`` or ``off`` (0/false/no/off)."""
     flag = os.environ.get("LOOPML_SERVING_GPU", "auto").strip().lower()

@@ -1,4 +1,4 @@
-"""Schedules: nightly retraining (and the image deep tier) and hourly monitoring of every function that serves a
+"""Schedules: nightly retraining (and the deep tiers) and hourly monitoring of every function that serves a
 model."""
 
 import os
@@ -6,8 +6,10 @@ from collections.abc import Iterator
 
 from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
+from assets.deep_model import TEXT_DEEP_ENV
 from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource
+from loopml.config import env_flag
 from loopml.deployments import DeploymentStore
 from pipelines.jobs import monitor_function, train_deep_function, train_function
 
@@ -46,8 +48,9 @@ def nightly_retraining(context: ScheduleEvaluationContext, loopml: LoopMLResourc
     job=train_deep_function,
     cron_schedule=os.environ.get("LOOPML_DEEP_CRON", "0 4 * * *"),
     default_status=DefaultScheduleStatus.RUNNING,
-    description="Nightly (04:00, LOOPML_DEEP_CRON), for every image function that serves a model: the deep tier "
-    "(a fine-tuned backbone tail) trains in its own run and is kept only when cross-validation says it is better.",
+    description="Nightly (04:00, LOOPML_DEEP_CRON), for every image function that serves a model (and every text "
+    "function with LOOPML_TEXT_DEEP=1): the deep tier (a fine-tuned network tail) trains in its own run and is kept "
+    "only when cross-validation says it is better.",
 )
 def nightly_deep_training(
     context: ScheduleEvaluationContext, loopml: LoopMLResource
@@ -56,10 +59,11 @@ def nightly_deep_training(
     serving, waiting = serving_functions(context, loopml)
     registry = loopml.registry()
     kinds = {spec.name: spec.input_type for spec in registry.list()}
-    images = [f for f in serving if kinds.get(f) == "image"]
-    if not images:
-        yield SkipReason("no image function serves a model yet") if serving else _skip(waiting)
-    for function in images:
+    tiers = ("image", "text") if env_flag(TEXT_DEEP_ENV) else ("image",)
+    deep = [f for f in serving if kinds.get(f) in tiers]
+    if not deep:
+        yield SkipReason(f"no {' or '.join(tiers)} function serves a model yet") if serving else _skip(waiting)
+    for function in deep:
         yield RunRequest(partition_key=function, run_key=f"deep:{function}:{day}", tags={"loopml/trigger": "nightly"})
 
 

@@ -93,13 +93,18 @@ def save_model(settings: Settings, function: str, classifier: TextClassifier, me
 
 def load_classifier(settings: Settings, tag: str) -> TextClassifier:
     """The classifier of version ``tag``: the AutoML's (:class:`loopml.automl.TextClassifier`) or, for a version of
-    the image deep tier, a :class:`loopml.automl.deep.DeepImageClassifier` (same ``predict_proba`` interface)."""
+    a deep tier, a :class:`loopml.automl.deep.DeepImageClassifier` (images) or a
+    :class:`loopml.automl.text_deep.TextDeepClassifier` (texts), with the same ``predict_proba`` interface."""
     from loopml.automl import TextClassifier
 
     bentoml = _bentoml(settings)
     model = bentoml.models.get(tag, _model_store=model_store(settings))
     path = Path(model.path) / "classifier"
     if (path / "tail.pt").exists():
+        from loopml.automl.text_deep import TextDeepClassifier
+
+        if TextDeepClassifier.is_saved_at(path):
+            return TextDeepClassifier.load(path)  # type: ignore[return-value]
         from loopml.automl.deep import DeepImageClassifier
 
         return DeepImageClassifier.load(path)  # type: ignore[return-value]

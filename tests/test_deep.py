@@ -1,6 +1,6 @@
-"""The image deep tier: a fine-tuned backbone tail learns, is judged against the AutoML model on the same items'
-out-of-fold answers, is registered only when it wins by more than the noise, and then serves as its own version
-through the same gate and canary as any other."""
+"""The deep tiers (images; texts when switched on): a fine-tuned network tail learns, is judged against the
+AutoML model on the same items' out-of-fold answers, is registered only when it wins by more than the noise, and
+then serves as its own version through the same gate and canary as any other."""
 
 from __future__ import annotations
 
@@ -135,12 +135,62 @@ def test_a_text_function_skips_the_deep_tier(env) -> None:
         resources=env["resources"],
     )
     output = result.output_for_node("deep_model")
-    assert output["selected"] is False and "classifies texts" in output["reason"]
+    assert output["selected"] is False and "text deep tier is off" in output["reason"]
 
 
-def test_the_deep_tier_runs_nightly_for_image_functions_that_serve_a_model(settings) -> None:
+def test_with_the_text_tier_on_a_text_function_fine_tunes_minilm_and_deploys_only_on_evidence(env, monkeypatch) -> None:
+    """``LOOPML_TEXT_DEEP=1``: ``deep_model`` fine-tunes MiniLM on the text function's training split and compares
+    it with the AutoML run item by item; where AutoML is right on every item nothing registers; a candidate that
+    cross-validation calls better becomes the next version, passes the gate to a canary and loads as a text deep
+    version that answers texts itself."""
+    import loopml.automl.deep
+    from assets.deep_model import deep_model
+    from assets.deployment import deep_deployment
+    from loopml.automl.text_deep import TextDeepClassifier
+
+    monkeypatch.setenv("LOOPML_TEXT_DEEP", "1")
+    monkeypatch.setenv("LOOPML_TEXT_DEEP_LAYERS", "1")
+    monkeypatch.setenv("LOOPML_DEEP_MIN_PER_CLASS", "3")
+    monkeypatch.setenv("LOOPML_DEEP_TIME_BUDGET_S", "120")
+    annotate_all(env["fake"], env["project"])
+    assert run(env).success
+    deep = [deep_model, deep_deployment, *[a.to_source_asset() for a in ASSETS]]
+    settings = env["settings"]
+
+    first = materialize(deep, instance=env["instance"], partition_key="sentiment", resources=env["resources"])
+    assert first.success
+    output = first.output_for_node("deep_model")
+    assert output["train_layers"] == 1 and output["steps_run"] > 0
+    assert output["compared_with"] == "sentiment:v1" and 0.0 <= output["deep_cv_accuracy"] <= 1.0
+    if output["automl_cv_accuracy"] == 1.0:  # nothing to gain over AutoML: nothing registers
+        assert output["selected"] is False and "not better" in output["reason"]
+        assert [v.tag for v in list_versions(settings, "sentiment")] == ["sentiment:v1"]
+
+    real = loopml.automl.deep.compare_out_of_fold
+
+    def evidence(deep_ok: np.ndarray, automl_ok: np.ndarray) -> loopml.automl.deep.DeepComparison:
+        half = np.arange(len(automl_ok)) % 2 == 0  # as if AutoML had missed every other item
+        return real(np.ones(len(deep_ok), dtype=bool), half)
+
+    # the evidence says "better": the decision path is under test here, the statistics in their own test
+    monkeypatch.setattr(loopml.automl.deep, "compare_out_of_fold", evidence)
+    second = materialize(deep, instance=env["instance"], partition_key="sentiment", resources=env["resources"])
+    assert second.success
+    output = second.output_for_node("deep_model")
+    tag = output["tag"]
+    assert output["selected"] is True and tag == list_versions(settings, "sentiment")[-1].tag
+    assert 1_000_000 < output["memory_bytes"] < 10_000_000  # one MiniLM layer and a head
+    deployed = second.output_for_node("deep_deployment")
+    assert deployed["decision"] == "canary" and deployed["candidate"] == tag, deployed["reason"]
+    assert DeploymentStore(settings).get("sentiment").canary_tag == tag
+    classifier = load_classifier(settings, tag)
+    assert isinstance(classifier, TextDeepClassifier) and classifier.train_layers == 1
+    assert classifier.predict(["I loved this film, wonderful acting"]) in (["positive"], ["negative"])
+
+
+def test_the_deep_tier_runs_nightly_for_image_functions_that_serve_a_model(settings, monkeypatch) -> None:
     """``nightly_deep_training`` asks for one ``train_deep_function`` run per image function with a primary; a
-    text function and an image function without a model get none."""
+    text function (unless ``LOOPML_TEXT_DEEP=1``) and an image function without a model get none."""
     from datetime import UTC, datetime
 
     from dagster import SkipReason, build_schedule_context, instance_for_test
@@ -172,4 +222,7 @@ def test_the_deep_tier_runs_nightly_for_image_functions_that_serve_a_model(setti
         store.set_primary("photos", "photos:v1", "first version")
         store.set_primary("sentiment", "sentiment:v1", "first version")
         requests = evaluate()
+        monkeypatch.setenv("LOOPML_TEXT_DEEP", "1")
+        with_text = evaluate()
     assert [(r.partition_key, r.run_key) for r in requests] == [("photos", "deep:photos:2026-12-05")]
+    assert [r.partition_key for r in with_text] == ["photos", "sentiment"]

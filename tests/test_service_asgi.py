@@ -572,6 +572,36 @@ def test_a_deep_tier_version_serves_as_a_canary_beside_the_automl_primary(served
     assert after.status_code == 200 and after.json()["version"] == primary
 
 
+def test_a_text_deep_tier_version_serves_as_a_canary_beside_the_automl_primary(served: Served) -> None:
+    """A fine-tuned MiniLM tail (the text deep tier) is a version like any other: it hot-loads as the canary,
+    answers the texts it is given itself (no pooled embeddings), is logged with its own tag, and rolls back."""
+    from loopml.automl.text_deep import TextDeepClassifier, fit_text_deep
+    from serving.model_store import load_classifier, save_model
+    from tests.serving_support import LABELS, NEGATIVE, POSITIVE
+
+    texts, labels = POSITIVE + NEGATIVE, ["positive"] * len(POSITIVE) + ["negative"] * len(NEGATIVE)
+    deep = fit_text_deep(texts, labels, LABELS, max_pairs_per_example=4, train_layers=1, encoder_id="minilm-l6-int8")
+    tag = save_model(served.settings, FUNCTION, deep.model, {"winner": deep.model.candidate}).tag  # type: ignore[arg-type]
+    assert isinstance(load_classifier(served.settings, tag), TextDeepClassifier)
+    expected = deep.model.predict_proba(["A wonderful, moving film.", "A dull and tedious mess."])
+    primary = served.store.get(FUNCTION).primary_tag
+    served.store.start_canary(FUNCTION, tag, 1.0, "test: all traffic to the text deep version")
+    served.wait_for_revision(timeout=30)
+    try:
+        batch = served.invoke({"texts": ["A wonderful, moving film.", "A dull and tedious mess."]})
+        results = batch["results"]
+        assert {r["version"] for r in results} == {tag}
+        for result, row in zip(results, expected, strict=True):
+            assert result["label"] == LABELS[int(row.argmax())]
+            assert result["confidence"] == pytest.approx(float(row.max()), abs=1e-4)
+        logged = served.log.get(results[0]["invocation_id"])
+        assert logged is not None and logged["answered_by"] == tag
+    finally:
+        served.store.rollback(FUNCTION, "test done")
+        served.wait_for_revision(timeout=30)
+    assert served.invoke({"text": "A superb film."})["version"] == primary
+
+
 def test_the_openapi_document_states_the_one_of_rules(served: Served) -> None:
     schemas = served.client.get("/openapi.json", headers=served.headers).json()["components"]["schemas"]
     one_of = schemas["InvokeRequest"]["oneOf"]

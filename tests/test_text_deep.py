@@ -62,7 +62,7 @@ def test_fit_text_deep_trains_and_predicts_calibrated_probabilities() -> None:
     assert result.temperature > 0
     original = shared_backbone().network.layers[-1].qkv.weight.cpu()
     assert not torch.equal(result.model.tail.layers[0].qkv.weight, original)  # the copy trained, the shared one not
-    assert result.model.memory_bytes < 10_000_000  # one layer and a head, not a whole encoder
+    assert result.model.memory_bytes() < 10_000_000  # one layer and a head, not a whole encoder
 
     test_texts = SPORT[8:] + COOKING[8:]
     proba = result.model.predict_proba(test_texts)
@@ -83,3 +83,38 @@ def test_fit_text_deep_cross_validates_when_asked() -> None:
     assert result.cv_accuracy is not None and 0.0 <= result.cv_accuracy <= 1.0
     assert result.oof_proba is not None and result.oof_proba.shape == (12, 2)
     assert result.model.params["folds"] == 2
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_the_stored_head_answers_as_scikit_learn(n_classes: int) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from loopml.automl.text_deep import _fit_head
+
+    rng = np.random.default_rng(n_classes)
+    y = np.arange(60) % n_classes
+    emb = rng.normal(size=(60, 8)) + y[:, None]
+    head = _fit_head(emb, y, seed=0)
+    reference = LogisticRegression(max_iter=2000, random_state=0).fit(emb, y)
+    fresh = rng.normal(size=(10, 8)) * 2
+    np.testing.assert_allclose(head.log_proba(fresh), reference.predict_log_proba(fresh), atol=1e-8)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_text_deep_version_saves_and_loads_to_the_same_answers(tmp_path) -> None:
+    from loopml.automl.text_deep import TextDeepClassifier
+
+    texts = SPORT[:6] + COOKING[:6]
+    labels = ["sport"] * 6 + ["cooking"] * 6
+    model = fit_text_deep(texts, labels, ["cooking", "sport"], max_pairs_per_example=2, train_layers=1).model
+    model.encoder_id = "minilm-l6-int8"
+    model.save(tmp_path / "version")
+    assert TextDeepClassifier.is_saved_at(tmp_path / "version")
+    assert not list(tmp_path.glob("**/*.pkl"))  # arrays and a state dict, no pickles
+    loaded = TextDeepClassifier.load(tmp_path / "version")
+    fresh = SPORT[6:] + COOKING[6:]
+    np.testing.assert_allclose(loaded.predict_proba(fresh), model.predict_proba(fresh), atol=1e-6)
+    assert (loaded.label_set, loaded.encoder_id, loaded.train_layers) == (["cooking", "sport"], "minilm-l6-int8", 1)
+    assert loaded.needs_embeddings is False and loaded.memory_bytes() == model.memory_bytes()
+    with pytest.raises(ValueError, match="not a text deep model"):
+        TextDeepClassifier.load(tmp_path)

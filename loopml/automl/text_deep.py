@@ -44,6 +44,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,7 @@ from torch import nn
 from .metrics import fit_temperature, softmax
 
 __all__ = [
+    "LinearHead",
     "MiniLMBackbone",
     "TextDeepClassifier",
     "TextDeepResult",
@@ -61,6 +63,7 @@ __all__ = [
 ]
 
 CANDIDATE = "deep:minilm-setfit"
+TEXT_DEEP_FORMAT = "loopml-text-deep/1"
 CALIBRATION_SMOOTHING_ROWS = 1.0  # uniform mass in the temperature targets, in rows (as the AutoML winner's)
 
 
@@ -281,16 +284,44 @@ def _fine_tune(
 
 
 # --- the head ----------------------------------------------------------------------------------------------
-def _fit_head(emb: np.ndarray, y: np.ndarray, seed: int) -> Any:
+@dataclass
+class LinearHead:
+    """A fitted logistic regression as plain arrays (what a version stores): ``coef`` ``[k, d]`` and
+    ``intercept`` ``[k]`` for the ``classes`` (label indices) it saw; ``k = 1`` for two classes, as scikit-learn
+    fits them (the positive class is ``classes[1]``)."""
+
+    coef: np.ndarray
+    intercept: np.ndarray
+    classes: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.coef.nbytes + self.intercept.nbytes)
+
+    def log_proba(self, emb: np.ndarray) -> np.ndarray:
+        """``[n, len(classes)]`` log-probabilities, as scikit-learn's ``predict_log_proba`` computes them."""
+        scores = np.asarray(emb, dtype=np.float64) @ self.coef.T + self.intercept
+        if len(self.classes) == 2 and scores.shape[1] == 1:
+            scores = np.hstack([np.zeros_like(scores), scores])  # softmax of (0, s) = (1 - sigmoid s, sigmoid s)
+        scores = scores - scores.max(axis=1, keepdims=True)
+        return scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
+
+
+def _fit_head(emb: np.ndarray, y: np.ndarray, seed: int) -> LinearHead:
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(max_iter=2000, random_state=seed).fit(emb, y)
+    fitted = LogisticRegression(max_iter=2000, random_state=seed).fit(emb, y)
+    return LinearHead(
+        np.asarray(fitted.coef_, dtype=np.float64),
+        np.asarray(fitted.intercept_, dtype=np.float64),
+        np.asarray(fitted.classes_, dtype=np.int64),
+    )
 
 
-def _head_logits(head: Any, emb: np.ndarray, n_classes: int) -> np.ndarray:
+def _head_logits(head: LinearHead, emb: np.ndarray, n_classes: int) -> np.ndarray:
     """Log-probabilities of all ``n_classes`` (columns of classes the head never saw get a very low logit)."""
     logits = np.full((len(emb), n_classes), -30.0)
-    logits[:, head.classes_] = head.predict_log_proba(emb)
+    logits[:, head.classes] = head.log_proba(emb)
     return logits
 
 
@@ -310,37 +341,104 @@ def _head_oof_logits(emb: np.ndarray, y: np.ndarray, n_classes: int, seed: int) 
 # --- the deployable version --------------------------------------------------------------------------------
 @dataclass
 class TextDeepClassifier:
-    """A fine-tuned MiniLM tail and a logistic-regression head: answers texts itself (no embeddings needed)."""
+    """A fine-tuned MiniLM tail and a logistic-regression head: answers texts itself (no pooled embeddings of the
+    function's encoder are needed), with the version interface of :class:`loopml.automl.TextClassifier`.
+
+    ``encoder_id`` is the function's encoder (whose embeddings are logged beside each answer); the frozen part of
+    MiniLM that this tail continues is the one :func:`shared_backbone` holds in every process."""
 
     label_set: list[str]
     tail: _Tail
-    head: Any  # a fitted sklearn LogisticRegression over the label indices
+    head: LinearHead
     temperature: float
     train_layers: int
     max_tokens: int = 256
     params: dict[str, Any] = field(default_factory=dict)
+    encoder_id: str | None = None
+    candidate: str = CANDIDATE
+    embedding_head: None = None  # no head over the function's pooled embeddings
+    tfidf_head: None = None
 
     @property
+    def needs_embeddings(self) -> bool:
+        return False
+
     def memory_bytes(self) -> int:
         """Bytes this version adds to the shared frozen MiniLM: the tail's weights and the head's."""
-        head = self.head.coef_.nbytes + self.head.intercept_.nbytes
-        return self.tail.parameter_bytes() + int(head)
+        return self.tail.parameter_bytes() + self.head.nbytes
+
+    def to(self, device: str) -> TextDeepClassifier:
+        """Move the tail to ``device`` (the frozen prefix runs on the shared backbone's own device)."""
+        self.tail = self.tail.to(device).eval()
+        return self
 
     def encode(self, texts: list[str], states: list[torch.Tensor] | None = None) -> np.ndarray:
         """Fine-tuned unit vectors of ``texts`` (``states``: their prefix states, if already computed)."""
         if states is None:
-            states = shared_backbone().prefix_states(texts, self.train_layers, self.max_tokens)
+            states = shared_backbone().prefix_states(list(texts), self.train_layers, self.max_tokens)
         return self.tail.embed(states)
 
-    def predict_proba(self, texts: list[str], states: list[torch.Tensor] | None = None) -> np.ndarray:
-        """Calibrated probabilities ``[n, len(label_set)]``, columns in ``label_set`` order."""
-        if not texts and states is None:
+    def predict_proba(
+        self, texts: list[str], embeddings: np.ndarray | None = None, *, states: list[torch.Tensor] | None = None
+    ) -> np.ndarray:
+        """Calibrated probabilities ``[n, len(label_set)]``, columns in ``label_set`` order. ``embeddings`` (the
+        function encoder's, passed by callers of any version) are not used; ``states``: see :meth:`encode`."""
+        if not len(texts) and states is None:
             return np.zeros((0, len(self.label_set)))
         logits = _head_logits(self.head, self.encode(texts, states), len(self.label_set))
         return softmax(logits, self.temperature)
 
-    def predict(self, texts: list[str]) -> list[str]:
+    def predict(self, texts: list[str], embeddings: np.ndarray | None = None) -> list[str]:
         return [self.label_set[i] for i in self.predict_proba(texts).argmax(axis=1)]
+
+    def save(self, path: Path) -> None:
+        """``model.json`` (format, labels, encoder, temperature, parameters), ``tail.pt`` (the trained layers'
+        state dict, float32) and ``head.npz`` (the head's arrays): no pickles."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu().float() for k, v in self.tail.state_dict().items()}, path / "tail.pt")
+        np.savez(path / "head.npz", coef=self.head.coef, intercept=self.head.intercept, classes=self.head.classes)
+        meta = {
+            "format": TEXT_DEEP_FORMAT,
+            "label_set": self.label_set,
+            "encoder_id": self.encoder_id,
+            "candidate": self.candidate,
+            "temperature": self.temperature,
+            "train_layers": self.train_layers,
+            "max_tokens": self.max_tokens,
+            "params": self.params,
+        }
+        (path / "model.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+
+    @staticmethod
+    def is_saved_at(path: Path) -> bool:
+        """Whether ``path`` holds a version written by :meth:`save`."""
+        meta = Path(path) / "model.json"
+        return meta.exists() and json.loads(meta.read_text(encoding="utf-8")).get("format") == TEXT_DEEP_FORMAT
+
+    @staticmethod
+    def load(path: Path) -> TextDeepClassifier:
+        """Read a version written by :meth:`save`; the tail's layers are copies of the shared backbone's, then
+        overwritten with the saved weights."""
+        path = Path(path)
+        if not TextDeepClassifier.is_saved_at(path):
+            raise ValueError(f"not a text deep model: {path}")
+        meta = json.loads((path / "model.json").read_text(encoding="utf-8"))
+        tail = _Tail(shared_backbone(), int(meta["train_layers"]))
+        tail.load_state_dict(torch.load(path / "tail.pt", map_location="cpu", weights_only=True))
+        with np.load(path / "head.npz") as arrays:
+            head = LinearHead(arrays["coef"], arrays["intercept"], arrays["classes"])
+        return TextDeepClassifier(
+            label_set=list(meta["label_set"]),
+            tail=tail.requires_grad_(False).eval(),
+            head=head,
+            temperature=float(meta["temperature"]),
+            train_layers=int(meta["train_layers"]),
+            max_tokens=int(meta.get("max_tokens", 256)),
+            params=dict(meta.get("params", {})),
+            encoder_id=meta.get("encoder_id"),
+            candidate=str(meta.get("candidate", CANDIDATE)),
+        )
 
 
 @dataclass
@@ -373,6 +471,7 @@ def fit_text_deep(
     batch_size: int = 16,
     max_tokens: int = 256,
     threads: int | None = None,
+    encoder_id: str | None = None,
 ) -> TextDeepResult:
     """Fine-tune MiniLM's last ``train_layers`` layers (6: all) SetFit's way on ``texts``/``labels`` and fit a
     calibrated logistic-regression head on the fine-tuned embeddings (see the module docstring).
@@ -381,7 +480,8 @@ def fit_text_deep(
     ``lr`` and ``batch_size`` (pairs) as SetFit's defaults. ``folds >= 2`` also fine-tunes one encoder per fold
     for an honest cross-validated accuracy and temperature (``folds + 1`` fine-tunings in all); ``folds=0``
     skips it. ``time_budget_s`` is shared equally by the fold fits and the final fit. ``threads``: torch CPU
-    threads while training (default: every usable core).
+    threads while training (default: every usable core). ``encoder_id``: the function's encoder, recorded on the
+    version (see :class:`TextDeepClassifier`).
     """
     from sklearn.model_selection import StratifiedKFold
 
@@ -434,6 +534,7 @@ def fit_text_deep(
         train_layers=train_layers,
         max_tokens=max_tokens,
         params={**options, "seed": seed, "folds": fold_count, "steps_run": log.steps_run},
+        encoder_id=encoder_id,
     )
     cv_accuracy, oof_proba = None, None
     if fold_count >= 2:

@@ -56,3 +56,17 @@ def test_the_deep_tier_trains_on_the_gpu() -> None:
     result = fit_deep_candidate(get_encoder(IMAGE_ENCODER), images, labels, ["light", "dark"], config)  # type: ignore[arg-type]
     assert result.cv_accuracy >= 0.9
     assert result.model.predict([png(240, seed=5), png(10, seed=6)]) == ["light", "dark"]
+
+
+def test_the_text_deep_tier_trains_on_the_gpu_and_answers_there_as_on_the_cpu() -> None:
+    from loopml.automl.text_deep import fit_text_deep, shared_backbone
+    from tests.serving_support import LABELS, NEGATIVE, POSITIVE
+
+    assert shared_backbone().device == "cuda"
+    texts, labels = POSITIVE + NEGATIVE, ["positive"] * len(POSITIVE) + ["negative"] * len(NEGATIVE)
+    model = fit_text_deep(texts, labels, LABELS, max_pairs_per_example=4, train_layers=2).model
+    fresh = ["a wonderful, moving film", "a dull and tedious mess"]
+    on_cpu_tail = model.predict_proba(fresh)
+    model.to("cuda")
+    assert next(model.tail.parameters()).is_cuda
+    assert np.allclose(model.predict_proba(fresh), on_cpu_tail, atol=1e-4)
