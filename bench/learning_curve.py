@@ -20,7 +20,7 @@ Every method's test probabilities also give its expected calibration error (top 
 
 Embeddings are cached under ``$LOOPML_HOME/bench`` (shared with ``bench/automl_speed.py``).
 
-    .venv/bin/python bench/learning_curve.py [--quick] [--seeds N] [--also-encoder e5-small-q4]
+    .venv/bin/python bench/learning_curve.py [--quick] [--seeds N] [--sizes 8,32,128,all] [--also-encoder e5-small-q4]
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def draw(pool: np.ndarray, labels: np.ndarray, per_class: int | None, seed: int)
 
 
 def evaluate(
-    name: str, seeds: int, also: list[str]
+    name: str, seeds: int, also: list[str], sizes: list[int | None] = SIZES
 ) -> list[tuple[str, dict[str, list[float]], dict[str, float], dict[str, list[float]]]]:
     """Per training size: accuracy per seed, seconds (all seeds) and ECE per seed, of every method."""
     from loopml.automl.metrics import expected_calibration_error
@@ -145,7 +145,7 @@ def evaluate(
     label_set = sorted(set(labels))
     test_y = np.array([label_set.index(label) for label in test_labels])
     rows = []
-    for per_class in SIZES:
+    for per_class in sizes:
         scores: dict[str, list[float]] = {m: [] for m in METHODS}
         seconds: dict[str, float] = dict.fromkeys(METHODS, 0.0)
         eces: dict[str, list[float]] = {m: [] for m in METHODS}
@@ -177,13 +177,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 seeds per small size instead of 5")
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--also-encoder", action="append", default=[], help="also run LoopML on this encoder")
+    parser.add_argument("--sizes", default="8,32,128,all", help="labels per class, comma-separated ('all': the pool)")
     args = parser.parse_args()
+    sizes = [None if s.strip() == "all" else int(s) for s in args.sizes.split(",") if s.strip()]
     for encoder_id in args.also_encoder:
         METHODS[f"LoopML/{encoder_id}"] = loopml_on(encoder_id)
     seeds = args.seeds or (2 if args.quick else 5)
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
-    results = {name: evaluate(name, seeds, args.also_encoder) for name in DATASETS}
+    results = {name: evaluate(name, seeds, args.also_encoder, sizes) for name in DATASETS}
 
     print(
         f"# Learning curve: holdout accuracy (fixed stratified 20 % holdout; mean over {seeds} seeds for "
@@ -212,7 +214,7 @@ def main() -> None:
     )
     print(
         "\nExpected calibration error of the same predictions (top label, 15 bins; mean over seeds, ± half the "
-        "range; lower is better; goal for LoopML <= 0.05)\n"
+        "range, and the standard error of the mean over seeds; lower is better; goal for LoopML <= 0.05)\n"
     )
     print("| data set | train size | " + " | ".join(f"{m} ECE" for m in METHODS) + " |")
     print("|---|---|" + "---:|" * len(METHODS))
@@ -220,7 +222,12 @@ def main() -> None:
         for size, _, _, eces in rows:
             cells = " | ".join(
                 f"{statistics.mean(eces[m]):.3f}"
-                + (f" ±{(max(eces[m]) - min(eces[m])) / 2:.3f}" if len(eces[m]) > 1 else "")
+                + (
+                    f" ±{(max(eces[m]) - min(eces[m])) / 2:.3f}"
+                    f" (SE {statistics.stdev(eces[m]) / len(eces[m]) ** 0.5:.3f})"
+                    if len(eces[m]) > 1
+                    else ""
+                )
                 for m in METHODS
             )
             print(f"| {name} | {size} | {cells} |")
