@@ -8,6 +8,16 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 LABEL_STUDIO_VERSION := 1.23.2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# install Debian packages as root or through sudo; with neither, say what is missing and how to get it
+APT_INSTALL = apt_install() { \
+	  if [ "$$(id -u)" != 0 ] && ! command -v sudo >/dev/null; then \
+	    echo "make: needs the Debian package(s) $$* and can install them only as root or through sudo (neither is" \
+	      "available here): run 'apt-get install -y $$*' as root once, or 'make test-fast' for the tests that need" \
+	      "none of them" >&2; \
+	    exit 1; \
+	  fi; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q "$$@"; \
+	}; apt_install
 # caches of the running platform and of the tests stay inside the checkout, not in ~/.cache
 RUN_ENV := XDG_CACHE_HOME=$(CURDIR)/.loopml/cache
 
@@ -42,22 +52,22 @@ install-bench: $(VENV)/.installed  ## the field's tools the benchmarks compare a
 install-browser:  ## headless Chromium and its driver for the browser test (Debian packages, once)
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 	  echo "==> installing chromium and chromium-driver (apt, about a minute)"; \
-	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; }
+	  $(APT_INSTALL) chromium chromium-driver; }
 
 install-images:  ## Fashion-MNIST, the image demo function's and benchmarks' data (Debian package, once)
 	@[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || { \
 	  echo "==> installing dataset-fashion-mnist (apt)"; \
-	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; }
+	  $(APT_INSTALL) dataset-fashion-mnist; }
 
 install-postgres:  ## PostgreSQL's server binaries for the PostgreSQL tests when none runs here (Debian package, once)
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  echo "==> installing postgresql (apt): the tests start a throwaway server from it"; \
-	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql; }
+	  $(APT_INSTALL) postgresql; }
 
 install-brokers:  ## Redis and RabbitMQ server binaries for the Celery tests (Debian packages, once): they start throwaway ones
 	@command -v redis-server >/dev/null && [ -x /usr/sbin/rabbitmq-server ] || { \
 	  echo "==> installing redis-server and rabbitmq-server (apt): the tests start throwaway brokers from them"; \
-	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server rabbitmq-server; }
+	  $(APT_INSTALL) redis-server rabbitmq-server; }
 
 demo: install install-images  ## start the platform (Label Studio, Dagster, the serving API) with demo data and print the URLs
 	$(RUN_ENV) $(VENV)/bin/loopml demo
