@@ -78,6 +78,7 @@ def model(
     function whose examples fell in the holdout), training waits: no version, the run stays green.
     """
     from loopml.automl import run_automl
+    from loopml.automl.metrics import expected_calibration_error
     from serving.model_store import save_model
 
     settings = loopml.settings()
@@ -133,8 +134,11 @@ def model(
         predicted = [result.label_set[i] for i in probs.argmax(axis=1)]
         holdout_accuracy = float(np.mean([p == t for p, t in zip(predicted, holdout["label"], strict=True)]))
 
+    label_index = {label: i for i, label in enumerate(result.label_set)}
+    cv_ece = expected_calibration_error(result.oof_proba, np.asarray([label_index[v] for v in train["label"]]))
     metrics: dict[str, Any] = {
         "cv_accuracy": round(result.cv_accuracy, 4),
+        "cv_ece": round(cv_ece, 4),
         "cv_macro_f1": round(result.cv_macro_f1, 4),
         "holdout_accuracy": round(holdout_accuracy, 4) if holdout_accuracy is not None else None,
         "train_rows": train.height,
@@ -170,6 +174,10 @@ def model(
             "cv_accuracy": result.cv_accuracy,
             "cv_macro_f1": result.cv_macro_f1,
             "holdout_accuracy": holdout_accuracy if holdout_accuracy is not None else float("nan"),
+            "cv_ece": cv_ece,
+            "labelled_items": train.height + holdout.height,
+            # one number per label, so that Dagster plots each across materializations
+            **{f"f1_{label}": scores["f1"] for label, scores in result.per_label.items()},
             "winner": result.winner.name,
             "leaderboard": _leaderboard_table(result.leaderboard),
             "per_label": MetadataValue.json(result.per_label),

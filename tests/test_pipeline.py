@@ -116,8 +116,18 @@ def test_annotations_to_registered_model(env) -> None:
     assert (versions[0].path / "oof_proba.parquet").exists()
     assert result.output_for_node("deployment")["decision"] == "primary"
     assert DeploymentStore(env["settings"]).get("sentiment").primary_tag == "sentiment:v1"
-    leaderboard = result.asset_materializations_for_node("model")[0].metadata["leaderboard"]
-    assert len(leaderboard.value.records) >= 3
+    metadata = result.asset_materializations_for_node("model")[0].metadata
+    assert len(metadata["leaderboard"].value.records) >= 3
+    # numbers Dagster plots across materializations: calibration, label count, F1 per label
+    from dagster import FloatMetadataValue, IntMetadataValue
+
+    assert isinstance(metadata["cv_ece"], FloatMetadataValue) and 0.0 <= metadata["cv_ece"].value <= 1.0
+    assert metadata["cv_ece"].value == pytest.approx(output["cv_ece"], abs=1e-4)
+    assert isinstance(metadata["labelled_items"], IntMetadataValue)
+    assert metadata["labelled_items"].value == output["train_rows"] + output["holdout_rows"] == len(POSITIVE + NEGATIVE)
+    for label in ("positive", "negative"):
+        assert isinstance(metadata[f"f1_{label}"], FloatMetadataValue)
+        assert metadata[f"f1_{label}"].value == pytest.approx(output["per_label"][label]["f1"])
 
     # second run: a new version; features come from the cache
     env["fake"].create_annotation(env["fake"].projects[env["project"]][-1], "positive")
