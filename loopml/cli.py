@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 if TYPE_CHECKING:
+    from loopml.client import Client
     from loopml.deployments import DeploymentStore
 
 from loopml.config import Settings, get_settings
@@ -512,6 +514,122 @@ def keys_revoke(key_id: str) -> None:
 
     revoke_key(get_settings(), key_id)
     click.echo(f"revoked {key_id}")
+
+
+def serving_client(url: str | None) -> Client:
+    """The serving API's client for `invoke` and `feedback` (URL and key as :mod:`loopml.client` finds them)."""
+    from loopml.client import Client
+
+    return Client(url)
+
+
+@contextmanager
+def _serving_errors() -> Iterator[None]:
+    """A failed call to the serving API as one line (the service's own explanation) and exit status 1."""
+    from loopml.client import AuthenticationError, LoopMLError
+
+    try:
+        yield
+    except AuthenticationError as error:
+        raise click.ClickException(
+            f"{error} (the CLI sends LOOPML_API_KEY, else the key `loopml demo` made; "
+            "create one with `loopml keys create NAME`)"
+        ) from None
+    except LoopMLError as error:
+        raise click.ClickException(str(error)) from None
+
+
+URL_HELP = "the serving API [default: LOOPML_SERVING_URL, else http://127.0.0.1:LOOPML_SERVING_PORT]"
+
+
+@main.command()
+@click.argument("name")
+@click.argument("texts", nargs=-1)
+@click.option(
+    "--file",
+    "files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="an image file to classify (image functions); repeat it for a batch",
+)
+@click.option("--sticky-key", default=None, help="route every call with this key to the same version, e.g. a user id")
+@click.option("--json", "as_json", is_flag=True, help="print the service's JSON answer")
+@click.option("--url", default=None, help=URL_HELP)
+def invoke(
+    name: str, texts: tuple[str, ...], files: tuple[Path, ...], sticky_key: str | None, as_json: bool, url: str | None
+) -> None:
+    """Classify texts or image files with function NAME through the serving API.
+
+    Several TEXTS (or --file images) go as one batch; `-` reads a text per line of standard input. Prints a line
+    per answer: label, confidence, version and invocation id (the id `loopml feedback` takes). The API key comes
+    from LOOPML_API_KEY (else the key `loopml demo` made)."""
+    import json
+
+    if texts == ("-",):
+        texts = tuple(line for line in sys.stdin.read().splitlines() if line.strip())
+    if bool(texts) == bool(files):
+        raise click.UsageError("give one or more texts, or one or more --file images (not both)")
+    inputs = [str(path) for path in files] if files else list(texts)
+    with serving_client(url) as client, _serving_errors():
+        if len(texts) == 1:
+            answers = [client.invoke(name, texts[0], sticky_key=sticky_key)]
+        elif len(files) == 1:
+            answers = [client.invoke(name, image=files[0], sticky_key=sticky_key)]
+        elif texts:
+            answers = client.invoke_batch(name, list(texts), sticky_key=sticky_key)
+        else:
+            answers = client.invoke_batch(name, images=list(files), sticky_key=sticky_key)
+    if as_json:
+        raw = answers[0].raw if len(inputs) == 1 else {"function": name, "results": [a.raw for a in answers]}
+        click.echo(json.dumps(raw, indent=2))
+        return
+    for given, answer in zip(inputs, answers, strict=True):
+        shown = f"{given[:37]}..." if len(given) > 40 else given
+        lead = f"{shown!r:<44} " if len(inputs) > 1 else ""
+        click.echo(
+            f"{lead}{answer.label}  {answer.confidence:.2f}  {answer.version} ({answer.role})  "
+            f"invocation {answer.invocation_id}"
+        )
+
+
+@main.command()
+@click.argument("invocation_id")
+@click.option("--label", default=None, help="the true label of the input (one of the function's labels)")
+@click.option("--flag", is_flag=True, help="the answer was wrong (flagged answers go to human review)")
+@click.option("--comment", default=None, help="free text for the reviewers")
+@click.option("--url", default=None, help=URL_HELP)
+def feedback(invocation_id: str, label: str | None, flag: bool, comment: str | None, url: str | None) -> None:
+    """Send feedback on an answer: its true --label and/or --flag it as wrong.
+
+    INVOCATION_ID is the id `loopml invoke` prints (the answer's `invocation_id`)."""
+    if label is None and not flag:
+        raise click.UsageError("give --label LABEL (the true label) and/or --flag (the answer was wrong)")
+    with serving_client(url) as client, _serving_errors():
+        recorded = client.feedback(invocation_id, label=label, flagged=flag, comment=comment)
+    said = [f"true label {recorded.true_label}"] if recorded.true_label is not None else []
+    said += ["flagged"] if recorded.flagged else []
+    click.echo(
+        f"feedback {recorded.feedback_id} recorded on {recorded.invocation_id} ({recorded.function}: "
+        f"{recorded.answered_by} answered {recorded.answered_label}): {', '.join(said)}"
+    )
+
+
+@main.command("open")
+@click.option("--browser", is_flag=True, help="also open them in the web browser")
+def open_uis(browser: bool) -> None:
+    """Print the URLs of Label Studio, Dagster and the serving API's docs (from the configured ports)."""
+    import webbrowser
+
+    settings = get_settings()
+    pages = [
+        ("Label Studio", settings.labelstudio_url),
+        ("Dagster", settings.dagster_url),
+        ("Serving API", f"{settings.serving_url}/docs"),
+    ]
+    for what, url in pages:
+        click.echo(f"  {what:<13} {url}")
+    if browser and not all([webbrowser.open(url) for _, url in pages]):
+        raise click.ClickException("no web browser could be started here: open the URLs above by hand")
 
 
 @main.command()

@@ -197,45 +197,44 @@ def start_client(settings: Settings, rate: float, feedback: float) -> None:
 
 
 def run_client(settings: Settings, rate: float, feedback: float, max_calls: int | None = None, seed: int = 2) -> int:
-    """Call the serving API like a product would: ``rate`` calls a second over the demo functions, with
-    the true label sent back as feedback on a ``feedback`` share of the calls (flagged when wrong).
+    """Call the serving API like a product would (:class:`loopml.client.Client`): ``rate`` calls a second over the
+    demo functions, with the true label sent back as feedback on a ``feedback`` share of the calls (flagged when
+    wrong).
     """
-    import requests
+    from loopml.client import Client, ConnectionFailedError, LoopMLError, NotFoundError, ServiceUnavailableError
 
     rng = random.Random(seed)
-    headers = {"Authorization": f"Bearer {demo_client_key(settings)}"}
     functions = demo_functions()
     pools = {demo.name: list(zip(*demo.loader(), strict=True)) for demo in functions}
-    fields = {demo.name: "image" if demo.input_type == "image" else "text" for demo in functions}
+    kinds = {demo.name: demo.input_type for demo in functions}
     calls = 0
-    session = requests.Session()
-    while max_calls is None or calls < max_calls:
-        name = rng.choice(sorted(pools))
-        text, truth = rng.choice(pools[name])
-        try:
-            response = session.post(
-                f"{settings.serving_url}/v1/functions/{name}/invoke",
-                json={fields[name]: text},
-                headers=headers,
-                timeout=10,
-            )
-        except requests.RequestException as error:
-            print(f"serving API not reachable ({error}); retrying in 5 s", flush=True)
-            time.sleep(5)
-            continue
-        if response.status_code in (404, 503):  # no function or no deployed version yet
-            time.sleep(2)
-            continue
-        calls += 1
-        if response.ok and rng.random() < feedback:
-            answer = response.json()
-            session.post(
-                f"{settings.serving_url}/v1/invocations/{answer['invocation_id']}/feedback",
-                json={"flagged": answer["label"] != truth, "true_label": truth},
-                headers=headers,
-                timeout=10,
-            )
-        if calls % 100 == 0:
-            print(f"{calls} calls", flush=True)
-        time.sleep(1.0 / rate)
+    # no retries: a function without a deployed version answers 503 until its first model; the loop moves on
+    with Client(settings.serving_url, demo_client_key(settings), timeout=10, retries=0) as client:
+        while max_calls is None or calls < max_calls:
+            name = rng.choice(sorted(pools))
+            item, truth = rng.choice(pools[name])
+            try:
+                if kinds[name] == "image":
+                    answer = client.invoke(name, image=item)
+                else:
+                    answer = client.invoke(name, item)
+            except ConnectionFailedError as error:
+                print(f"{error}; retrying in 5 s", flush=True)
+                time.sleep(5)
+                continue
+            except (NotFoundError, ServiceUnavailableError):  # no function or no deployed version yet
+                time.sleep(2)
+                continue
+            except LoopMLError as error:
+                print(f"{name}: {error}", flush=True)
+                answer = None
+            calls += 1
+            if answer is not None and rng.random() < feedback:
+                try:
+                    client.feedback(answer.invocation_id, label=truth, flagged=answer.label != truth)
+                except LoopMLError as error:
+                    print(f"feedback on {answer.invocation_id}: {error}", flush=True)
+            if calls % 100 == 0:
+                print(f"{calls} calls", flush=True)
+            time.sleep(1.0 / rate)
     return calls
