@@ -10,6 +10,7 @@ from dagster import AssetExecutionContext, MetadataValue, Output, asset
 from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource
 from loopml.deployments import DeploymentStore
+from loopml.report_links import signed_url
 
 MAX_CURRENT = 50_000  # newest calls of the window read for the report (it samples them further)
 
@@ -108,7 +109,8 @@ def drift_report(
         metadata={
             **{k: v for k, v in figures.items() if k != "html_path"},
             "report": MetadataValue.path(str(html)),
-            "report_url": MetadataValue.url(html.resolve().as_uri()),
+            # a signed link to the serving API: opens with one click, from any machine that reaches the API
+            "report_url": MetadataValue.url(signed_url(settings, function, html.name)),
             "window_start": since.isoformat(),
             "window_end": now.isoformat(),
             "model_version": model["tag"],

@@ -52,7 +52,7 @@ import bentoml
 from fastapi import Body, Depends, FastAPI, HTTPException, Path, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import (
@@ -298,6 +298,8 @@ class ApiKeyMiddleware:
                 return
             await self.app(scope, receive, send)
             return
+        if secret is None and scope["type"] == "http" and await self._signed_report(scope, receive, send, settings):
+            return
         if secret is None:
             await _send_json(
                 send,
@@ -354,6 +356,33 @@ class ApiKeyMiddleware:
             if receive is None:
                 return
         await self.app(scope, receive, send)
+
+    async def _signed_report(self, scope: Scope, receive: Receive, send: Send, settings: Settings) -> bool:
+        """A keyless GET of a report with a signed link (``loopml.report_links``): serve it (True), refuse an
+        invalid or expired link with 401 (True), or leave a request without one to the key check (False)."""
+        from urllib.parse import parse_qs
+
+        from loopml import report_links
+
+        match = report_links.ROUTE_PATTERN.match(scope.get("path", ""))
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if match is None or scope.get("method") not in ("GET", "HEAD") or "signature" not in query:
+            return False
+        expires, given = query.get("expires", [""])[0], query["signature"][0]
+        if not await asyncio.to_thread(report_links.verify, settings, scope["path"], expires, given):
+            await _send_json(
+                send,
+                401,
+                _error_body(
+                    "unauthorized",
+                    "this report link is invalid or has expired: open the report from the asset's latest "
+                    "materialization in Dagster for a fresh link, or send an API key",
+                ),
+            )
+            return True
+        scope.setdefault("state", {}).update(report_link=match.group(1))
+        await self.app(scope, receive, send)
+        return True
 
 
 def _key_from_headers(headers: dict[bytes, bytes]) -> str | None:
@@ -618,6 +647,16 @@ class FunctionsResponse(BaseModel):
     functions: list[FunctionInfo]
 
 
+class ReportInfo(BaseModel):
+    name: str = Field(description="The report's file name.", examples=["drift-20261206T120000.html"])
+    path: str = Field(description="Its route on this API (send an API key).")
+
+
+class ReportsResponse(BaseModel):
+    function: str
+    reports: list[ReportInfo] = Field(description="Newest first.")
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok", "loading"]
     ready: bool
@@ -732,6 +771,7 @@ app = FastAPI(
         {"name": "functions", "description": "What is deployed."},
         {"name": "health", "description": "Probes (no API key needed)."},
         {"name": "hooks", "description": "Webhooks that Label Studio calls (set up by LoopML)."},
+        {"name": "reports", "description": "HTML reports of a function (drift), for a key or a signed link."},
     ],
 )
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <key>`")
@@ -1322,6 +1362,62 @@ async def get_function(service: Service, request: Request, name: FunctionName) -
         known = ", ".join(n for n in snapshot.known if grant.sees(n)) or "none yet"
         raise HTTPException(404, f"unknown function {name!r} (known functions: {known})")
     return _serving_info(serving)
+
+
+REPORT_HEADERS = {
+    # the report's own scripts run, but in an opaque origin: they cannot call the API as the page's origin
+    "Content-Security-Policy": "sandbox allow-scripts allow-popups",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",  # a signed link must not leak to sites the report links to
+    "Cache-Control": "private, max-age=60",
+}
+
+
+def _report_reader(request: Request, name: str) -> None:
+    """A signed link opens its own function's reports; otherwise the key must see the function."""
+    if getattr(request.state, "report_link", None) == name:
+        return
+    grant = _grant(request)
+    if not grant.sees(name):
+        raise HTTPException(403, f"{name!r} is outside this API key's scope (it has: {grant.describe()})")
+
+
+@app.get(
+    "/v1/functions/{name}/reports",
+    tags=["reports"],
+    summary="A function's HTML reports (drift), newest first",
+    response_model=ReportsResponse,
+    responses=_responses(401, 403),
+    dependencies=AUTH,
+)
+async def list_function_reports(service: Service, request: Request, name: FunctionName) -> ReportsResponse:
+    """The drift reports of the function (the monitoring job writes them: hourly, or launched from Dagster), newest
+    first, with the route of each; ``latest.html`` is the newest."""
+    from loopml.report_links import list_reports, report_route
+
+    _report_reader(request, name)
+    names = await asyncio.to_thread(list_reports, service.settings, name)
+    return ReportsResponse(function=name, reports=[ReportInfo(name=n, path=report_route(name, n)) for n in names])
+
+
+@app.get(
+    "/v1/functions/{name}/reports/{report}",
+    tags=["reports"],
+    summary="One HTML report of a function (a key that sees the function, or a signed link)",
+    response_class=HTMLResponse,
+    responses=_responses(401, 403, 404),
+    dependencies=AUTH,
+)
+async def get_function_report(service: Service, request: Request, name: FunctionName, report: str) -> FileResponse:
+    """The report file ``report`` (``latest.html``: the newest). Dagster's monitoring asset links it with a signed
+    URL (``?expires=...&signature=...``), which opens without a key until it expires."""
+    from loopml.report_links import report_path
+
+    _report_reader(request, name)
+    path = await asyncio.to_thread(report_path, service.settings, name, report)
+    if path is None:
+        raise HTTPException(404, f"no report {report!r} of {name!r}: GET /v1/functions/{name}/reports lists them")
+    return FileResponse(path, media_type="text/html", headers=REPORT_HEADERS)
 
 
 @app.get(

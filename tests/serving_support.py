@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from loopml.automl import TextClassifier, run_automl
 from loopml.config import Settings
@@ -103,3 +104,18 @@ def save_image_versions(settings: Settings, function: str, count: int = 1) -> li
         registry.add(FunctionSpec(function, "image", list(IMAGE_LABELS), IMAGE_ENCODER))
     model = tiny_image_classifier()
     return [save_model(settings, function, model, {"note": "test"}).tag for _ in range(count)]
+
+
+def serving_asgi_app() -> Any:
+    """The serving API's ASGI app (``LoopML.to_asgi()``), ready to start in this process again: BentoML registers
+    its HTTP metrics in Prometheus' process-wide registry when an app starts, so the metrics of an app that an
+    earlier test module started are unregistered first (else the second start fails: duplicated timeseries)."""
+    import prometheus_client
+
+    from serving.service import LoopML
+
+    registry = prometheus_client.REGISTRY
+    for collector, names in list(registry._collector_to_names.items()):
+        if any(name.startswith("bentoml_") for name in names):
+            registry.unregister(collector)
+    return LoopML.to_asgi()

@@ -168,6 +168,16 @@ def test_drift_is_detected_on_a_shifted_stream_and_not_on_an_unshifted_one(env) 
     html = report.asset_materializations_for_node("drift_report")[0].metadata["report"].value
     page = open(html, encoding="utf-8").read()
     assert html.endswith(".html") and "<html" in page and "root_metric" in page  # Evidently's rendered report
+    # the one-click link: the serving API's route of this report, signed (tests/test_report_links.py serves it)
+    from urllib.parse import parse_qs, urlsplit
+
+    from loopml.report_links import verify
+
+    url = urlsplit(report.asset_materializations_for_node("drift_report")[0].metadata["report_url"].value)
+    assert f"{url.scheme}://{url.netloc}" == env["settings"].serving_url
+    assert url.path == f"/v1/functions/sentiment/reports/{os.path.basename(html)}"
+    query = {k: v[0] for k, v in parse_qs(url.query).items()}
+    assert verify(env["settings"], url.path, query["expires"], query["signature"])
 
     raised = drift_sensor(build_sensor_context(instance=env["instance"], cursor=cursor))
     assert isinstance(raised, SensorResult)

@@ -22,7 +22,7 @@ from loopml.apikeys import RIGHTS, create_key, revoke_key
 from loopml.config import Settings, get_settings
 from loopml.deployments import DeploymentStore
 from loopml.invocation_log import InvocationLog
-from tests.serving_support import png, register, save_image_versions, save_versions
+from tests.serving_support import png, register, save_image_versions, save_versions, serving_asgi_app
 
 FUNCTION = "review-sentiment"
 INVOKE = f"/v1/functions/{FUNCTION}/invoke"
@@ -67,8 +67,6 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    from serving.service import LoopML
-
     home = tmp_path_factory.mktemp("serving-home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LOOPML_HOME", str(home))
@@ -87,7 +85,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         store.set_primary(FUNCTION, tags[0], "test")
         store.set_primary(IMAGE_FUNCTION, save_image_versions(settings, IMAGE_FUNCTION)[0], "test")
         key_id, key = create_key(settings, "tests", rights=RIGHTS)
-        with TestClient(LoopML.to_asgi()) as client:
+        reports = home / "reports" / FUNCTION  # a drift report, as the monitoring asset leaves it
+        reports.mkdir(parents=True)
+        (reports / "drift-20261206T000000.html").write_text("<html>drift</html>", encoding="utf-8")
+        (reports / "latest.html").symlink_to("drift-20261206T000000.html")
+        with TestClient(serving_asgi_app()) as client:
             deadline = time.monotonic() + 60
             while client.get("/readyz").status_code != 200:
                 assert time.monotonic() < deadline, "the service did not become ready"
@@ -111,6 +113,7 @@ def _protected_requests(served: Served, invocation_id: str) -> list[tuple[str, s
         if template == "/v1/health":
             continue
         path = template.replace("{name}", FUNCTION).replace("{invocation_id}", invocation_id)
+        path = path.replace("{report}", "latest.html")  # the served fixture writes one
         for method in operations:
             body = {"text": "hello"} if "invoke" in path else {"flagged": True} if "feedback" in path else None
             requests.append((method.upper(), path, body))
