@@ -1,17 +1,28 @@
 """Find labelled items whose annotation is probably wrong, from a model's out-of-fold probabilities.
 
-Two detectors, both on calibrated out-of-fold probabilities (each item scored by a model that never saw it):
+Every item is ranked by ``score = 1 - given_label_proba``: the probability mass the model puts on labels other
+than the annotated one (for calibrated probabilities, the model's estimate that the annotation is wrong; its
+self-confidence ranking, as in cleanlab's ``Datalab``). Higher is more suspect; ``rank`` 1 is the most suspect
+item, and ties keep the input order.
 
-* ``confident_learning``: cleanlab's confident learning (:func:`cleanlab.filter.find_label_issues`): per-class
-  confidence thresholds estimate the joint distribution of given and true labels, and the items most likely to
-  sit in its off-diagonal cells are flagged;
+How many items are returned is estimated by two detectors, both on calibrated out-of-fold probabilities (each
+item scored by a model that never saw it):
+
+* ``confident_learning``: cleanlab's confident learning (:func:`cleanlab.filter.find_label_issues`, its default
+  ``prune_by_noise_rate``): per-class confidence thresholds estimate the joint distribution of given and true
+  labels, and the items most likely to sit in its off-diagonal cells are flagged;
 * ``confident_disagreement``: the model's top label is not the given one and its probability is at least
   ``disagreement_confidence``, whether or not confident learning flagged the item.
 
-An item found by both has the reason ``confident_learning+confident_disagreement``. Every flagged item gets one
-ranking ``score = 1 - given_label_proba``: the probability mass the model puts on labels other than the
-annotated one (for calibrated probabilities, the model's estimate that the annotation is wrong). Higher is more
-suspect; ``rank`` 1 is the most suspect item.
+If they flag m items between them, the m items at the top of the ranking are returned: the detectors estimate
+how many annotations are wrong, the ranking picks which. A flip whose given label gets almost nothing while the
+rest is spread over several other labels (none of them confident enough for either detector) is thus still
+returned ahead of a correct item with a middling probability that a detector happened to flag.
+
+Each returned item carries the detectors that flagged it as its ``reason``: ``confident_learning``,
+``confident_disagreement``, or ``confident_learning+confident_disagreement`` for both; an item that neither
+flagged, returned for its rank alone, has the reason ``low_given_label_proba``. A flagged item that is not among
+the top m is not returned.
 
 The out-of-fold probabilities of a model version are saved as ``oof_proba.parquet`` (columns ``content_hash``,
 ``label`` and ``p_<label>`` per label in label-set order); :func:`read_oof` reads that file back.
@@ -30,7 +41,8 @@ import polars as pl
 CONFIDENT_LEARNING = "confident_learning"
 CONFIDENT_DISAGREEMENT = "confident_disagreement"
 BOTH = f"{CONFIDENT_LEARNING}+{CONFIDENT_DISAGREEMENT}"
-REASONS: tuple[str, ...] = (CONFIDENT_LEARNING, CONFIDENT_DISAGREEMENT, BOTH)
+LOW_GIVEN_PROBA = "low_given_label_proba"  # neither detector flagged it: returned for its rank alone
+REASONS: tuple[str, ...] = (CONFIDENT_LEARNING, CONFIDENT_DISAGREEMENT, BOTH, LOW_GIVEN_PROBA)
 
 PROBA_PREFIX = "p_"
 ID_COLUMNS: tuple[str, ...] = ("item_id", "content_hash")
@@ -56,13 +68,16 @@ def find_label_issues(
     disagreement_confidence: float = 0.9,
     max_items: int | None = None,
 ) -> pl.DataFrame:
-    """Rank the items whose given label is suspect, most suspect first.
+    """The items whose given label is most suspect, most suspect first.
 
     ``oof_proba[i, j]`` is the calibrated out-of-fold probability that item ``item_ids[i]`` has label
-    ``label_set[j]`` (as in ``AutoMLResult.oof_proba``); ``given_labels[i]`` is its annotation. An item is
-    flagged by confident learning, by confident disagreement (top probability >= ``disagreement_confidence``
-    on another label), or both (see the module docstring). ``suggested_label`` is the most probable label other
-    than the given one. At most ``max_items`` rows are returned (all when None).
+    ``label_set[j]`` (as in ``AutoMLResult.oof_proba``); ``given_labels[i]`` is its annotation. Confident
+    learning and confident disagreement (top probability >= ``disagreement_confidence`` on another label) flag
+    items; their number m, the items flagged by either, is how many are returned: the m items with the lowest
+    probability of their given label (highest ``score = 1 - given_label_proba``; ties in input order), whether
+    flagged or not. ``reason`` names the detectors that flagged the item, or ``low_given_label_proba`` when it is
+    returned for its rank alone (see the module docstring). ``suggested_label`` is the most probable label other
+    than the given one. At most ``max_items`` rows are returned (the first ones; all m when None).
 
     Returns a frame with the columns of :data:`SCHEMA`; it is empty when nothing is flagged, when there are no
     items, or when fewer than two distinct labels were given (out-of-fold probabilities then carry no evidence
@@ -86,27 +101,26 @@ def find_label_issues(
     by_cl[_confident_learning(given, proba)] = True
     by_disagreement = (proba.max(axis=1) >= disagreement_confidence) & (proba.argmax(axis=1) != given)
 
-    flagged = np.flatnonzero(by_cl | by_disagreement)
-    flagged = flagged[np.lexsort((flagged, given_proba[flagged]))]  # most suspect first; ties keep input order
-    if max_items is not None:
-        flagged = flagged[:max_items]
+    n_issues = int((by_cl | by_disagreement).sum())  # how many: the detectors' estimate
+    ranked = np.lexsort((rows, given_proba))  # which: every item, most suspect first; ties keep input order
+    chosen = ranked[: n_issues if max_items is None else min(n_issues, max_items)]
 
-    reasons = np.where(
-        by_cl[flagged] & by_disagreement[flagged],
-        BOTH,
-        np.where(by_cl[flagged], CONFIDENT_LEARNING, CONFIDENT_DISAGREEMENT),
+    reasons = np.select(
+        [by_cl[chosen] & by_disagreement[chosen], by_cl[chosen], by_disagreement[chosen]],
+        [BOTH, CONFIDENT_LEARNING, CONFIDENT_DISAGREEMENT],
+        default=LOW_GIVEN_PROBA,
     )
     labels = list(label_set)
     return pl.DataFrame(
         {
-            "rank": np.arange(1, len(flagged) + 1, dtype=np.int64),
-            "item_id": [str(item_ids[i]) for i in flagged],
-            "given_label": [labels[given[i]] for i in flagged],
-            "suggested_label": [labels[suggested[i]] for i in flagged],
-            "given_label_proba": given_proba[flagged],
-            "suggested_proba": suggested_proba[flagged],
+            "rank": np.arange(1, len(chosen) + 1, dtype=np.int64),
+            "item_id": [str(item_ids[i]) for i in chosen],
+            "given_label": [labels[given[i]] for i in chosen],
+            "suggested_label": [labels[suggested[i]] for i in chosen],
+            "given_label_proba": given_proba[chosen],
+            "suggested_proba": suggested_proba[chosen],
             "reason": reasons.tolist(),
-            "score": 1.0 - given_proba[flagged],  # higher = more suspect (see the module docstring)
+            "score": 1.0 - given_proba[chosen],  # higher = more suspect (see the module docstring)
         },
         schema=SCHEMA,
     )
@@ -118,9 +132,10 @@ def empty_issues() -> pl.DataFrame:
 
 
 def summarize(issues: pl.DataFrame, n_items: int) -> dict[str, Any]:
-    """Counts for metadata: items inspected, items flagged, their share and the count per reason."""
+    """Counts for metadata: items inspected, items returned as issues (``n_flagged``), their share and the count
+    per reason (every reason of :data:`REASONS`, 0 when absent)."""
     if n_items < 0 or n_items < issues.height:
-        raise ValueError(f"n_items ({n_items}) must be at least the number of flagged items ({issues.height})")
+        raise ValueError(f"n_items ({n_items}) must be at least the number of issues ({issues.height})")
     counts = dict.fromkeys(REASONS, 0)
     for reason, count in issues["reason"].value_counts().iter_rows():
         counts[reason] = int(count)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from loopml.label_issues import (
     BOTH,
     CONFIDENT_DISAGREEMENT,
     CONFIDENT_LEARNING,
+    LOW_GIVEN_PROBA,
+    REASONS,
     SCHEMA,
     find_label_issues,
     read_oof,
@@ -22,17 +25,18 @@ LABELS = ["business", "sport", "tech"]
 
 
 def planted(
-    n: int = 300, n_flips: int = 12, seed: int = 0, labels: list[str] = LABELS
+    n: int = 300, n_flips: int = 12, seed: int = 0, labels: list[str] = LABELS, low: float = 0.75
 ) -> tuple[list[str], list[str], np.ndarray, set[str]]:
-    """Ids, given labels (``n_flips`` of them flipped), well-separated probabilities of the true labels, flipped ids.
+    """Ids, given labels (``n_flips`` of them flipped), probabilities of the true labels, flipped ids.
 
-    Each row puts 0.75-0.97 on the true label and splits the rest at random over the other labels; the
-    flipped items' given label is another label, so the model confidently disagrees with them.
+    Each row puts ``low``-0.97 on the true label and splits the rest at random over the other labels; the
+    flipped items' given label is another label, so the model disagrees with them (confidently when ``low`` is
+    high: the default 0.75 separates flips from correct items).
     """
     rng = np.random.default_rng(seed)
     n_classes = len(labels)
     truth = np.arange(n) % n_classes
-    top = rng.uniform(0.75, 0.97, size=n)
+    top = rng.uniform(low, 0.97, size=n)
     rest = rng.dirichlet(np.ones(n_classes - 1), size=n) * (1.0 - top)[:, None]
     proba = np.empty((n, n_classes))
     for i in range(n):
@@ -61,6 +65,96 @@ def test_planted_flips_are_found_and_ranked_first() -> None:
     np.testing.assert_allclose(top["score"].to_numpy(), 1.0 - top["given_label_proba"].to_numpy())
 
 
+def detectors(
+    given: list[str], proba: np.ndarray, label_set: list[str] = LABELS, confidence: float = 0.9
+) -> tuple[np.ndarray, np.ndarray]:
+    """What each detector flags, computed here from cleanlab and the probabilities: (confident learning,
+    confident disagreement) as boolean masks over the items."""
+    from cleanlab.filter import find_label_issues as cleanlab_find_label_issues
+
+    labels = np.array([label_set.index(g) for g in given])
+    by_cl = np.zeros(len(given), dtype=bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        by_cl[cleanlab_find_label_issues(labels, proba, n_jobs=1)] = True
+    return by_cl, (proba.max(axis=1) >= confidence) & (proba.argmax(axis=1) != labels)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_detectors_set_how_many_and_the_ranking_picks_which(seed: int) -> None:
+    """Overlapping probabilities (true label at 0.4-0.97): the detectors flag some correct items and miss some
+    flips. As many items as they flag between them are returned, and those are the lowest p(given) of all."""
+    ids, given, proba, flipped = planted(n=600, n_flips=60, seed=seed, low=0.4)
+    by_cl, by_disagreement = detectors(given, proba)
+    issues = find_label_issues(ids, given, LABELS, proba)
+
+    assert issues.height == (by_cl | by_disagreement).sum() > 0
+    given_proba = proba[np.arange(len(ids)), [LABELS.index(g) for g in given]]
+    expected = [ids[i] for i in np.argsort(given_proba, kind="stable")[: issues.height]]
+    assert issues["item_id"].to_list() == expected
+    np.testing.assert_allclose(issues["score"].to_numpy(), 1.0 - issues["given_label_proba"].to_numpy())
+    assert issues["score"].is_sorted(descending=True)
+
+    index = {item: i for i, item in enumerate(ids)}
+    for row in issues.iter_rows(named=True):
+        i = index[row["item_id"]]
+        want = {
+            (True, True): BOTH,
+            (True, False): CONFIDENT_LEARNING,
+            (False, True): CONFIDENT_DISAGREEMENT,
+            (False, False): LOW_GIVEN_PROBA,
+        }[bool(by_cl[i]), bool(by_disagreement[i])]
+        assert row["reason"] == want, row
+    # the ranking beats the detectors' own picks: at least as many flips among the rows
+    returned_flips = len(set(issues["item_id"]) & flipped)
+    flagged_flips = len({ids[i] for i in np.flatnonzero(by_cl | by_disagreement)} & flipped)
+    assert returned_flips >= flagged_flips
+
+
+def test_a_flip_spread_over_other_labels_ranks_ahead_of_a_flagged_correct_item() -> None:
+    """A planted flip whose given label gets 0.02 while the rest is spread over four other labels (none near
+    0.9) is flagged by neither detector; two correctly labelled but ambiguous items (p(given) 0.2 and 0.25, 0.8
+    and 0.75 on "b", whose items the model predicts at 0.7) are flagged by confident learning. Two issues are
+    estimated; the flip, with the lowest p(given), is returned first, ahead of the item at 0.2."""
+    labels = ["a", "b", "c", "d", "e"]
+    proba, given = [], []
+    for j, label in enumerate(labels):
+        top = 0.7 if label == "b" else 0.95
+        row = np.full(len(labels), (1.0 - top) / (len(labels) - 1))
+        row[j] = top
+        proba += [row] * 40
+        given += [label] * 40
+    proba = np.array(proba)
+    proba[1] = [0.2, 0.8, 0.0, 0.0, 0.0]  # correct "a", ambiguous
+    proba[2] = [0.25, 0.75, 0.0, 0.0, 0.0]  # correct "a", ambiguous
+    proba[3] = [0.02, 0.32, 0.3, 0.2, 0.16]  # annotated "a": the planted flip
+    ids = [f"item-{i:03d}" for i in range(len(given))]
+
+    by_cl, by_disagreement = detectors(given, proba, labels)
+    assert np.flatnonzero(by_cl).tolist() == [1, 2] and not by_disagreement.any()  # the flip is not flagged
+    issues = find_label_issues(ids, given, labels, proba)
+    assert issues.select("item_id", "given_label", "suggested_label", "reason").rows() == [
+        ("item-003", "a", "b", LOW_GIVEN_PROBA),
+        ("item-001", "a", "b", CONFIDENT_LEARNING),
+    ]
+    assert issues["given_label_proba"].to_list() == pytest.approx([0.02, 0.2])
+    assert issues["score"].to_list() == pytest.approx([0.98, 0.8])
+    assert summarize(issues, len(ids))[LOW_GIVEN_PROBA] == 1
+
+
+def test_ties_keep_the_input_order() -> None:
+    n = 100
+    proba = np.tile([0.99, 0.01], (n, 1))
+    proba[n // 2 :] = [0.01, 0.99]
+    given = ["a"] * (n // 2) + ["b"] * (n // 2)
+    for i in (7, 3, 60):  # three confident disagreements at the same probability
+        proba[i] = [0.05, 0.95] if i < n // 2 else [0.95, 0.05]
+    ids = [f"item-{i:03d}" for i in range(n)]
+    issues = find_label_issues(ids, given, ["a", "b"], proba)
+    assert issues["item_id"].to_list() == ["item-003", "item-007", "item-060"]
+    assert set(issues["reason"]) <= {CONFIDENT_DISAGREEMENT, BOTH}
+
+
 def test_clean_data_yields_no_issues() -> None:
     ids, given, proba, _ = planted(n_flips=0)
     assert find_label_issues(ids, given, LABELS, proba).height == 0
@@ -72,6 +166,7 @@ def test_reasons() -> None:
     top_proba = issues["suggested_proba"]
     # every planted flip has its true label at >= 0.75 > any other label: confident learning finds all
     assert set(issues["reason"]) == {CONFIDENT_LEARNING, BOTH}
+    assert set(issues["item_id"]) == flipped  # as many issues as flips: no row is there for its rank alone
     assert (issues.filter(top_proba >= 0.9)["reason"] == BOTH).all()
     assert (issues.filter(top_proba < 0.9)["reason"] == CONFIDENT_LEARNING).all()
     # a lower disagreement threshold turns all of them into "both"
@@ -173,8 +268,12 @@ def test_summarize_counts_reasons() -> None:
     assert summary["n_items"] == 300
     assert summary["n_flagged"] == issues.height
     assert summary["share_flagged"] == round(issues.height / 300, 4)
-    assert summary[CONFIDENT_LEARNING] + summary[CONFIDENT_DISAGREEMENT] + summary[BOTH] == issues.height
-    assert summary[CONFIDENT_LEARNING] == (issues["reason"] == CONFIDENT_LEARNING).sum()
+    assert sum(summary[reason] for reason in REASONS) == issues.height
+    for reason in REASONS:
+        assert summary[reason] == (issues["reason"] == reason).sum()
+    noisy_ids, noisy_given, noisy_proba, _ = planted(n=600, n_flips=60, low=0.4)
+    noisy = summarize(find_label_issues(noisy_ids, noisy_given, LABELS, noisy_proba), 600)
+    assert noisy[LOW_GIVEN_PROBA] > 0 and sum(noisy[reason] for reason in REASONS) == noisy["n_flagged"]
     with pytest.raises(ValueError, match="n_items"):
         summarize(issues, issues.height - 1)
 
