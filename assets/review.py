@@ -13,6 +13,8 @@ from assets.partitions import functions_partitions
 from assets.resources import LoopMLResource, retried_when_labelstudio_is_down
 from loopml.functions import input_key
 from loopml.labelstudio import PREFILLED_META, choice_result
+from loopml.report_links import reports_dir, signed_url
+from loopml.review_report import write_review_summary
 
 BUDGET_TAG = "loopml/review_budget"  # set by the drift sensor to raise the budget of the current period
 SINCE_TAG = "loopml/review_since"  # set by the drift sensor: resample the drifted window
@@ -201,6 +203,18 @@ def review_set(
     pushed = client.import_tasks(spec.labelstudio_project_id, tasks) if tasks else 0
     reasons = {r["reason"]: int(r["count"]) for r in selected["reason"].value_counts().to_dicts()}
     stored = asset_path(settings.data_dir, "review_set", function, ".parquet")
+    summary = write_review_summary(
+        reports_dir(settings, function) / f"review-{now:%Y%m%dT%H%M%S}.html",
+        function=function,
+        model_tag=str(model["tag"]),
+        window=(since, now),
+        candidates=frame.height,
+        sent=pushed,
+        budget=policy.budget,
+        reasons=reasons,
+        rows=selected.to_dicts(),
+        labelstudio_project_url=f"{settings.labelstudio_url}/projects/{spec.labelstudio_project_id}/data",
+    )
     context.log.info(f"{function}: {pushed} calls sent for review from {frame.height} since {since:%Y-%m-%d %H:%M}")
     return Output(
         selected,
@@ -215,6 +229,8 @@ def review_set(
             "sent_earlier_in_period": sent_before,
             "reasons": MetadataValue.json(reasons),
             "stored_at": MetadataValue.path(str(stored)),
+            # the round's summary page on the serving API, behind a signed link (loopml.report_links)
+            "summary_url": MetadataValue.url(signed_url(settings, function, summary.name)),
             "sample": MetadataValue.md(
                 "| reason | answer | confidence | text |\n|---|---|---|---|\n"
                 + "\n".join(

@@ -1,7 +1,8 @@
 """Reports over HTTP: where a function's HTML reports live and the signed links that open them with one click.
 
 The monitoring asset writes each drift report to ``LOOPML_HOME/reports/<function>/drift-<time>.html`` (and points
-``latest.html`` at the newest). The serving API serves them at ``/v1/functions/<function>/reports/<file>`` to:
+``latest.html`` at the newest); the review asset writes each round's summary there as ``review-<time>.html``.
+The serving API serves them at ``/v1/functions/<function>/reports/<file>`` to:
 
 * a request with an API key that sees the function (``Authorization: Bearer <key>`` or ``X-API-Key``, as on
   every route), or
@@ -56,12 +57,14 @@ def report_path(settings: Settings, function: str, report: str) -> Path | None:
 
 
 def list_reports(settings: Settings, function: str) -> list[str]:
-    """``function``'s report files, newest first (``latest.html`` left out: it names one of them)."""
+    """``function``'s report files (drift reports, review summaries), newest first (``latest.html``, the newest
+    drift report, left out: it names one of them)."""
     folder = reports_dir(settings, function)
     if not folder.is_dir():
         return []
-    names = [p.name for p in folder.glob("*.html") if p.name != "latest.html" and REPORT_NAME.match(p.name)]
-    return sorted(names, reverse=True)
+    files = [p for p in folder.glob("*.html") if p.name != "latest.html" and REPORT_NAME.match(p.name)]
+    written = {p.name: p.stat().st_mtime for p in files if p.is_file()}
+    return sorted(written, key=lambda name: (written[name], name), reverse=True)
 
 
 def _secret(settings: Settings) -> bytes:

@@ -107,6 +107,19 @@ def test_low_confidence_and_flagged_calls_become_review_tasks_that_train_as_revi
     assert all("low_confidence" in every[i] for i in unsure)
     meta = result.asset_materializations_for_node("review_set")[0].metadata
     assert meta["sent_to_labelstudio"].value == selected.height
+    # the round's summary page, behind a signed link to the serving API: every selected call with its reason
+    from urllib.parse import parse_qs, urlsplit
+
+    from loopml.report_links import report_path, verify
+
+    url = urlsplit(meta["summary_url"].value)
+    query = {k: v[0] for k, v in parse_qs(url.query).items()}
+    assert verify(env["settings"], url.path, query["expires"], query["signature"])
+    summary = report_path(env["settings"], "sentiment", url.path.rsplit("/", 1)[1])
+    assert summary is not None and summary.name.startswith("review-")
+    page = summary.read_text(encoding="utf-8")
+    assert all(str(i) in page for i in selected["invocation_id"].to_list())
+    assert "an odd, uneven picture" in page and f"{selected.height} selected" in page
 
     pushed = {fake.tasks[t].data["text"]: fake.tasks[t] for t in fake.projects[project]}
     task = pushed["an odd, uneven picture"]

@@ -120,3 +120,30 @@ def test_the_api_serves_reports_to_a_key_that_sees_the_function_or_to_a_signed_l
     assert listing.status_code == 401  # a link opens its report, not the listing
     _, path, expires, signature = split(report_links.signed_url(settings, "news", "latest.html", now=0))
     assert client.get(path, params={"expires": expires, "signature": signature}).status_code == 401  # expired
+
+
+def test_a_review_summary_escapes_what_callers_sent(settings) -> None:
+    from datetime import UTC, datetime
+
+    from loopml.review_report import write_review_summary
+
+    path = write_review_summary(
+        report_links.reports_dir(settings, "news") / "review-20261206T120000.html",
+        function="news",
+        model_tag="news:v3",
+        window=(datetime(2026, 12, 6, 11, tzinfo=UTC), datetime(2026, 12, 6, 12, tzinfo=UTC)),
+        candidates=40,
+        sent=2,
+        budget=50,
+        reasons={"low_confidence": 1, "flagged": 1},
+        rows=[
+            {"reason": "flagged", "label": "sport", "confidence": 0.91, "input_text": "<script>alert(1)</script>"},
+            {"reason": "low_confidence", "label": "tech", "confidence": 0.4, "input_text": "data:image/png;base64,AA"},
+        ],
+        labelstudio_project_url="http://127.0.0.1:8080/projects/3/data",
+    )
+    page = path.read_text(encoding="utf-8")
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "[image]" in page and "base64" not in page
+    assert "40 candidates, 2 selected (budget 50), 2 sent to Label Studio" in page
+    assert report_links.list_reports(settings, "news") == ["review-20261206T120000.html"]
