@@ -32,6 +32,10 @@ from loopml.gate import DEFAULT_TOLERANCE, FreshItems, evaluate_gate
 from loopml.label_issues import read_oof
 
 
+def _number(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
 def version_probabilities(classifier: Any, texts: list[str], embeddings: np.ndarray, encoder_id: str) -> np.ndarray:
     """Score with ``classifier``; re-embed only if it was trained on another encoder than the features."""
     if not texts:
@@ -299,6 +303,11 @@ def gate_and_roll_out(
             "per_label_recall": MetadataValue.json(result.per_label_recall),
             "fresh_items": result.fresh_items,
             "evidence_items": result.evidence_items,
+            # the numbers the gate decided on, as numbers Dagster plots across materializations (nan: not measured)
+            "evidence_candidate_accuracy": _number(result.evidence_candidate_accuracy),
+            "evidence_primary_accuracy": _number(result.evidence_primary_accuracy),
+            "holdout_disagreement": _number(result.holdout_disagreement),
+            "compared_items": result.compared_items,
             "must_pass": f"{result.must_pass_total - len(result.must_pass_failures)}/{result.must_pass_total} pass",
         },
     )

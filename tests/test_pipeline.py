@@ -59,7 +59,14 @@ def fake_function(tmp_path, monkeypatch, spec: FunctionSpec, tasks: list[dict], 
         instance = DagsterInstance.ephemeral()
         instance.add_dynamic_partitions("functions", [spec.name])
         resources = {"loopml": FakeLoopMLResource(fake_key=key), "loopml_io": LoopMLIOManager()}
-        yield {"settings": settings, "fake": fake, "project": project, "instance": instance, "resources": resources}
+        yield {
+            "settings": settings,
+            "fake": fake,
+            "project": project,
+            "instance": instance,
+            "resources": resources,
+            "function": spec.name,
+        }
     finally:
         FAKES.pop(key, None)
 
@@ -89,7 +96,7 @@ def run(env, selection=ASSETS, raise_on_error=True):
     return materialize(
         [*selection, *upstream],
         instance=env["instance"],
-        partition_key="sentiment",
+        partition_key=env["function"],
         resources=env["resources"],
         raise_on_error=raise_on_error,
     )
@@ -174,8 +181,8 @@ def candidate_with_flipped_labels(env) -> str:
     flipped = ["negative"] * len(POSITIVE) + ["positive"] * len(NEGATIVE)
     result = run_automl(texts, get_encoder("minilm-l6-int8").encode(texts), flipped, ["positive", "negative"])
     result.model.encoder_id = "minilm-l6-int8"
-    version = save_model(env["settings"], "sentiment", result.model, {"note": "flipped"})
-    path = asset_path(env["settings"].data_dir, "model", "sentiment", ".pickle")
+    version = save_model(env["settings"], env["function"], result.model, {"note": "flipped"})
+    path = asset_path(env["settings"].data_dir, "model", env["function"], ".pickle")
     path.write_bytes(pickle.dumps({"tag": version.tag}))
     assert np.isfinite(result.cv_accuracy)
     return version.tag
@@ -459,6 +466,10 @@ def test_a_retrain_with_nothing_new_is_held_and_new_examples_are_gated_on_fresh_
     assert meta["fresh_items"].value > 0 and meta["evidence_items"].value == meta["fresh_items"].value + (
         in_train["holdout_rows"].value
     )
+    # the gate's numbers, plottable: both versions' accuracy on that evidence, and how often they disagree
+    for key in ("evidence_candidate_accuracy", "evidence_primary_accuracy", "holdout_disagreement"):
+        assert 0.0 <= meta[key].value <= 1.0, key
+    assert meta["compared_items"].value == in_train["holdout_rows"].value
 
 
 def test_every_training_run_that_made_a_model_is_followed_by_an_inspection(env) -> None:
