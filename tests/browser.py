@@ -68,3 +68,18 @@ def screenshot(driver: webdriver.Chrome, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     driver.save_screenshot(str(path))
     return path
+
+
+def click_button(driver: webdriver.Chrome, label: str, timeout_s: float = 30.0) -> None:
+    """Click the visible button whose text is ``label`` (once it is there)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        buttons = [
+            b for b in driver.find_elements("xpath", f"//button[normalize-space()='{label}']") if b.is_displayed()
+        ]
+        if buttons:
+            driver.execute_script("arguments[0].click()", buttons[0])  # a click, even under a tooltip or toast
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no visible {label!r} button within {timeout_s:.0f} s")
+        time.sleep(0.2)

@@ -202,10 +202,11 @@ def test_an_image_function_from_image_files_to_answers_over_http(platform_env, t
 
 
 def test_the_user_sees_the_lifecycle_in_dagster_and_the_prediction_in_label_studio(platform_env) -> None:
-    """Headless Chromium: the asset graph with its partition, and a Label Studio task with its pre-annotation.
-    Screenshots are kept in test-artifacts/browser/."""
+    """Headless Chromium: the asset graph with its partition, the model's metrics plotted across
+    materializations, and a Label Studio task with its pre-annotation. Screenshots are kept in
+    test-artifacts/browser/."""
     from loopml.labelstudio_server import ensure_credentials
-    from tests.browser import chromium, screenshot, wait_for_text
+    from tests.browser import chromium, click_button, screenshot, wait_for_text
 
     assert STATE, "the platform test above did not get as far as a pre-annotated task"
     settings = STATE["settings"]
@@ -234,6 +235,19 @@ def test_the_user_sees_the_lifecycle_in_dagster_and_the_prediction_in_label_stud
         text = wait_for_text(browser, lambda t: "platform-sentiment" in t and "platform-tone" in t)
         screenshot(browser, "dagster-model-partitions")
         assert "Materialized (2)" in text, text[:2000]  # the text function and the image function
+        # the model's numbers, plotted across materializations: accuracy, calibration, labels, F1 per label
+        browser.get(f"{settings.dagster_url}/assets/model")  # the overview's Metadata: Table or Plots
+        wait_for_text(browser, lambda t: "Metadata" in t and "Plots" in t)
+        click_button(browser, "Plots")
+        click_button(browser, "Events")  # across materializations (the default groups by partition)
+        plotted = ("cv_accuracy", "holdout_accuracy", "cv_ece", "labelled_items", "f1_positive", "f1_light")
+        deadline = time.monotonic() + 30
+        while len(browser.find_elements("css selector", "canvas")) < len(plotted) and time.monotonic() < deadline:
+            time.sleep(0.2)  # a chart per numeric metadata entry, drawn once the events are loaded
+        text = wait_for_text(browser, lambda t: all(name in t for name in plotted))
+        screenshot(browser, "dagster-model-plots")
+        assert all(name in text for name in plotted), text[:2000]
+        assert len(browser.find_elements("css selector", "canvas")) >= len(plotted), "fewer charts than metrics"
 
         creds = ensure_credentials(settings)
         browser.get(f"{settings.labelstudio_url}/user/login")
