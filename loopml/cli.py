@@ -659,8 +659,9 @@ def demo(pace: float, items: int, noise: float, annotator: bool, rate: float) ->
     click.echo("  Watch the loop turn in Dagster: Lineage (annotate -> train -> deploy -> serve -> review), or Runs.")
     click.echo("  Label Studio: unlabelled tasks carry the serving model's answer; calls picked for review arrive with")
     click.echo(
-        "  a `review_reason`; likely label errors carry a `label-issue` prediction. Drift reports: "
-        f"{settings.home / 'reports'}"
+        "  a `review_reason`; likely label errors carry a `label-issue` prediction. Drift reports and review "
+        "summaries: the `report_url` / `summary_url` links of the drift_report and review_set assets in Dagster, "
+        f"or {settings.serving_url}/v1/functions/<name>/reports with an API key"
     )
 
 

@@ -83,8 +83,14 @@ def sample_items(
     return [t for t, _ in chosen], [label for _, label in chosen]
 
 
+IMPORT_STEP = 250  # tasks per step of the demo's import progress bar
+
+
 def setup_demo(settings: Settings, items: int, echo: Callable[[str], None] = print) -> None:
-    """Create the demo functions (once) and import their items into Label Studio as unlabelled tasks."""
+    """Create the demo functions (once) and import their items into Label Studio as unlabelled tasks, with a
+    progress bar per function (the image function's 2,000 pictures take a while on a busy machine)."""
+    from tqdm import tqdm
+
     from loopml.functions import FunctionRegistry, create_function, input_key
     from loopml.labelstudio import LabelStudioClient
 
@@ -101,7 +107,12 @@ def setup_demo(settings: Settings, items: int, echo: Callable[[str], None] = pri
         pl.DataFrame({"content_hash": hashes, "label": labels}).write_parquet(path)
         project_id = create_function(settings, demo.name, demo.input_type, demo.labels)
         key = input_key(demo.input_type)
-        count = client.import_tasks(project_id, [{"data": {key: text}} for text in texts])
+        tasks = [{"data": {key: text}} for text in texts]
+        count = 0
+        with tqdm(total=len(tasks), unit="task", desc=f"importing {demo.name} into Label Studio") as bar:
+            for start in range(0, len(tasks), IMPORT_STEP):
+                count += client.import_tasks(project_id, tasks[start : start + IMPORT_STEP])
+                bar.update(min(IMPORT_STEP, len(tasks) - start))
         echo(f"demo function {demo.name}: {count} tasks imported into Label Studio project {project_id}")
 
 
