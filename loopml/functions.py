@@ -90,7 +90,9 @@ def render_label_config(input_type: str, labels: list[str]) -> str:
 
     template = (PROJECT_ROOT / "label_config" / LABEL_CONFIG_TEMPLATES[input_type]).read_text()
     choices = "\n".join(f"    <Choice value={quoteattr(label)}/>" for label in labels)
-    return template.replace("{choices}", choices)
+    # the placeholder's own line only: the template's comment names it too, and labels copied into a comment
+    # would go stale after an edit in Label Studio (and one with "--" would end the comment: invalid XML)
+    return template.replace("\n{choices}\n", f"\n{choices}\n")
 
 
 def labels_from_label_config(label_config: str) -> list[str]:

@@ -57,6 +57,9 @@ def test_label_config_round_trip_escapes_labels() -> None:
     image = render_label_config("image", ["cat", "dog"])
     assert '<Image name="image" value="$image"' in image and 'toName="image"' in image
     assert labels_from_label_config(image) == ["cat", "dog"]
+    # each label once, in the label control (not in the template's comment, which "--" in a label would end)
+    dashed = render_label_config("text", ["pre--post", "b"])
+    assert labels_from_label_config(dashed) == ["pre--post", "b"] and dashed.count("<Choice value=") == 3
 
 
 def test_registry_add_get_list_and_unknown(tmp_path) -> None:

@@ -55,7 +55,8 @@ def _log_calls(env, texts: list[str], *, confidence: float | None = None) -> lis
     from serving.model_store import load_classifier
 
     vectors = get_encoder("minilm-l6-int8").encode(texts)
-    classifier = load_classifier(env["settings"], "sentiment:v1")
+    version = f"{env['function']}:v1"
+    classifier = load_classifier(env["settings"], version)
     labels = list(classifier.label_set)
     if confidence is None:
         scores = classifier.predict_proba(texts, vectors)
@@ -64,12 +65,12 @@ def _log_calls(env, texts: list[str], *, confidence: float | None = None) -> lis
     log = InvocationLog(env["settings"])
     records = [
         InvocationRecord(
-            function="sentiment",
+            function=env["function"],
             input_text=text,
             embedding=embedding_to_bytes(vector),
-            scores={"sentiment:v1": [float(x) for x in row]},
-            labels={"sentiment:v1": labels},
-            answered_by="sentiment:v1",
+            scores={version: [float(x) for x in row]},
+            labels={version: labels},
+            answered_by=version,
             label=labels[int(np.argmax(row))],
             confidence=float(np.max(row)),
             latency_ms=5.0,
@@ -85,7 +86,7 @@ def _materialize(env, asset, tags=None):
     return materialize(
         [asset, *[a.to_source_asset() for a in ASSETS]],
         instance=env["instance"],
-        partition_key="sentiment",
+        partition_key=env["function"],
         resources=env["resources"],
         tags=tags,
     )
