@@ -31,6 +31,20 @@ def tones(n: int, seed: int = 0) -> tuple[list[bytes], list[str]]:
     return light + dark, ["light"] * n + ["dark"] * n
 
 
+def deep_said_better(monkeypatch) -> None:
+    """From now on the paired comparison calls the deep candidate better (as if AutoML had missed every other
+    item): where this is used the decision path is under test; the statistics have their own test."""
+    import loopml.automl.deep
+
+    real = loopml.automl.deep.compare_out_of_fold
+
+    def evidence(deep_ok: np.ndarray, automl_ok: np.ndarray) -> loopml.automl.deep.DeepComparison:
+        half = np.arange(len(automl_ok)) % 2 == 0
+        return real(np.ones(len(deep_ok), dtype=bool), half)
+
+    monkeypatch.setattr(loopml.automl.deep, "compare_out_of_fold", evidence)
+
+
 def test_the_paired_comparison_needs_a_gain_beyond_the_noise() -> None:
     rng = np.random.default_rng(0)
     automl = rng.random(400) < 0.8
@@ -70,7 +84,6 @@ def test_the_deep_tier_runs_in_its_own_job_and_deploys_only_on_evidence(tmp_path
     """After the AutoML loop, ``deep_model`` + ``deep_deployment``: where AutoML is already right on every item
     nothing is registered; a candidate that cross-validation calls better becomes the next version and goes
     through the gate to a canary, loaded as a deep version; a text function is skipped with the reason."""
-    import loopml.automl.deep
     from assets.deep_model import deep_model
     from assets.deployment import deep_deployment
 
@@ -102,14 +115,7 @@ def test_the_deep_tier_runs_in_its_own_job_and_deploys_only_on_evidence(tmp_path
         assert first.output_for_node("deep_deployment")["decision"] == "not_selected"
         assert [v.tag for v in list_versions(settings, "tone")] == ["tone:v1"]
 
-        real = loopml.automl.deep.compare_out_of_fold
-
-        def evidence(deep_ok: np.ndarray, automl_ok: np.ndarray) -> loopml.automl.deep.DeepComparison:
-            half = np.arange(len(automl_ok)) % 2 == 0  # as if AutoML had missed every other item
-            return real(np.ones(len(deep_ok), dtype=bool), half)
-
-        # the evidence says "better": the decision path is under test here, the statistics above
-        monkeypatch.setattr(loopml.automl.deep, "compare_out_of_fold", evidence)
+        deep_said_better(monkeypatch)
         second = materialize(deep, instance=instance, partition_key="tone", resources=resources)
         assert second.success
         output = second.output_for_node("deep_model")
@@ -143,7 +149,6 @@ def test_with_the_text_tier_on_a_text_function_fine_tunes_minilm_and_deploys_onl
     it with the AutoML run item by item; where AutoML is right on every item nothing registers; a candidate that
     cross-validation calls better becomes the next version, passes the gate to a canary and loads as a text deep
     version that answers texts itself."""
-    import loopml.automl.deep
     from assets.deep_model import deep_model
     from assets.deployment import deep_deployment
     from loopml.automl.text_deep import TextDeepClassifier
@@ -166,14 +171,7 @@ def test_with_the_text_tier_on_a_text_function_fine_tunes_minilm_and_deploys_onl
         assert output["selected"] is False and "not better" in output["reason"]
         assert [v.tag for v in list_versions(settings, "sentiment")] == ["sentiment:v1"]
 
-    real = loopml.automl.deep.compare_out_of_fold
-
-    def evidence(deep_ok: np.ndarray, automl_ok: np.ndarray) -> loopml.automl.deep.DeepComparison:
-        half = np.arange(len(automl_ok)) % 2 == 0  # as if AutoML had missed every other item
-        return real(np.ones(len(deep_ok), dtype=bool), half)
-
-    # the evidence says "better": the decision path is under test here, the statistics in their own test
-    monkeypatch.setattr(loopml.automl.deep, "compare_out_of_fold", evidence)
+    deep_said_better(monkeypatch)
     second = materialize(deep, instance=env["instance"], partition_key="sentiment", resources=env["resources"])
     assert second.success
     output = second.output_for_node("deep_model")
