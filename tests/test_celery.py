@@ -92,6 +92,13 @@ class Workers:
         self.env = services.service_env(self.settings) | {"LOOPML_BROKER_URL": broker}
         self.env.pop("LOOPML_DATABASE_URL", None)
         services.write_dagster_yaml(self.settings)
+        from dagster import DagsterInstance
+
+        # create Dagster's SQLite stores here, once: the workers, the daemon and this process open the instance at
+        # about the same time, and two processes creating a store at once both stamp its schema version ("more
+        # than one head present" on every later open; `loopml up` avoids it by starting the webserver first)
+        with DagsterInstance.from_config(str(self.settings.dagster_home)):
+            pass
         self.procs: dict[str, subprocess.Popen] = {}
         self.daemon: subprocess.Popen | None = None
 
