@@ -90,6 +90,7 @@ test-fast: install  ## unit and in-process tests only (no Label Studio server)
 
 bench: install install-bench  ## run the benchmarks (print tables; beside the field's tools where they exist)
 	$(RUN_ENV) $(VENV)/bin/python bench/automl_speed.py
+	$(RUN_ENV) $(VENV)/bin/python bench/model_asset_speed.py
 	$(RUN_ENV) $(VENV)/bin/python bench/learning_curve.py
 	$(RUN_ENV) $(VENV)/bin/python bench/serving.py
 	$(RUN_ENV) $(VENV)/bin/python bench/loop_latency.py
