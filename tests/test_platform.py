@@ -225,9 +225,10 @@ def test_the_user_sees_the_lifecycle_in_dagster_and_the_prediction_in_label_stud
         for group, assets in groups.items():
             partitioned = group != "serve"  # the serving API writes the invocation log, not a Dagster run
             browser.get(f"{settings.dagster_url}/locations/loopml/asset-groups/{group}")
-            text = wait_for_text(
-                browser,
-                lambda t, assets=assets, p=partitioned: all(a in t for a in assets) and (not p or "partition" in t),
+            text = wait_for_text(  # "2 partitions" once no run of the group is materializing one (the daemon's
+                browser,  # follow-ups, e.g. the inspection after a training run, may still be going)
+                lambda t, assets=assets, p=partitioned: all(a in t for a in assets) and (not p or "2 partitions" in t),
+                timeout_s=300,
             )
             # the first visit: no new-user dialog over the graph (dagster.yaml has nux disabled)
             assert not browser.find_elements("xpath", "//button[normalize-space()='Skip']")
