@@ -5,6 +5,7 @@ A version is ``<function>:v<N>``: N counts up per function, so versions read in 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -100,10 +101,10 @@ def load_classifier(settings: Settings, tag: str) -> TextClassifier:
     bentoml = _bentoml(settings)
     model = bentoml.models.get(tag, _model_store=model_store(settings))
     path = Path(model.path) / "classifier"
-    if (path / "tail.pt").exists():
-        from loopml.automl.text_deep import TextDeepClassifier
+    if (path / "tail.pt").exists():  # a deep tier's version: its model.json names which
+        from loopml.automl.text_deep import TEXT_DEEP_FORMAT, TextDeepClassifier
 
-        if TextDeepClassifier.is_saved_at(path):
+        if json.loads((path / "model.json").read_text(encoding="utf-8")).get("format") == TEXT_DEEP_FORMAT:
             return TextDeepClassifier.load(path)  # type: ignore[return-value]
         from loopml.automl.deep import DeepImageClassifier
 

@@ -365,8 +365,10 @@ class ApiKeyMiddleware:
         from loopml import report_links
 
         match = report_links.ROUTE_PATTERN.match(scope.get("path", ""))
+        if match is None or scope.get("method") not in ("GET", "HEAD"):
+            return False
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        if match is None or scope.get("method") not in ("GET", "HEAD") or "signature" not in query:
+        if "signature" not in query:
             return False
         expires, given = query.get("expires", [""])[0], query["signature"][0]
         if not await asyncio.to_thread(report_links.verify, settings, scope["path"], expires, given):

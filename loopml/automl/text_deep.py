@@ -421,9 +421,10 @@ class TextDeepClassifier:
         """Read a version written by :meth:`save`; the tail's layers are copies of the shared backbone's, then
         overwritten with the saved weights."""
         path = Path(path)
-        if not TextDeepClassifier.is_saved_at(path):
+        meta_file = path / "model.json"
+        meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.exists() else {}
+        if meta.get("format") != TEXT_DEEP_FORMAT:
             raise ValueError(f"not a text deep model: {path}")
-        meta = json.loads((path / "model.json").read_text(encoding="utf-8"))
         tail = _Tail(shared_backbone(), int(meta["train_layers"]))
         tail.load_state_dict(torch.load(path / "tail.pt", map_location="cpu", weights_only=True))
         with np.load(path / "head.npz") as arrays:
